@@ -1,0 +1,88 @@
+"""catga_zmq: a brokerless, typed request/event fabric for asyncio services over ZeroMQ.
+
+Users import from here only::
+
+    from catga_zmq import Node, Request, Event
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .config import NodeOptions
+from .discovery import Candidate, Discovery, MemoryDiscovery, MemoryHub, StaticDiscovery
+from .errors import (
+    CatgaError,
+    Cancelled,
+    ConfigError,
+    HandlerError,
+    HandlerNotFound,
+    NoNodes,
+    Overloaded,
+    ProtocolError,
+    RequestTimeout,
+    SerializationFailed,
+    TransportFailed,
+    ValidationFailed,
+)
+from .mediator import Behavior, Context, DeadlineBehavior, LoggingBehavior
+from .membership import (
+    ClusterNode,
+    MembershipEvent,
+    NodeFaulted,
+    NodeJoined,
+    NodeLeft,
+    NodeRecovered,
+    NodeStatus,
+    NodeSuspect,
+)
+from .messages import Event, Message, Request, registry
+from .node import Node
+from .protocol import PROTOCOL_VERSION
+from .system import Info, NodeInfo, NodeStats, Ping, Pong, Stats
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Behavior",
+    "Candidate",
+    "Cancelled",
+    "CatgaError",
+    "ClusterNode",
+    "ConfigError",
+    "Context",
+    "DeadlineBehavior",
+    "Discovery",
+    "Event",
+    "HandlerError",
+    "HandlerNotFound",
+    "Info",
+    "LoggingBehavior",
+    "MembershipEvent",
+    "MemoryDiscovery",
+    "MemoryHub",
+    "Message",
+    "NoNodes",
+    "Node",
+    "NodeFaulted",
+    "NodeInfo",
+    "NodeJoined",
+    "NodeLeft",
+    "NodeOptions",
+    "NodeRecovered",
+    "NodeStats",
+    "NodeStatus",
+    "NodeSuspect",
+    "Overloaded",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Request",
+    "RequestTimeout",
+    "SerializationFailed",
+    "StaticDiscovery",
+    "Stats",
+    "TransportFailed",
+    "ValidationFailed",
+    "__version__",
+    "registry",
+]

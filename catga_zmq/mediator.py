@@ -1,0 +1,285 @@
+"""Local dispatch: handlers, subscribers and the pipeline of behaviours around them.
+
+A behaviour is middleware around every handler call (logging, deadline checks, metrics,
+validation). The chain is composed once per handler when the node starts, not per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import typing
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from .errors import ConfigError, RequestTimeout
+from .messages import Event, Message, Request, response_type
+
+log = logging.getLogger("catga_zmq.mediator")
+
+#: Events queued for one subscriber before new ones are dropped (and counted), like a
+#: NATS slow consumer: a stuck subscriber must not grow memory without bound.
+SUBSCRIBER_QUEUE_LIMIT = 10_000
+
+
+@dataclass(slots=True)
+class Context:
+    """What a handler or behaviour may know about the call it is part of."""
+
+    type_name: str
+    node_id: str  # the node running the handler
+    source: str  # the node that sent the message
+    request_id: int = 0
+    trace_id: str = ""
+    deadline: float = 0.0  # loop.time() by which the reply is due; 0: none
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline, or None when there is none."""
+        if not self.deadline:
+            return None
+        return self.deadline - asyncio.get_running_loop().time()
+
+
+Next = Callable[[], Awaitable[Any]]
+
+
+class Behavior(Protocol):
+    """``async def __call__(message, ctx, call_next)``: call ``call_next()`` to go on."""
+
+    async def __call__(self, message: Message, ctx: Context, call_next: Next) -> Any: ...
+
+
+class DeadlineBehavior:
+    """Refuses to start work whose deadline has already passed."""
+
+    async def __call__(self, message: Message, ctx: Context, call_next: Next) -> Any:
+        if ctx.deadline and asyncio.get_running_loop().time() >= ctx.deadline:
+            raise RequestTimeout(
+                f"{ctx.type_name} from {ctx.source} arrived after its deadline; not started",
+                node=ctx.node_id,
+            )
+        return await call_next()
+
+
+class LoggingBehavior:
+    """Logs each call at DEBUG (type, source, duration) and each failure at WARNING."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("catga_zmq.handler")
+
+    async def __call__(self, message: Message, ctx: Context, call_next: Next) -> Any:
+        start = time.perf_counter()
+        try:
+            result = await call_next()
+        except Exception as exc:
+            self.log.warning(
+                "%s from %s failed after %.1f ms: %s: %s",
+                ctx.type_name,
+                ctx.source,
+                (time.perf_counter() - start) * 1e3,
+                type(exc).__name__,
+                exc,
+            )
+            raise
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.debug(
+                "%s from %s handled in %.1f ms",
+                ctx.type_name,
+                ctx.source,
+                (time.perf_counter() - start) * 1e3,
+            )
+        return result
+
+
+HandlerFn = Callable[..., Any]
+
+
+@dataclass(slots=True)
+class HandlerEntry:
+    message_type: type[Request[Any]]
+    fn: HandlerFn
+    wants_context: bool
+    is_async: bool
+    decoder: msgspec.msgpack.Decoder[Any]
+    response_type: Any
+    #: The composed pipeline: ``call(message, ctx) -> result``.
+    call: Callable[[Message, Context], Awaitable[Any]] = field(init=False)
+
+    async def invoke(self, message: Message, ctx: Context) -> Any:
+        args = (message, ctx) if self.wants_context else (message,)
+        if self.is_async:
+            return await self.fn(*args)
+        return self.fn(*args)
+
+
+@dataclass(slots=True)
+class SubscriberEntry:
+    message_type: type[Event]
+    fn: HandlerFn
+    wants_context: bool
+    is_async: bool
+    queue: deque[tuple[Event, Context]] = field(default_factory=deque)
+    worker: asyncio.Task[None] | None = None
+    delivered: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+
+class Mediator:
+    """Finds the handler or the subscribers of a message type and runs them."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.handlers: dict[str, HandlerEntry] = {}
+        self.subscribers: dict[str, list[SubscriberEntry]] = {}
+        self.behaviors: list[Behavior] = [LoggingBehavior(), DeadlineBehavior()]
+        self._frozen = False
+        self._decoders: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
+
+    # registration ---------------------------------------------------------------
+
+    def add_handler(self, fn: HandlerFn, message_type: type[Request[Any]] | None = None) -> None:
+        cls, wants_ctx = _message_param(fn, message_type, Request, "handler")
+        name = cls.__wire_name__
+        if name in self.handlers and self.handlers[name].fn is not fn:
+            raise ConfigError(
+                f"{cls.__qualname__} already has a handler on this node "
+                f"({_describe(self.handlers[name].fn)}); a request type has exactly one"
+            )
+        entry = HandlerEntry(
+            cls, fn, wants_ctx, inspect.iscoroutinefunction(fn), self.decoder(cls), response_type(cls)
+        )
+        entry.call = self._compose(entry)
+        self.handlers[name] = entry
+
+    def add_subscriber(self, fn: HandlerFn, message_type: type[Event] | None = None) -> None:
+        cls, wants_ctx = _message_param(fn, message_type, Event, "subscriber")
+        self.decoder(cls)
+        self.subscribers.setdefault(cls.__wire_name__, []).append(
+            SubscriberEntry(cls, fn, wants_ctx, inspect.iscoroutinefunction(fn))
+        )
+
+    def add_behavior(self, behavior: Behavior) -> None:
+        self.behaviors.append(behavior)
+        for entry in self.handlers.values():
+            entry.call = self._compose(entry)
+
+    def decoder(self, cls: type[Any]) -> msgspec.msgpack.Decoder[Any]:
+        try:
+            return self._decoders[cls]
+        except KeyError:
+            dec = self._decoders[cls] = msgspec.msgpack.Decoder(cls)
+            return dec
+
+    def _compose(self, entry: HandlerEntry) -> Callable[[Message, Context], Awaitable[Any]]:
+        call: Callable[[Message, Context], Awaitable[Any]] = entry.invoke
+        for behavior in reversed(self.behaviors):
+            call = _wrap(behavior, call)
+        return call
+
+    # dispatch -------------------------------------------------------------------
+
+    def deliver(self, type_name: str, event: Event, ctx: Context) -> int:
+        """Queue ``event`` for every local subscriber of its type; returns how many."""
+        subs = self.subscribers.get(type_name)
+        if not subs:
+            return 0
+        for sub in subs:
+            if len(sub.queue) >= SUBSCRIBER_QUEUE_LIMIT:
+                sub.dropped += 1
+                if sub.dropped == 1 or sub.dropped % 1000 == 0:
+                    log.warning(
+                        "subscriber %s is %d events behind; dropped %d so far",
+                        _describe(sub.fn),
+                        len(sub.queue),
+                        sub.dropped,
+                    )
+                continue
+            sub.queue.append((event, ctx))
+            if sub.worker is None:
+                sub.worker = asyncio.get_running_loop().create_task(
+                    self._drain(sub), name=f"catga-subscriber-{_describe(sub.fn)}"
+                )
+        return len(subs)
+
+    async def _drain(self, sub: SubscriberEntry) -> None:
+        # One worker per subscriber keeps each subscriber's events in publish order and
+        # costs one task per burst, not one per event.
+        try:
+            while sub.queue:
+                event, ctx = sub.queue.popleft()
+                try:
+                    args = (event, ctx) if sub.wants_context else (event,)
+                    if sub.is_async:
+                        await sub.fn(*args)
+                    else:
+                        sub.fn(*args)
+                    sub.delivered += 1
+                except Exception:
+                    sub.failed += 1
+                    log.exception("subscriber %s failed on %s", _describe(sub.fn), ctx.type_name)
+        finally:
+            sub.worker = None
+
+    async def idle(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` s) until every subscriber has finished its queue."""
+        workers = [s.worker for subs in self.subscribers.values() for s in subs if s.worker]
+        if workers:
+            await asyncio.wait(workers, timeout=timeout)
+
+    def cancel_subscribers(self) -> None:
+        for subs in self.subscribers.values():
+            for sub in subs:
+                if sub.worker is not None:
+                    sub.worker.cancel()
+                sub.queue.clear()
+
+
+def _wrap(
+    behavior: Behavior, inner: Callable[[Message, Context], Awaitable[Any]]
+) -> Callable[[Message, Context], Awaitable[Any]]:
+    def call(message: Message, ctx: Context) -> Awaitable[Any]:
+        return behavior(message, ctx, lambda: inner(message, ctx))
+
+    return call
+
+
+def _describe(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _message_param(
+    fn: HandlerFn, explicit: type[Any] | None, base: type[Any], what: str
+) -> tuple[Any, bool]:
+    """The message type a handler takes (from its first parameter's annotation)."""
+    if not callable(fn):
+        raise ConfigError(f"{what} {fn!r} is not callable")
+    params = list(inspect.signature(fn).parameters.values())
+    if not 1 <= len(params) <= 2:
+        raise ConfigError(
+            f"{what} {_describe(fn)} must take (message) or (message, ctx), "
+            f"it takes {len(params)} parameters"
+        )
+    cls = explicit
+    if cls is None:
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception as exc:
+            raise ConfigError(f"cannot read the annotations of {what} {_describe(fn)}: {exc}") from exc
+        cls = hints.get(params[0].name)
+        if cls is None:
+            raise ConfigError(
+                f"{what} {_describe(fn)}: annotate its first parameter with the message type, "
+                f"e.g. `async def f(msg: MyMessage)`, or pass the type explicitly"
+            )
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(
+            f"{what} {_describe(fn)} takes {cls!r}, which is not a subclass of {base.__name__}"
+        )
+    return cls, len(params) == 2

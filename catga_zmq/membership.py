@@ -1,0 +1,301 @@
+"""The peer table: who is in the cluster, in what state, and what each node handles.
+
+Membership is decided by heartbeats, never by discovery. A candidate becomes ALIVE on
+its first heartbeat; silence makes it SUSPECT, then FAULTED (out of routing); a BYE
+makes it LEFT at once. Any frame from a peer counts as proof of life. A heartbeat with a
+higher incarnation is a restarted node and replaces the old entry.
+
+::
+
+    (first heartbeat) -> ALIVE <-> SUSPECT -> FAULTED -> (any heartbeat) -> ALIVE
+                         ALIVE <-> DRAINING (the peer says so)
+                         any   -> LEFT (BYE, or a discovery goodbye)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .protocol import HeartbeatBody
+
+log = logging.getLogger("catga_zmq.membership")
+
+#: Events a slow ``watch()`` consumer may fall behind before the oldest are dropped.
+WATCH_QUEUE_LIMIT = 1000
+
+
+class NodeStatus(str, Enum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DRAINING = "draining"
+    FAULTED = "faulted"
+    LEFT = "left"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterNode:
+    """A snapshot of one member, as ``node.members()`` returns it."""
+
+    node_id: str
+    endpoint: str
+    status: NodeStatus
+    last_heartbeat: float  # time.time() of the last frame from it; 0: none yet
+    load: float
+    in_flight: int
+    metadata: dict[str, str]
+    handles: frozenset[str]
+    subscribes: frozenset[str] = frozenset()
+    pub_endpoint: str = ""
+    incarnation: int = 0
+    weight: int = 1
+    local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipEvent:
+    node: ClusterNode
+
+
+class NodeJoined(MembershipEvent):
+    """A node sent its first heartbeat (or a restarted node its first one)."""
+
+
+class NodeLeft(MembershipEvent):
+    """A node said BYE, or discovery said it is gone."""
+
+
+class NodeFaulted(MembershipEvent):
+    """A node has been silent past ``faulted_after``; it is out of routing."""
+
+
+class NodeSuspect(MembershipEvent):
+    """A node has been silent past ``suspect_after``."""
+
+
+class NodeRecovered(MembershipEvent):
+    """A SUSPECT or FAULTED node was heard from again."""
+
+
+@dataclass(slots=True)
+class Peer:
+    """The mutable record behind a ``ClusterNode``."""
+
+    node_id: str
+    endpoint: str
+    pub_endpoint: str
+    incarnation: int
+    status: NodeStatus = NodeStatus.ALIVE
+    last_seen: float = 0.0  # loop.time() of the last frame from it
+    last_heartbeat: float = 0.0  # time.time() of the same
+    seq: int = -1
+    load: float = 0.0
+    in_flight: int = 0
+    weight: int = 1
+    handles: frozenset[str] = frozenset()
+    subscribes: frozenset[str] = frozenset()
+    metadata: dict[str, str] = field(default_factory=dict)
+    local: bool = False
+    faulted_at: float = 0.0
+
+    def snapshot(self) -> ClusterNode:
+        return ClusterNode(
+            node_id=self.node_id,
+            endpoint=self.endpoint,
+            status=self.status,
+            last_heartbeat=self.last_heartbeat,
+            load=self.load,
+            in_flight=self.in_flight,
+            metadata=dict(self.metadata),
+            handles=self.handles,
+            subscribes=self.subscribes,
+            pub_endpoint=self.pub_endpoint,
+            incarnation=self.incarnation,
+            weight=self.weight,
+            local=self.local,
+        )
+
+
+_ROUTABLE = (NodeStatus.ALIVE,)
+
+
+class Membership:
+    """The peer table of one node, with its failure detector and ``watch()`` fan-out."""
+
+    def __init__(
+        self,
+        me: Peer,
+        *,
+        suspect_after: float,
+        faulted_after: float,
+        forget_after: float = 60.0,
+    ) -> None:
+        self.me = me
+        self.suspect_after = suspect_after
+        self.faulted_after = faulted_after
+        self.forget_after = forget_after
+        self.peers: dict[str, Peer] = {}
+        self._watchers: list[asyncio.Queue[MembershipEvent | None]] = []
+        self._routes: dict[str, tuple[Peer, ...]] = {}
+        self._all_live: tuple[Peer, ...] = ()
+        #: Called with a peer that left or was forgotten, so its sockets can go.
+        self.on_gone: Callable[[Peer], None] | None = None
+        self.on_change: Callable[[], None] | None = None
+        self.rebuild()
+
+    # views ------------------------------------------------------------------------
+
+    def members(self) -> list[ClusterNode]:
+        return [self.me.snapshot()] + [p.snapshot() for p in self.peers.values()]
+
+    def candidates(self, type_name: str) -> tuple[Peer, ...]:
+        """Routable nodes (this one included) that handle ``type_name``."""
+        found = self._routes.get(type_name)
+        if found is not None:
+            return found
+        if type_name.startswith("catga."):  # built-ins: every node serves them
+            return self._all_live
+        return ()
+
+    def subscribers_of(self, type_name: str) -> list[Peer]:
+        return [
+            p for p in self.peers.values() if p.status in _ROUTABLE and type_name in p.subscribes
+        ]
+
+    def live_count(self) -> int:
+        return sum(1 for p in self.peers.values() if p.status is NodeStatus.ALIVE)
+
+    def rebuild(self) -> None:
+        """Recompute the routing index; called on membership change, never per request."""
+        routes: dict[str, list[Peer]] = {}
+        live = [self.me] if self.me.status in _ROUTABLE else []
+        live += [p for p in self.peers.values() if p.status in _ROUTABLE]
+        for peer in live:
+            for name in peer.handles:
+                routes.setdefault(name, []).append(peer)
+        self._routes = {name: tuple(peers) for name, peers in routes.items()}
+        self._all_live = tuple(live)
+        if self.on_change is not None:
+            self.on_change()
+
+    # inputs -----------------------------------------------------------------------
+
+    def on_heartbeat(self, hb: HeartbeatBody, now: float) -> None:
+        peer = self.peers.get(hb.node_id)
+        if peer is not None and hb.incarnation < peer.incarnation:
+            return  # a frame from a previous life of a restarted node
+        if peer is not None and hb.incarnation > peer.incarnation:
+            # Restarted: the old entry leaves, the new one joins.
+            if peer.status is not NodeStatus.LEFT:
+                peer.status = NodeStatus.LEFT
+                self._emit(NodeLeft(peer.snapshot()))
+            if peer.endpoint != hb.endpoint and self.on_gone is not None:
+                self.on_gone(peer)
+            peer = None
+        changed = False
+        if peer is None:
+            peer = Peer(hb.node_id, hb.endpoint, hb.pub_endpoint, hb.incarnation)
+            self.peers[hb.node_id] = peer
+            changed = True
+            event: type[MembershipEvent] | None = NodeJoined
+        else:
+            event = None
+        handles = frozenset(hb.handles)
+        subscribes = frozenset(hb.subscribes)
+        if handles != peer.handles or subscribes != peer.subscribes:
+            peer.handles, peer.subscribes = handles, subscribes
+            changed = True
+        status = NodeStatus.DRAINING if hb.status == NodeStatus.DRAINING.value else NodeStatus.ALIVE
+        previous = peer.status
+        peer.endpoint, peer.pub_endpoint = hb.endpoint, hb.pub_endpoint
+        peer.seq, peer.load, peer.in_flight = hb.seq, hb.load, hb.in_flight
+        peer.weight, peer.metadata = hb.weight, hb.metadata
+        peer.last_seen, peer.last_heartbeat = now, time.time()
+        if previous is not status:
+            peer.status = status
+            changed = True
+            if event is None and previous in (NodeStatus.SUSPECT, NodeStatus.FAULTED, NodeStatus.LEFT):
+                event = NodeRecovered
+                log.info("node %s is %s again (was %s)", peer.node_id, status.value, previous.value)
+        if event is NodeJoined:
+            log.info("node %s joined at %s", peer.node_id, peer.endpoint)
+        if changed:
+            self.rebuild()
+        if event is not None:
+            self._emit(event(peer.snapshot()))
+
+    def on_traffic(self, node_id: str, now: float) -> None:
+        """Any frame from a peer proves it alive, heartbeat or not."""
+        peer = self.peers.get(node_id)
+        if peer is None:
+            return
+        peer.last_seen = now
+        peer.last_heartbeat = time.time()
+        if peer.status in (NodeStatus.SUSPECT, NodeStatus.FAULTED):
+            previous = peer.status
+            peer.status = NodeStatus.ALIVE
+            log.info("node %s is alive again (was %s)", node_id, previous.value)
+            self.rebuild()
+            self._emit(NodeRecovered(peer.snapshot()))
+
+    def on_bye(self, node_id: str, incarnation: int) -> None:
+        peer = self.peers.get(node_id)
+        if peer is None or incarnation < peer.incarnation or peer.status is NodeStatus.LEFT:
+            return
+        self.mark_left(peer)
+
+    def mark_left(self, peer: Peer) -> None:
+        peer.status = NodeStatus.LEFT
+        log.info("node %s left", peer.node_id)
+        self.rebuild()
+        self._emit(NodeLeft(peer.snapshot()))
+        if self.on_gone is not None:
+            self.on_gone(peer)
+
+    def check(self, now: float) -> None:
+        """The failure detector: run every fraction of a heartbeat interval."""
+        changed = False
+        for peer in list(self.peers.values()):
+            silent = now - peer.last_seen
+            if peer.status in (NodeStatus.ALIVE, NodeStatus.DRAINING) and silent > self.suspect_after:
+                peer.status = NodeStatus.SUSPECT
+                changed = True
+                log.info("node %s is suspect: silent for %.1f s", peer.node_id, silent)
+                self._emit(NodeSuspect(peer.snapshot()))
+            if peer.status is NodeStatus.SUSPECT and silent > self.faulted_after:
+                peer.status = NodeStatus.FAULTED
+                peer.faulted_at = now
+                changed = True
+                log.warning("node %s is faulted: silent for %.1f s", peer.node_id, silent)
+                self._emit(NodeFaulted(peer.snapshot()))
+            elif peer.status in (NodeStatus.FAULTED, NodeStatus.LEFT) and silent > self.forget_after:
+                del self.peers[peer.node_id]
+                if self.on_gone is not None:
+                    self.on_gone(peer)
+        if changed:
+            self.rebuild()
+
+    # watch ------------------------------------------------------------------------
+
+    def _emit(self, event: MembershipEvent) -> None:
+        for q in self._watchers:
+            if q.qsize() >= WATCH_QUEUE_LIMIT:
+                q.get_nowait()  # drop the oldest: a watcher wants the present state
+            q.put_nowait(event)
+
+    async def watch(self) -> AsyncIterator[MembershipEvent]:
+        q: asyncio.Queue[MembershipEvent | None] = asyncio.Queue()
+        self._watchers.append(q)
+        try:
+            while (event := await q.get()) is not None:
+                yield event
+        finally:
+            self._watchers.remove(q)
+
+    def close_watchers(self) -> None:
+        for q in self._watchers:
+            q.put_nowait(None)

@@ -1,0 +1,148 @@
+"""Message types and the registry of wire names.
+
+A request names its response type: ``class GetUser(Request[User])``. Every concrete
+message class is registered under a stable wire name when it is defined (default
+``module.QualName``; set ``__wire_name__`` to choose one). A name that arrives from the
+wire is only ever looked up in this registry: never imported, never evaluated.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import typing
+from typing import Any, ClassVar, Generic, TypeVar
+
+import msgspec
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+#: Longest wire name accepted, in bytes of UTF-8; bounds what a header may carry.
+MAX_WIRE_NAME = 200
+
+
+class Message(msgspec.Struct):
+    """Base of every message. Not sent by itself: subclass ``Request`` or ``Event``."""
+
+    #: The stable name this type travels under. Empty: ``module.QualName``.
+    __wire_name__: ClassVar[str] = ""
+    #: Safe to run twice: a request delivered but unanswered may be retried elsewhere.
+    __idempotent__: ClassVar[bool] = False
+    #: Name of the field whose value is the consistent-hash key, if any.
+    __routing_key__: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__module__ == __name__:  # Request and Event themselves
+            return
+        if "__wire_name__" not in cls.__dict__ or not cls.__dict__["__wire_name__"]:
+            cls.__wire_name__ = f"{cls.__module__}.{cls.__qualname__}"
+        registry.add(cls)
+
+
+class Request(Message, Generic[T]):
+    """A message with exactly one handler in the cluster and a typed response ``T``."""
+
+
+class Event(Message):
+    """A message delivered to every subscriber in the cluster (at most once each)."""
+
+
+def wire_name(cls: type[Message]) -> str:
+    return cls.__wire_name__
+
+
+def is_request_type(cls: type[Any]) -> bool:
+    return isinstance(cls, type) and issubclass(cls, Request)
+
+
+def is_event_type(cls: type[Any]) -> bool:
+    return isinstance(cls, type) and issubclass(cls, Event)
+
+
+_response_types: dict[type[Any], Any] = {}
+
+
+def response_type(cls: type[Request[Any]]) -> Any:
+    """The ``T`` of ``Request[T]`` for ``cls``, resolving forward references once."""
+    try:
+        return _response_types[cls]
+    except KeyError:
+        pass
+    found: Any = Any
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            origin = typing.get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, Request):
+                args = typing.get_args(base)
+                if args:
+                    found = _resolve(args[0], klass)
+                    break
+        else:
+            continue
+        break
+    if isinstance(found, TypeVar):
+        found = Any
+    _response_types[cls] = found
+    return found
+
+
+def _resolve(arg: Any, owner: type[Any]) -> Any:
+    if isinstance(arg, str):
+        arg = typing.ForwardRef(arg)
+    if isinstance(arg, typing.ForwardRef):
+        module = sys.modules.get(owner.__module__)
+        namespace = dict(vars(module)) if module else {}
+        try:
+            return typing._eval_type(arg, namespace, dict(vars(owner)))  # type: ignore[attr-defined]
+        except NameError as exc:
+            raise ConfigError(
+                f"{owner.__qualname__}: response type {arg.__forward_arg__!r} is not defined "
+                f"in module {owner.__module__}; define it before the first send"
+            ) from exc
+    return arg
+
+
+class Registry:
+    """Wire name -> message type. Thread safe; names are unique per process."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, type[Message]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, cls: type[Message]) -> None:
+        name = cls.__wire_name__
+        encoded = name.encode()
+        if not name or len(encoded) > MAX_WIRE_NAME or "\x00" in name or name.startswith("!"):
+            raise ConfigError(
+                f"{cls.__qualname__}: wire name {name!r} is not usable; use 1-{MAX_WIRE_NAME} "
+                "bytes, no NUL, not starting with '!'"
+            )
+        with self._lock:
+            existing = self._types.get(name)
+            if existing is not None and existing is not cls and not _same_definition(existing, cls):
+                raise ConfigError(
+                    f"wire name {name!r} is already used by {existing.__module__}."
+                    f"{existing.__qualname__}; give {cls.__qualname__} its own __wire_name__"
+                )
+            self._types[name] = cls
+
+    def get(self, name: str) -> type[Message] | None:
+        return self._types.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+
+def _same_definition(a: type[Message], b: type[Message]) -> bool:
+    # A module imported twice (as __main__ and by name, or reloaded) defines its classes
+    # again; the newer definition wins rather than failing the import.
+    return a.__qualname__ == b.__qualname__ and a.__struct_fields__ == b.__struct_fields__
+
+
+registry = Registry()

@@ -1,0 +1,183 @@
+"""The wire: frame layout, envelope structs, encode and decode.
+
+Requests, replies and errors travel DEALER -> ROUTER -> DEALER as ZMTP multipart
+``[header, payload]`` (the ROUTER adds and strips the peer identity frame). Events and
+heartbeats travel PUB -> SUB as ``[topic, header, payload]``; the topic is the event's
+wire name plus a NUL, so ZeroMQ's prefix filter at the publisher cannot confuse
+``shop.Order`` with ``shop.OrderLine``.
+
+The header is an array-like msgpack struct: small and fast to decode, and a node can
+route a request by ``type_name`` without decoding its payload. The payload is the
+message's own msgpack bytes.
+
+Every decode here is typed and bounded: a frame that does not decode raises
+``ProtocolError`` (never anything else) and the caller counts and drops or answers it.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, Final
+
+import msgspec
+
+from .errors import ProtocolError
+
+#: Bumped on any incompatible change of the header or of a built-in body.
+PROTOCOL_VERSION: Final = 1
+
+#: Topic of heartbeat and BYE frames on the PUB socket. Wire names cannot start with "!".
+HEARTBEAT_TOPIC: Final = b"!hb\x00"
+
+
+class Kind(IntEnum):
+    REQ = 1
+    REP = 2
+    ERR = 3
+    EVT = 4
+    HB = 5
+    BYE = 6
+
+
+_KINDS: Final = frozenset(int(k) for k in Kind)
+
+#: Header flags.
+FLAG_NONE: Final = 0
+
+
+class Header(msgspec.Struct, array_like=True, gc=False):
+    """Every frame's first part (after the topic on PUB/SUB).
+
+    ``budget_ms`` is the time the sender had left when it sent the frame, not an
+    absolute time: like gRPC's ``grpc-timeout``, a relative budget survives clocks that
+    disagree between hosts. 0 means no deadline.
+
+    For REQ/REP/ERR ``request_id`` pairs a reply with its request; for EVT it is the
+    publisher's sequence number for that topic, so subscribers can count gaps.
+    """
+
+    version: int
+    kind: int
+    request_id: int
+    type_name: str
+    source: str
+    budget_ms: int = 0
+    flags: int = 0
+    trace_id: str = ""
+
+
+class ErrorBody(msgspec.Struct, array_like=True, gc=False):
+    """Payload of an ERR frame."""
+
+    code: str
+    message: str
+    error_type: str = ""
+    retryable: bool = False
+
+
+class HeartbeatBody(msgspec.Struct, array_like=True, gc=False):
+    """Payload of an HB or BYE frame.
+
+    Carries everything a peer needs to route to this node, so membership never waits
+    on discovery once the first heartbeat has arrived.
+    """
+
+    node_id: str
+    incarnation: int
+    seq: int
+    status: str
+    cluster: str
+    endpoint: str
+    pub_endpoint: str
+    load: float = 0.0
+    in_flight: int = 0
+    weight: int = 1
+    interval_ms: int = 500
+    handles: list[str] = []
+    subscribes: list[str] = []
+    metadata: dict[str, str] = {}
+
+
+_header_encoder: Final = msgspec.msgpack.Encoder()
+_header_decoder: Final = msgspec.msgpack.Decoder(Header)
+_error_decoder: Final = msgspec.msgpack.Decoder(ErrorBody)
+_heartbeat_decoder: Final = msgspec.msgpack.Decoder(HeartbeatBody)
+
+encode = _header_encoder.encode
+
+
+def encode_header(
+    kind: int,
+    request_id: int,
+    type_name: str,
+    source: str,
+    budget_ms: int = 0,
+    flags: int = 0,
+    trace_id: str = "",
+) -> bytes:
+    return _header_encoder.encode(
+        Header(PROTOCOL_VERSION, kind, request_id, type_name, source, budget_ms, flags, trace_id)
+    )
+
+
+def decode_header(data: bytes | memoryview) -> Header:
+    """Decode and check a header; ``ProtocolError`` says what is wrong with it."""
+    try:
+        header = _header_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"header does not decode: {exc}") from None
+    if header.version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"peer {header.source!r} speaks protocol version {header.version}, this node "
+            f"speaks {PROTOCOL_VERSION}; run the same catga_zmq protocol on every node"
+        )
+    if header.kind not in _KINDS:
+        raise ProtocolError(f"unknown frame kind {header.kind} from {header.source!r}")
+    return header
+
+
+def decode_error(data: bytes | memoryview) -> ErrorBody:
+    try:
+        return _error_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"error body does not decode: {exc}") from None
+
+
+def encode_error(code: str, message: str, error_type: str = "", retryable: bool = False) -> bytes:
+    return _header_encoder.encode(ErrorBody(code, message, error_type, retryable))
+
+
+def decode_heartbeat(data: bytes | memoryview) -> HeartbeatBody:
+    try:
+        return _heartbeat_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"heartbeat does not decode: {exc}") from None
+
+
+def topic_for(type_name: str) -> bytes:
+    return type_name.encode() + b"\x00"
+
+
+def type_from_topic(topic: bytes) -> str:
+    if not topic.endswith(b"\x00"):
+        raise ProtocolError("topic frame does not end with NUL")
+    try:
+        return topic[:-1].decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("topic frame is not UTF-8") from None
+
+
+class Codec:
+    """Typed payload encode/decode with decoders cached per type."""
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+        self.encode = self._encoder.encode
+
+    def decoder(self, tp: Any) -> msgspec.msgpack.Decoder[Any]:
+        try:
+            return self._decoders[tp]
+        except KeyError:
+            dec = self._decoders[tp] = msgspec.msgpack.Decoder(tp)
+            return dec

@@ -1,0 +1,22 @@
+"""Round robin: each candidate in turn."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..membership import Peer
+from .base import Router
+
+
+class RoundRobinRouter(Router):
+    name = "round_robin"
+
+    def __init__(self) -> None:
+        self._counter = 0
+
+    def select(self, candidates: Sequence[Peer], message: Any, key: str | None) -> Peer:
+        # One counter for all types: with a candidate list that changes only on
+        # membership change, each type still spreads evenly.
+        self._counter += 1
+        return candidates[self._counter % len(candidates)]

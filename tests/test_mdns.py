@@ -1,0 +1,205 @@
+"""mDNS discovery on real loopback multicast (224.0.0.251 via 127.0.0.1).
+
+Every test uses its own cluster name, so runs on one machine do not see each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from catga_zmq.discovery.base import Candidate, ChangeKind, DiscoveryChange
+from catga_zmq.discovery.mdns import MdnsDiscovery, interfaces_for_bind
+from catga_zmq.errors import ConfigError
+
+WAIT = 10.0  # s; discovery on loopback takes about 1.7 s (probing, then announcing)
+
+
+def _loopback_multicast_problem() -> str | None:
+    """Why multicast over 127.0.0.1 does not work here, or None if it does."""
+    group = "224.0.0.251"
+    try:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx,
+        ):
+            rx.bind(("", 0))  # an ephemeral port: this probe must not disturb port 5353
+            rx.settimeout(1.0)
+            mreq = socket.inet_aton(group) + socket.inet_aton("127.0.0.1")
+            rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            tx.sendto(b"probe", (group, rx.getsockname()[1]))
+            if rx.recv(16) != b"probe":
+                return "a multicast datagram on 127.0.0.1 came back altered"
+    except OSError as exc:
+        return f"multicast on 127.0.0.1 does not work here ({exc})"
+    return None
+
+
+_problem = _loopback_multicast_problem()
+pytestmark = pytest.mark.skipif(_problem is not None, reason=_problem or "")
+
+
+def _cluster() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def _me(node_id: str, port: int, **extra: str) -> Candidate:
+    return Candidate(
+        endpoint=f"tcp://127.0.0.1:{port}",
+        node_id=node_id,
+        pub_endpoint=f"tcp://127.0.0.1:{port + 1}",
+        public_key=extra.pop("pk", None),
+        metadata=dict(extra),
+    )
+
+
+async def _wait_for(
+    changes: AsyncIterator[DiscoveryChange], wanted: Callable[[DiscoveryChange], bool]
+) -> DiscoveryChange:
+    async with asyncio.timeout(WAIT):
+        while True:
+            change = await anext(changes)
+            if wanted(change):
+                return change
+
+
+def _added(node_id: str) -> Callable[[DiscoveryChange], bool]:
+    return lambda c: c.kind is ChangeKind.ADDED and c.candidate.node_id == node_id
+
+
+async def _drained(changes: AsyncIterator[DiscoveryChange]) -> list[DiscoveryChange]:
+    """What is left in a watch() after aclose(); it must end, not hang."""
+    async with asyncio.timeout(WAIT):
+        return [c async for c in changes]
+
+
+def test_interfaces_for_bind() -> None:
+    assert interfaces_for_bind("127.0.0.1") == ["127.0.0.1"]
+    assert interfaces_for_bind("127.0.0.2") == ["127.0.0.1"]
+    assert interfaces_for_bind("localhost") == ["127.0.0.1"]
+    assert interfaces_for_bind("::1") == ["127.0.0.1"]
+    assert interfaces_for_bind("192.0.2.7") == ["192.0.2.7"]
+    for wildcard in ("0.0.0.0", "*"):
+        everything = interfaces_for_bind(wildcard)
+        assert "127.0.0.1" in everything
+        assert all(ipaddress.ip_address(a).version == 4 for a in everything)
+    with pytest.raises(ConfigError):
+        interfaces_for_bind("some-host.example")
+
+
+async def test_construction_is_cheap_and_close_is_idempotent() -> None:
+    d = MdnsDiscovery(_cluster(), ["127.0.0.1"])
+    assert d.candidates() == []
+    await d.unregister()
+    await d.aclose()
+    await d.aclose()
+    assert await _drained(d.watch()) == []
+    with pytest.raises(RuntimeError):
+        await d.register(_me("late", 7000))
+
+
+async def test_two_nodes_see_each_other() -> None:
+    cluster = _cluster()
+    a = MdnsDiscovery(cluster, ["127.0.0.1"])
+    b = MdnsDiscovery(cluster, ["127.0.0.1"], version=3)
+    try:
+        await a.register(_me("node-a", 7100))
+        a_changes = a.watch()
+        await b.register(_me("node/b.1", 7200, pk="b" * 40, zone="eu", rack="r7"))
+        b_changes = b.watch()
+
+        seen_by_a = (await _wait_for(a_changes, _added("node/b.1"))).candidate
+        seen_by_b = (await _wait_for(b_changes, _added("node-a"))).candidate
+
+        assert seen_by_a == Candidate(
+            endpoint="tcp://127.0.0.1:7200",
+            node_id="node/b.1",
+            pub_endpoint="tcp://127.0.0.1:7201",
+            cluster=cluster,
+            version=3,  # another version is still a candidate: the node decides
+            public_key="b" * 40,
+        )
+        assert seen_by_a.metadata == {"zone": "eu", "rack": "r7"}
+        assert seen_by_b.endpoint == "tcp://127.0.0.1:7100"
+        assert (seen_by_b.version, seen_by_b.public_key, seen_by_b.metadata) == (1, None, {})
+        assert a.candidates() == [seen_by_a]  # never itself
+        assert b.candidates() == [seen_by_b]
+        # The instance name is a DNS label made from the node id, plus a suffix.
+        assert b.service_name is not None
+        assert b.service_name.startswith("node-b-1-")
+    finally:
+        await a.aclose()
+        await b.aclose()
+    assert all(c.candidate.node_id != "node-a" for c in await _drained(a_changes))
+    await _drained(b_changes)
+
+
+async def test_other_cluster_is_not_seen() -> None:
+    cluster, other = _cluster(), _cluster()
+    a = MdnsDiscovery(cluster, ["127.0.0.1"])
+    b = MdnsDiscovery(cluster, ["127.0.0.1"])
+    stranger = MdnsDiscovery(other, ["127.0.0.1"])
+    witness = MdnsDiscovery(other, ["127.0.0.1"])
+    try:
+        await a.register(_me("a", 7300))
+        await witness.register(_me("witness", 7400))
+        a_changes, witness_changes = a.watch(), witness.watch()
+        await stranger.register(_me("stranger", 7500))
+        await b.register(_me("b", 7600))
+        # The stranger's records reached its own cluster and, by then, a as well.
+        await _wait_for(witness_changes, _added("stranger"))
+        await _wait_for(a_changes, _added("b"))
+        assert [c.node_id for c in a.candidates()] == ["b"]
+    finally:
+        for d in (a, b, stranger, witness):
+            await d.aclose()
+    assert all(c.candidate.node_id == "b" for c in await _drained(a_changes))
+    await _drained(witness_changes)
+
+
+async def test_unregister_is_seen_as_removed() -> None:
+    cluster = _cluster()
+    a = MdnsDiscovery(cluster, ["127.0.0.1"])
+    b = MdnsDiscovery(cluster, ["127.0.0.1"])
+    try:
+        await a.register(_me("a", 7700))
+        first, second = a.watch(), a.watch()
+        await b.register(_me("b", 7800))
+        added = await _wait_for(first, _added("b"))
+        assert await _wait_for(second, _added("b")) == added  # every watcher gets it
+
+        await b.unregister()
+        await b.unregister()  # idempotent
+        for changes in (first, second):
+            removed = await _wait_for(changes, lambda c: c.kind is ChangeKind.REMOVED)
+            assert removed.candidate == added.candidate
+        assert a.candidates() == []
+    finally:
+        await a.aclose()
+        await b.aclose()
+    assert await _drained(first) == []
+    assert await _drained(second) == []
+
+
+async def test_late_watcher_starts_with_current_candidates() -> None:
+    cluster = _cluster()
+    a = MdnsDiscovery(cluster, ["127.0.0.1"])
+    b = MdnsDiscovery(cluster, ["127.0.0.1"])
+    try:
+        await a.register(_me("a", 7900))
+        early = a.watch()
+        await b.register(_me("b", 8000))
+        await _wait_for(early, _added("b"))
+        late = a.watch()
+        assert (await _wait_for(late, _added("b"))).candidate.endpoint == "tcp://127.0.0.1:8000"
+    finally:
+        await a.aclose()
+        await b.aclose()
+    await _drained(early)
+    await _drained(late)
