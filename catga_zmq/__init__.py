@@ -37,7 +37,7 @@ from .membership import (
     NodeSuspect,
 )
 from .messages import Event, Message, Request, registry
-from .node import Node
+from ._node import Node
 from .protocol import PROTOCOL_VERSION
 from .system import Info, NodeInfo, NodeStats, Ping, Pong, Stats
 

@@ -14,6 +14,7 @@ and it can say why it refused, which discovery cannot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
@@ -27,7 +28,6 @@ from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from ..errors import ConfigError
-from ._fanout import Fanout
 from .base import Candidate, ChangeKind, Discovery, DiscoveryChange
 
 __all__ = ["SERVICE_TYPE", "MdnsDiscovery", "interfaces_for_bind"]
@@ -177,7 +177,7 @@ class MdnsDiscovery(Discovery):
         self._found: dict[str, Candidate] = {}  # by service name
         # One resolution per service name; held here so the loop cannot drop it.
         self._resolving: dict[str, asyncio.Task[None]] = {}
-        self._fanout = Fanout()
+        self._watchers: list[asyncio.Queue[DiscoveryChange | None]] = []
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -224,8 +224,16 @@ class MdnsDiscovery(Discovery):
         return list(self._found.values())
 
     def watch(self) -> AsyncIterator[DiscoveryChange]:
-        initial = [DiscoveryChange(ChangeKind.ADDED, c) for c in self._found.values()]
-        return self._fanout.watch(initial)
+        # Subscribe here, not at the first __anext__: a change between this call and
+        # the first iteration would otherwise be in neither the snapshot nor the queue.
+        queue: asyncio.Queue[DiscoveryChange | None] = asyncio.Queue()
+        if self._closed:
+            queue.put_nowait(None)
+        else:
+            for candidate in self._found.values():
+                queue.put_nowait(DiscoveryChange(ChangeKind.ADDED, candidate))
+            self._watchers.append(queue)
+        return self._drain(queue)
 
     async def aclose(self) -> None:
         async with self._lock:
@@ -249,7 +257,9 @@ class MdnsDiscovery(Discovery):
                         await azc.async_close()
                 finally:
                     self._found.clear()
-                    self._fanout.close()
+                    watchers, self._watchers = self._watchers, []
+                    for queue in watchers:
+                        queue.put_nowait(None)
 
     # -- inside ----------------------------------------------------------------
 
@@ -296,6 +306,20 @@ class MdnsDiscovery(Discovery):
         return AsyncServiceInfo(
             SERVICE_TYPE, name, port=port, properties=txt, server=server, parsed_addresses=addresses
         )
+
+    async def _drain(
+        self, queue: asyncio.Queue[DiscoveryChange | None]
+    ) -> AsyncIterator[DiscoveryChange]:
+        try:
+            while (change := await queue.get()) is not None:
+                yield change
+        finally:
+            with contextlib.suppress(ValueError):
+                self._watchers.remove(queue)
+
+    def _publish(self, change: DiscoveryChange) -> None:
+        for queue in self._watchers:
+            queue.put_nowait(change)
 
     def _on_state_change(
         self,
@@ -346,12 +370,12 @@ class MdnsDiscovery(Discovery):
         if old is not None and old == candidate and old.metadata == candidate.metadata:
             return
         self._found[name] = candidate
-        self._fanout.publish(DiscoveryChange(ChangeKind.ADDED, candidate))
+        self._publish(DiscoveryChange(ChangeKind.ADDED, candidate))
 
     def _drop(self, name: str) -> None:
         candidate = self._found.pop(name, None)
         if candidate is not None:
-            self._fanout.publish(DiscoveryChange(ChangeKind.REMOVED, candidate))
+            self._publish(DiscoveryChange(ChangeKind.REMOVED, candidate))
 
     def _candidate(self, name: str, info: AsyncServiceInfo) -> Candidate | None:
         txt = {k: v or "" for k, v in info.decoded_properties.items()}

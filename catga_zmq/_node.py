@@ -1,0 +1,922 @@
+"""``Node``: lifecycle, ``send`` and ``publish``; ties the parts together.
+
+Run one with ``python -m catga_zmq.node`` (see ``main``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from enum import Enum
+from typing import Any, Final, TypeVar, overload
+
+import msgspec
+
+from . import __version__
+from .config import NodeOptions
+from .discovery.base import Candidate, ChangeKind, Discovery
+from .errors import (
+    CatgaError,
+    ConfigError,
+    HandlerError,
+    HandlerNotFound,
+    NoNodes,
+    Overloaded,
+    ProtocolError,
+    RequestTimeout,
+    SerializationFailed,
+    TransportFailed,
+    ValidationFailed,
+    error_from_code,
+)
+from .mediator import Behavior, Context, Mediator
+from .membership import ClusterNode, Membership, MembershipEvent, NodeJoined, NodeStatus, Peer
+from .messages import Event, Message, Request, response_type
+from .protocol import (
+    HEARTBEAT_TOPIC,
+    PROTOCOL_VERSION,
+    Codec,
+    Header,
+    HeartbeatBody,
+    Kind,
+    decode_error,
+    decode_heartbeat,
+    encode_error,
+    encode_header,
+    topic_for,
+)
+from .routing import Router, make_router
+from .system import Info, NodeInfo, NodeStats, PeerAddress, Ping, Pong, Stats
+from .transport import PendingMap, Transport
+
+log = logging.getLogger("catga_zmq.node")
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Attempts of one ``send()`` across nodes (the first included), always within its deadline.
+MAX_ATTEMPTS: Final = 3
+#: How long a greeting (``Info``) to a seed or a gossiped peer waits for its answer.
+GREETING_TIMEOUT: Final = 1.0  # s
+#: Distinct (peer, problem) pairs remembered to log each problem once per peer.
+LOG_ONCE_LIMIT: Final = 4096
+
+_REQ: Final = int(Kind.REQ)
+_REP: Final = int(Kind.REP)
+_ERR: Final = int(Kind.ERR)
+
+_header_decoder: Final = msgspec.msgpack.Decoder(Header)
+
+current_trace: contextvars.ContextVar[str] = contextvars.ContextVar("catga_trace", default="")
+
+_DEFAULT: Any = object()
+
+
+class State(str, Enum):
+    NEW = "new"
+    RUNNING = "running"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+class Node:
+    """A member of a catga_zmq cluster: serves handlers, sends requests, publishes events.
+
+    ``Node(node_id="users-1", cluster="shop")``; any ``NodeOptions`` setting may be passed
+    as a keyword (``heartbeat_interval=0.25``). ``discovery`` is a backend name
+    (``"mdns"``, ``"static"``, ``"memory"``, ``"none"``), a ``Discovery`` object, or None.
+    """
+
+    def __init__(
+        self,
+        node_id: str | None = None,
+        cluster: str | None = None,
+        *,
+        discovery: Discovery | str | None = _DEFAULT,
+        options: NodeOptions | None = None,
+        **settings: Any,
+    ) -> None:
+        base = options or NodeOptions()
+        if node_id is not None:
+            settings["node_id"] = node_id
+        if cluster is not None:
+            settings["cluster"] = cluster
+        self._discovery_obj: Discovery | None = None
+        if isinstance(discovery, Discovery):
+            self._discovery_obj = discovery
+            settings["discovery"] = discovery.name if discovery.name in ("mdns", "static", "memory") else "none"
+        elif discovery is None:
+            settings["discovery"] = "none"
+        elif discovery is not _DEFAULT:
+            settings["discovery"] = discovery
+        unknown = set(settings) - set(NodeOptions.__struct_fields__)
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {', '.join(sorted(unknown))}; known: "
+                f"{', '.join(NodeOptions.__struct_fields__)}"
+            )
+        self.options = base.merged(settings).validated() if settings else base.validated()
+        self.mediator = Mediator(self.options.node_id)
+        self.codec = Codec()
+        self.state = State.NEW
+        self._routers: dict[str, Router] = {}
+        self._router: Router = make_router(self.options.routing)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._serving: set[asyncio.Task[Any]] = set()
+        self._running = 0
+        self._event_seq: dict[str, int] = {}
+        self._seen_seq: dict[tuple[str, str], int] = {}
+        self._logged: set[tuple[str, str]] = set()
+        self._greeting: set[str] = set()
+        self._topics: set[bytes] = set()
+        self._changed: asyncio.Event | None = None
+        self._started_at = 0.0
+        self.stats = {
+            "requests_handled": 0,
+            "requests_failed": 0,
+            "requests_sent": 0,
+            "events_published": 0,
+            "events_received": 0,
+            "events_lost": 0,
+            "frames_rejected": 0,
+        }
+        for builtin, fn in ((Ping, self._ping), (Info, self._info), (Stats, self._stats)):
+            self.mediator.add_handler(fn, builtin)
+
+    # registration ------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self.options.node_id
+
+    @overload
+    def handler(self, fn: F) -> F: ...
+    @overload
+    def handler(self, fn: None = None, *, message_type: type[Request[Any]] | None = None) -> Callable[[F], F]: ...
+
+    def handler(
+        self, fn: F | None = None, *, message_type: type[Request[Any]] | None = None
+    ) -> F | Callable[[F], F]:
+        """Register the handler of a request type, taken from the first parameter's annotation."""
+
+        def register(f: F) -> F:
+            self.mediator.add_handler(f, message_type)
+            self._handles_changed()
+            return f
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def subscribe(self, fn: F) -> F: ...
+    @overload
+    def subscribe(self, fn: None = None, *, message_type: type[Event] | None = None) -> Callable[[F], F]: ...
+
+    def subscribe(
+        self, fn: F | None = None, *, message_type: type[Event] | None = None
+    ) -> F | Callable[[F], F]:
+        """Register a subscriber of an event type, taken from the first parameter's annotation."""
+
+        def register(f: F) -> F:
+            self.mediator.add_subscriber(f, message_type)
+            self._handles_changed()
+            return f
+
+        return register(fn) if fn is not None else register
+
+    def add_behavior(self, behavior: Behavior) -> None:
+        """Add a pipeline behaviour around every handler call (outermost last)."""
+        self.mediator.add_behavior(behavior)
+
+    def route(self, message_type: type[Message], routing: str | Router) -> None:
+        """Use another routing strategy for one message type."""
+        router = make_router(routing) if isinstance(routing, str) else routing
+        self._routers[message_type.__wire_name__] = router
+
+    def configure(self, **settings: Any) -> None:
+        """Change settings before the node starts (the node command's flags use this)."""
+        if self.state is not State.NEW:
+            raise ConfigError("settings can only change before the node starts")
+        self.options = self.options.merged(settings).validated()
+        self.mediator.node_id = self.options.node_id
+        self._router = make_router(self.options.routing)
+
+    def _handles_changed(self) -> None:
+        if self.state is State.RUNNING:
+            self._me.handles = frozenset(self._handled_types())
+            self._me.subscribes = frozenset(self.mediator.subscribers)
+            self.membership.rebuild()
+            self._update_topics()
+
+    def _handled_types(self) -> list[str]:
+        return [n for n in self.mediator.handlers if not n.startswith("catga.")]
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self.state is not State.NEW:
+            raise CatgaError(f"node {self.node_id} is {self.state.value}; a node starts once")
+        opts = self.options
+        self.loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self.pending = PendingMap(self.loop)
+        self.transport = Transport(
+            opts.node_id,
+            max_message_size=opts.max_message_size,
+            hwm=max(1000, opts.max_in_flight),
+            on_request=self._on_request,
+            on_broadcast=self._on_broadcast,
+            on_reply=self._on_reply,
+        )
+        try:
+            self.transport.bind(opts.bind, opts.port, opts.pub_port, opts.advertise)
+        except CatgaError:
+            self.transport.close()
+            self.state = State.CLOSED
+            raise
+        self.incarnation = time.time_ns()
+        self._me = Peer(
+            opts.node_id,
+            self.transport.endpoint,
+            self.transport.pub_endpoint,
+            self.incarnation,
+            handles=frozenset(self._handled_types()),
+            subscribes=frozenset(self.mediator.subscribers),
+            metadata=dict(opts.metadata),
+            weight=opts.weight,
+            local=True,
+            last_seen=self.loop.time(),
+            last_heartbeat=time.time(),
+        )
+        self.membership = Membership(
+            self._me, suspect_after=opts.suspect_after, faulted_after=opts.faulted_after
+        )
+        self.membership.on_gone = self._forget_peer
+        self.membership.on_change = self._changed.set
+        self._update_topics()
+        self._seq = 0
+        self._cpu_mark = (time.monotonic(), time.process_time())
+        self._started_at = time.monotonic()
+        self.state = State.RUNNING
+        self._gossip = opts.discovery in ("static", "none")
+        self.discovery = self._discovery_obj or _make_discovery(opts)
+        self._spawn(self._heartbeat_loop(), "heartbeat")
+        self._spawn(self._detector_loop(), "failure-detector")
+        if self.discovery is not None:
+            await self.discovery.register(self._candidate())
+            self._spawn(self._discovery_loop(self.discovery), "discovery")
+        log.info(
+            "node %s up: requests %s, heartbeats %s, cluster %s, discovery %s",
+            opts.node_id,
+            self.transport.endpoint,
+            self.transport.pub_endpoint,
+            opts.cluster,
+            opts.discovery,
+        )
+
+    def _candidate(self) -> Candidate:
+        return Candidate(
+            endpoint=self.transport.endpoint,
+            node_id=self.node_id,
+            pub_endpoint=self.transport.pub_endpoint,
+            cluster=self.options.cluster,
+            version=PROTOCOL_VERSION,
+            metadata=dict(self.options.metadata),
+        )
+
+    async def aclose(self) -> None:
+        """Drain and leave: announce DRAINING, finish in-flight work, say BYE. Idempotent."""
+        if self.state in (State.CLOSED, State.NEW):
+            self.state = State.CLOSED
+            return
+        if self.state is State.DRAINING:
+            while self.state is not State.CLOSED:
+                await asyncio.sleep(0.01)
+            return
+        self.state = State.DRAINING
+        self._me.status = NodeStatus.DRAINING
+        self.membership.rebuild()
+        self._send_heartbeat()
+        drain_end = self.loop.time() + self.options.drain_timeout
+        if self._serving:
+            await asyncio.wait(list(self._serving), timeout=self.options.drain_timeout)
+        for task in list(self._serving):
+            task.cancel()
+        while len(self.pending) and self.loop.time() < drain_end:
+            await asyncio.sleep(0.01)
+        await self.mediator.idle(max(0.0, drain_end - self.loop.time()))
+        self._send_bye()
+        if self.discovery is not None:
+            try:
+                await self.discovery.aclose()
+            except Exception:
+                log.exception("discovery %s did not close cleanly", self.discovery.name)
+        self.state = State.CLOSED
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.mediator.cancel_subscribers()
+        self.membership.close_watchers()
+        self.pending.fail_all(lambda: CatgaError(f"node {self.node_id} closed", node=self.node_id))
+        # Give libzmq's I/O thread a moment to put the BYE on the wire before LINGER=0 drops it.
+        await asyncio.sleep(0.02)
+        self.transport.close()
+        log.info("node %s closed", self.node_id)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = self.loop.create_task(coro, name=f"catga-{self.node_id}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    # membership view -----------------------------------------------------------------------
+
+    def members(self) -> list[ClusterNode]:
+        """This node and every peer it has heard from, with their state."""
+        if self.state is State.NEW:
+            return []
+        return self.membership.members()
+
+    def watch(self) -> AsyncIterator[MembershipEvent]:
+        """Membership changes as they happen, until the node closes."""
+        self._check_running()
+        return self.membership.watch()
+
+    async def wait_for_peers(self, count: int, timeout: float = 10.0, *, handles: type[Message] | None = None) -> None:
+        """Wait until ``count`` peers are ALIVE (and handle ``handles``, if given)."""
+        self._check_running()
+        assert self._changed is not None
+        deadline = self.loop.time() + timeout
+
+        def enough() -> bool:
+            if handles is not None:
+                return sum(1 for p in self.membership.candidates(handles.__wire_name__) if not p.local) >= count
+            return self.membership.live_count() >= count
+
+        while not enough():
+            remaining = deadline - self.loop.time()
+            if remaining <= 0:
+                raise RequestTimeout(
+                    f"{self.membership.live_count()} of {count} peers alive after {timeout} s"
+                )
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def _check_running(self) -> None:
+        if self.state is not State.RUNNING:
+            raise CatgaError(
+                f"node {self.node_id} is {self.state.value}; use `async with node:` first"
+                if self.state is State.NEW
+                else f"node {self.node_id} is {self.state.value}"
+            )
+
+    # sending -----------------------------------------------------------------------------
+
+    async def send(
+        self,
+        message: Request[T],
+        *,
+        timeout: float | None = None,
+        key: str | None = None,
+        node: str | None = None,
+        trace_id: str | None = None,
+    ) -> T:
+        """Send a request to the node chosen by routing and return its typed response.
+
+        ``timeout`` (s) is a deadline that travels with the request; ``key`` is the
+        consistent-hash key; ``node`` sends to that node only. Raises a ``CatgaError``.
+        """
+        if self.state is not State.RUNNING:
+            self._check_running()
+        cls = type(message)
+        name: str = getattr(cls, "__wire_name__", "")
+        if not isinstance(message, Request):
+            raise ValidationFailed(f"send() takes a Request, got {cls.__qualname__}; use publish() for events")
+        budget = self.options.request_timeout if timeout is None else timeout
+        if budget <= 0:
+            raise ValidationFailed(f"timeout must be > 0 s, got {timeout}")
+        loop = self.loop
+        deadline = loop.time() + budget
+        trace = trace_id if trace_id is not None else current_trace.get()
+        if key is None and cls.__routing_key__:
+            key = str(getattr(message, cls.__routing_key__))
+        payload: bytes | None = None
+        tried: list[Peer] = []
+        last_error: CatgaError | None = None
+        for _attempt in range(MAX_ATTEMPTS):
+            target = self._choose(name, message, key, node, tried)
+            if target is None:
+                if last_error is not None:
+                    raise last_error
+                raise NoNodes(f"no live node handles {name}" if node is None else f"node {node} is not a live member handling {name}")
+            if target.local:
+                return await self._call_local(message, name, deadline, trace)  # type: ignore[no-any-return]
+            if payload is None:
+                payload = self._encode(message, name)
+            try:
+                return await self._call_remote(target, name, payload, deadline, trace, response_type(cls))  # type: ignore[no-any-return]
+            except (TransportFailed, Overloaded, HandlerNotFound) as exc:
+                # Not executed there: another node may take it at once.
+                last_error = exc
+            except RequestTimeout as exc:
+                if not cls.__idempotent__ or loop.time() >= deadline:
+                    raise
+                last_error = exc
+            tried.append(target)
+            if node is not None or loop.time() >= deadline:
+                break
+        assert last_error is not None
+        raise last_error
+
+    def _choose(self, name: str, message: Any, key: str | None, node: str | None, tried: list[Peer]) -> Peer | None:
+        if node is not None:
+            if tried:
+                return None
+            if node == self.node_id:
+                return self._me if name in self.mediator.handlers else None
+            peer = self.membership.peers.get(node)
+            if peer is None or peer.status not in (NodeStatus.ALIVE, NodeStatus.DRAINING, NodeStatus.SUSPECT):
+                return None
+            return peer
+        candidates = self.membership.candidates(name)
+        if tried:
+            candidates = tuple(p for p in candidates if p not in tried)
+        if not candidates:
+            return None
+        return self._routers.get(name, self._router).select(candidates, message, key)
+
+    def _encode(self, message: Message, name: str) -> bytes:
+        try:
+            payload = self.codec.encode(message)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise SerializationFailed(f"{name} could not be encoded: {exc}") from None
+        if len(payload) > self.options.max_message_size:
+            raise SerializationFailed(
+                f"{name} is {len(payload)} bytes, over max_message_size "
+                f"{self.options.max_message_size}; send less or raise it on every node"
+            )
+        return payload
+
+    async def _call_remote(
+        self, target: Peer, name: str, payload: bytes, deadline: float, trace: str, rtype: Any
+    ) -> Any:
+        pending = self.pending
+        if len(pending) >= self.options.max_in_flight:
+            raise Overloaded(
+                f"{len(pending)} requests already in flight from this node (max_in_flight)",
+                node=self.node_id,
+            )
+        rid, fut = pending.open()
+        budget_ms = max(1, int((deadline - self.loop.time()) * 1000))
+        header = encode_header(_REQ, rid, name, self.options.node_id, budget_ms, 0, trace)
+        try:
+            self.transport.send_request(target.endpoint, header, payload)
+        except TransportFailed as exc:
+            pending.fail(rid, exc)
+            exc.node = target.node_id
+            raise
+        self.stats["requests_sent"] += 1
+        kind, body, source = await pending.wait(rid, fut, deadline, f"{name} sent to {target.node_id}")
+        if kind == _REP:
+            try:
+                return self.codec.decoder(rtype).decode(body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise SerializationFailed(
+                    f"the reply to {name} from {source} is not a {getattr(rtype, '__qualname__', rtype)}: {exc}",
+                    node=source,
+                ) from None
+        err = decode_error(body)
+        raise error_from_code(err.code, err.message, node=source, retryable=err.retryable, error_type=err.error_type)
+
+    async def _call_local(self, message: Request[Any], name: str, deadline: float, trace: str) -> Any:
+        entry = self.mediator.handlers.get(name)
+        if entry is None:
+            raise HandlerNotFound(f"no handler for {name} on {self.node_id}", node=self.node_id)
+        if self._running >= self.options.max_concurrency:
+            raise Overloaded(f"{self._running} handlers running on {self.node_id}", node=self.node_id)
+        ctx = Context(name, self.node_id, self.node_id, 0, trace, deadline)
+        self._running += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await entry.call(message, ctx)
+        except TimeoutError:
+            raise RequestTimeout(f"{name} did not finish before its deadline", node=self.node_id) from None
+        except CatgaError:
+            raise
+        except Exception as exc:
+            raise HandlerError(str(exc), error_type=type(exc).__name__, node=self.node_id) from exc
+        finally:
+            self._running -= 1
+
+    async def publish(self, event: Event) -> None:
+        """Deliver ``event`` to every live subscriber in the cluster, local ones included.
+
+        At most once: an event reaches subscribers connected now; losses that show as
+        sequence gaps are counted in ``stats``.
+        """
+        self._check_running()
+        if not isinstance(event, Event):
+            raise ValidationFailed(f"publish() takes an Event, got {type(event).__qualname__}; use send() for requests")
+        name = type(event).__wire_name__
+        payload = self._encode(event, name)
+        seq = self._event_seq.get(name, 0) + 1
+        self._event_seq[name] = seq
+        header = encode_header(int(Kind.EVT), seq, name, self.options.node_id, 0, 0, current_trace.get())
+        self.transport.broadcast(topic_for(name), header, payload)
+        self.stats["events_published"] += 1
+        if name in self.mediator.subscribers:
+            self.mediator.deliver(name, event, Context(name, self.node_id, self.node_id, seq))
+
+    # inbound -----------------------------------------------------------------------------------
+
+    def _reject(self, peer: str, problem: str, detail: str) -> None:
+        self.stats["frames_rejected"] += 1
+        key = (peer, problem)
+        if key not in self._logged and len(self._logged) < LOG_ONCE_LIMIT:
+            self._logged.add(key)
+            log.warning("rejected a frame from %s: %s (logged once per peer)", peer, detail)
+
+    def _on_request(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            self._reject(frames[0].hex() if frames else "?", "frames", f"{len(frames)} frames, expected 3")
+            return
+        ident, raw_header, payload = frames
+        try:
+            header = _header_decoder.decode(raw_header)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._reject(ident.hex(), "header", f"header does not decode: {exc}")
+            return
+        if header.version != PROTOCOL_VERSION or header.kind != _REQ:
+            if header.version != PROTOCOL_VERSION:
+                problem = (
+                    f"protocol version {header.version}, this node speaks {PROTOCOL_VERSION}; "
+                    "run the same catga_zmq protocol on every node"
+                )
+                self._reject(header.source, "version", problem)
+                self._answer_error(ident, header, ProtocolError(problem, node=self.node_id))
+            else:
+                self._reject(header.source, "kind", f"frame kind {header.kind} sent to a ROUTER")
+            return
+        self.membership.on_traffic(header.source, self.loop.time())
+        entry = self.mediator.handlers.get(header.type_name)
+        if entry is None:
+            self._answer_error(
+                ident, header, HandlerNotFound(f"no handler for {header.type_name} on {self.node_id}", node=self.node_id)
+            )
+            return
+        if self._running >= self.options.max_concurrency or self.state is not State.RUNNING:
+            why = "is draining" if self.state is not State.RUNNING else f"runs {self._running} handlers (max_concurrency)"
+            self._answer_error(ident, header, Overloaded(f"node {self.node_id} {why}", node=self.node_id))
+            return
+        try:
+            message = entry.decoder.decode(payload)
+        except msgspec.ValidationError as exc:
+            self._answer_error(ident, header, ValidationFailed(f"{header.type_name}: {exc}", node=self.node_id))
+            return
+        except msgspec.DecodeError as exc:
+            self._answer_error(ident, header, SerializationFailed(f"{header.type_name}: {exc}", node=self.node_id))
+            return
+        deadline = self.loop.time() + header.budget_ms / 1000 if header.budget_ms else 0.0
+        ctx = Context(header.type_name, self.node_id, header.source, header.request_id, header.trace_id, deadline)
+        self._running += 1
+        task = self.loop.create_task(self._serve(entry.call, message, ctx, ident))
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+
+    async def _serve(self, call: Callable[[Message, Context], Any], message: Message, ctx: Context, ident: bytes) -> None:
+        if ctx.trace_id:
+            current_trace.set(ctx.trace_id)
+        try:
+            result = await call(message, ctx)
+            body = self.codec.encode(result)
+            if len(body) > self.options.max_message_size:
+                raise SerializationFailed(
+                    f"the reply to {ctx.type_name} is {len(body)} bytes, over max_message_size "
+                    f"{self.options.max_message_size}"
+                )
+            self.stats["requests_handled"] += 1
+            self.transport.reply((ident, encode_header(_REP, ctx.request_id, "", self.options.node_id), body))
+        except CatgaError as exc:
+            self.stats["requests_failed"] += 1
+            self._answer(ident, ctx.request_id, exc.code, exc.message, "", exc.retryable)
+        except (TypeError, msgspec.EncodeError) as exc:
+            self.stats["requests_failed"] += 1
+            self._answer(ident, ctx.request_id, SerializationFailed.code, f"the reply to {ctx.type_name} could not be encoded: {exc}", "", False)
+        except asyncio.CancelledError:
+            self._answer(ident, ctx.request_id, "CANCELLED", f"node {self.node_id} shut down before finishing", "", True)
+            raise
+        except Exception as exc:
+            self.stats["requests_failed"] += 1
+            self._answer(ident, ctx.request_id, HandlerError.code, str(exc), type(exc).__name__, False)
+        finally:
+            self._running -= 1
+
+    def _answer_error(self, ident: bytes, header: Header, exc: CatgaError) -> None:
+        self._answer(ident, header.request_id, exc.code, exc.message, "", exc.retryable)
+
+    def _answer(self, ident: bytes, request_id: int, code: str, message: str, error_type: str, retryable: bool) -> None:
+        self.transport.reply(
+            (
+                ident,
+                encode_header(_ERR, request_id, "", self.options.node_id),
+                encode_error(code, message, error_type, retryable),
+            )
+        )
+
+    def _on_reply(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._reject("?", "reply-frames", f"a reply of {len(frames)} frames, expected 2")
+            return
+        try:
+            header = _header_decoder.decode(frames[0])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._reject("?", "reply-header", f"reply header does not decode: {exc}")
+            return
+        if header.version != PROTOCOL_VERSION:
+            problem = f"{header.source} speaks protocol version {header.version}, this node {PROTOCOL_VERSION}"
+            self._reject(header.source, "version", problem)
+            self.pending.fail(header.request_id, ProtocolError(problem, node=header.source))
+            return
+        if header.kind != _REP and header.kind != _ERR:
+            self._reject(header.source, "kind", f"frame kind {header.kind} as a reply")
+            return
+        self.membership.on_traffic(header.source, self.loop.time())
+        self.pending.resolve(header.request_id, (header.kind, frames[1], header.source))
+
+    def _on_broadcast(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            self._reject("?", "pub-frames", f"a broadcast of {len(frames)} frames, expected 3")
+            return
+        topic, raw_header, payload = frames
+        try:
+            header = _header_decoder.decode(raw_header)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._reject("?", "pub-header", f"broadcast header does not decode: {exc}")
+            return
+        if header.version != PROTOCOL_VERSION:
+            self._reject(header.source, "version", f"protocol version {header.version}, this node speaks {PROTOCOL_VERSION}")
+            return
+        kind = header.kind
+        if kind == Kind.EVT:
+            self._on_event(header, payload)
+        elif kind == Kind.HB or kind == Kind.BYE:
+            try:
+                hb = decode_heartbeat(payload)
+            except ProtocolError as exc:
+                self._reject(header.source, "heartbeat", str(exc))
+                return
+            if hb.cluster != self.options.cluster:
+                self._reject(hb.node_id, "cluster", f"heartbeat of cluster {hb.cluster!r}, this node is in {self.options.cluster!r}")
+                return
+            if hb.node_id == self.node_id:
+                return
+            if kind == Kind.BYE:
+                self.membership.on_bye(hb.node_id, hb.incarnation)
+                return
+            known = self.membership.peers.get(hb.node_id)
+            fresh = known is None or known.incarnation != hb.incarnation or known.status is NodeStatus.LEFT
+            self.membership.on_heartbeat(hb, self.loop.time())
+            if fresh:
+                self.transport.dealer(hb.endpoint)  # connect now, not on the first request
+                if self._gossip:
+                    self._greet(hb.endpoint, attempts=3)
+        else:
+            self._reject(header.source, "kind", f"frame kind {kind} on PUB/SUB")
+
+    def _on_event(self, header: Header, payload: bytes) -> None:
+        name = header.type_name
+        subs = self.mediator.subscribers.get(name)
+        self.membership.on_traffic(header.source, self.loop.time())
+        if not subs:
+            return
+        key = (header.source, name)
+        last = self._seen_seq.get(key)
+        if last is not None and header.request_id > last + 1:
+            self.stats["events_lost"] += header.request_id - last - 1
+        self._seen_seq[key] = header.request_id
+        try:
+            event = self.mediator.decoder(subs[0].message_type).decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._reject(header.source, f"event:{name}", f"event {name} does not decode: {exc}")
+            return
+        self.stats["events_received"] += 1
+        self.mediator.deliver(name, event, Context(name, self.node_id, header.source, header.request_id, header.trace_id))
+
+    # heartbeats and membership ---------------------------------------------------------------------
+
+    def _update_topics(self) -> None:
+        topics = {HEARTBEAT_TOPIC} | {topic_for(n) for n in self.mediator.subscribers}
+        self.transport.set_topics(topics, self._topics)
+        self._topics = topics
+
+    def _heartbeat_body(self) -> HeartbeatBody:
+        now, cpu = time.monotonic(), time.process_time()
+        then, cpu_then = self._cpu_mark
+        if now - then >= 0.1:
+            self._me.load = round((cpu - cpu_then) / (now - then), 3)
+            self._cpu_mark = (now, cpu)
+        self._me.in_flight = self._running
+        self._seq += 1
+        return HeartbeatBody(
+            node_id=self.node_id,
+            incarnation=self.incarnation,
+            seq=self._seq,
+            status=self._me.status.value,
+            cluster=self.options.cluster,
+            endpoint=self.transport.endpoint,
+            pub_endpoint=self.transport.pub_endpoint,
+            load=self._me.load,
+            in_flight=self._running,
+            weight=self.options.weight,
+            interval_ms=int(self.options.heartbeat_interval * 1000),
+            handles=sorted(self._me.handles),
+            subscribes=sorted(self._me.subscribes),
+            metadata=self._me.metadata,
+        )
+
+    def _send_heartbeat(self, kind: Kind = Kind.HB) -> None:
+        body = msgspec.msgpack.encode(self._heartbeat_body())
+        header = encode_header(int(kind), self._seq, "", self.node_id)
+        self.transport.broadcast(HEARTBEAT_TOPIC, header, body)
+        self._me.last_heartbeat = time.time()
+
+    def _send_bye(self) -> None:
+        self._me.status = NodeStatus.LEFT
+        self._send_heartbeat(Kind.BYE)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.options.heartbeat_interval
+        while self.state is not State.CLOSED:
+            self._send_heartbeat()
+            await asyncio.sleep(interval)
+
+    async def _detector_loop(self) -> None:
+        # Four checks per heartbeat interval bound the detection lag to a quarter beat.
+        interval = self.options.heartbeat_interval / 4
+        while self.state is not State.CLOSED:
+            await asyncio.sleep(interval)
+            self.membership.check(self.loop.time())
+
+    def _forget_peer(self, peer: Peer) -> None:
+        still_used = any(
+            p is not peer and p.endpoint == peer.endpoint and p.status is not NodeStatus.LEFT
+            for p in self.membership.peers.values()
+        )
+        if not still_used:
+            self.transport.drop_peer(peer.endpoint, peer.pub_endpoint)
+
+    async def _discovery_loop(self, discovery: Discovery) -> None:
+        async for change in discovery.watch():
+            c = change.candidate
+            if change.kind is ChangeKind.ADDED:
+                self._add_candidate(c, greet=self._gossip)
+            elif c.node_id is not None:
+                peer = self.membership.peers.get(c.node_id)
+                if peer is not None and peer.endpoint == c.endpoint and peer.status is not NodeStatus.LEFT:
+                    self.membership.mark_left(peer)
+
+    def _add_candidate(self, c: Candidate, *, greet: bool) -> None:
+        if c.endpoint == self.transport.endpoint or c.node_id == self.node_id:
+            return
+        if c.cluster is not None and c.cluster != self.options.cluster:
+            log.debug("ignoring %s at %s: cluster %r", c.node_id, c.endpoint, c.cluster)
+            return
+        if c.version is not None and c.version != PROTOCOL_VERSION:
+            self._reject(
+                c.node_id or c.endpoint,
+                "version",
+                f"{c.node_id} at {c.endpoint} speaks protocol version {c.version}, this node {PROTOCOL_VERSION}",
+            )
+            return
+        if c.pub_endpoint:
+            self.transport.subscribe_to(c.pub_endpoint)
+            self.transport.dealer(c.endpoint)
+        if greet or not c.pub_endpoint:
+            self._greet(c.endpoint, attempts=0 if c.node_id is None else 5)
+
+    def _greet(self, endpoint: str, attempts: int) -> None:
+        """Exchange ``Info`` with ``endpoint`` (0 attempts: until it answers, for seeds)."""
+        if endpoint in self._greeting or self.state is not State.RUNNING:
+            return
+        self._greeting.add(endpoint)
+        self._spawn(self._greet_loop(endpoint, attempts), f"greet-{endpoint}")
+
+    async def _greet_loop(self, endpoint: str, attempts: int) -> None:
+        me = PeerAddress(self.node_id, self.transport.endpoint, self.transport.pub_endpoint, self.options.cluster, PROTOCOL_VERSION)
+        payload = self.codec.encode(Info(caller=me))
+        target = Peer(node_id=endpoint, endpoint=endpoint, pub_endpoint="", incarnation=0)
+        tried = 0
+        try:
+            while self.state is State.RUNNING and (attempts == 0 or tried < attempts):
+                tried += 1
+                deadline = self.loop.time() + GREETING_TIMEOUT
+                try:
+                    info: NodeInfo = await self._call_remote(target, Info.__wire_name__, payload, deadline, "", NodeInfo)
+                except CatgaError as exc:
+                    log.debug("greeting %s: %s", endpoint, exc)
+                    await asyncio.sleep(max(0.0, deadline - self.loop.time()))
+                    continue
+                if info.cluster != self.options.cluster:
+                    log.warning("%s at %s is in cluster %r, not %r; ignoring it", info.node_id, endpoint, info.cluster, self.options.cluster)
+                    return
+                self.transport.subscribe_to(info.pub_endpoint)
+                for p in info.peers:
+                    self._add_candidate(
+                        Candidate(p.endpoint, p.node_id, p.pub_endpoint, p.cluster, p.version), greet=True
+                    )
+                return
+        finally:
+            self._greeting.discard(endpoint)
+
+    # built-in requests -----------------------------------------------------------------------------
+
+    async def _ping(self, req: Ping) -> Pong:
+        return Pong(self.node_id, time.time())
+
+    async def _info(self, req: Info) -> NodeInfo:
+        caller = req.caller
+        if caller is not None and caller.cluster == self.options.cluster:
+            self._add_candidate(
+                Candidate(caller.endpoint, caller.node_id, caller.pub_endpoint, caller.cluster, caller.version),
+                greet=False,
+            )
+        peers = [
+            PeerAddress(p.node_id, p.endpoint, p.pub_endpoint, self.options.cluster, PROTOCOL_VERSION)
+            for p in self.membership.peers.values()
+            if p.status in (NodeStatus.ALIVE, NodeStatus.DRAINING, NodeStatus.SUSPECT)
+        ]
+        return NodeInfo(
+            node_id=self.node_id,
+            cluster=self.options.cluster,
+            version=PROTOCOL_VERSION,
+            library_version=__version__,
+            endpoint=self.transport.endpoint,
+            pub_endpoint=self.transport.pub_endpoint,
+            incarnation=self.incarnation,
+            status=self._me.status.value,
+            handles=sorted(self._me.handles),
+            subscribes=sorted(self._me.subscribes),
+            metadata=dict(self.options.metadata),
+            peers=peers,
+        )
+
+    async def _stats(self, req: Stats) -> NodeStats:
+        counts: dict[str, int] = {}
+        for p in self.membership.peers.values():
+            counts[p.status.value] = counts.get(p.status.value, 0) + 1
+        return NodeStats(
+            node_id=self.node_id,
+            uptime=time.monotonic() - self._started_at,
+            running=self._running,
+            pending=len(self.pending),
+            requests_handled=self.stats["requests_handled"],
+            requests_failed=self.stats["requests_failed"],
+            requests_sent=self.stats["requests_sent"],
+            events_published=self.stats["events_published"],
+            events_received=self.stats["events_received"],
+            events_lost=self.stats["events_lost"],
+            frames_rejected=self.stats["frames_rejected"],
+            replies_dropped=self.transport.dropped_replies,
+            late_replies=self.pending.late_replies,
+            members=counts,
+        )
+
+
+def _make_discovery(opts: NodeOptions) -> Discovery | None:
+    if opts.discovery == "none":
+        return None
+    if opts.discovery == "static":
+        from .discovery.static import StaticDiscovery
+
+        return StaticDiscovery(opts.seeds)
+    if opts.discovery == "memory":
+        from .discovery.memory import MemoryDiscovery
+
+        return MemoryDiscovery()
+    from .discovery.mdns import MdnsDiscovery, interfaces_for_bind
+
+    return MdnsDiscovery(opts.cluster, interfaces_for_bind(opts.bind), version=PROTOCOL_VERSION)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m catga_zmq.node``: run one node until SIGTERM or Ctrl-C."""
+    from ._cli import run_node
+
+    return run_node(argv)
+
