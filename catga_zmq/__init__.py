@@ -9,11 +9,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from ._node import Node
 from .config import NodeOptions
 from .discovery import Candidate, Discovery, MemoryDiscovery, MemoryHub, StaticDiscovery
 from .errors import (
-    CatgaError,
     Cancelled,
+    CatgaError,
     ConfigError,
     HandlerError,
     HandlerNotFound,
@@ -37,15 +38,14 @@ from .membership import (
     NodeSuspect,
 )
 from .messages import Event, Message, Request, registry
-from ._node import Node
 from .protocol import PROTOCOL_VERSION
 from .system import Info, NodeInfo, NodeStats, Ping, Pong, Stats
 
 __all__ = [
     "PROTOCOL_VERSION",
     "Behavior",
-    "Candidate",
     "Cancelled",
+    "Candidate",
     "CatgaError",
     "ClusterNode",
     "ConfigError",

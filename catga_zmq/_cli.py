@@ -32,19 +32,32 @@ def _node_parser() -> argparse.ArgumentParser:
         description="Run one catga_zmq node until SIGTERM or Ctrl-C (both drain, then exit 0).",
         epilog="Every flag also reads from CATGA_<NAME> (e.g. CATGA_CLUSTER) and from --config.",
     )
-    p.add_argument("--app", metavar="MODULE:ATTR", help="the Node object of your service, like uvicorn's module:app")
-    p.add_argument("--config", metavar="FILE", help="TOML file with the settings ([node] table or top level)")
+    p.add_argument(
+        "--app",
+        metavar="MODULE:ATTR",
+        help="the Node object of your service, like uvicorn's module:app",
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML file with the settings ([node] table or top level)"
+    )
     p.add_argument("--id", dest="node_id", help="node id (default: host-pid-random)")
     p.add_argument("--cluster", help="cluster name; nodes of other clusters are ignored")
     p.add_argument("--bind", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="ROUTER port (default: any free port)")
-    p.add_argument("--pub-port", dest="pub_port", type=int, help="PUB port (default: any free port)")
+    p.add_argument(
+        "--pub-port", dest="pub_port", type=int, help="PUB port (default: any free port)"
+    )
     p.add_argument("--advertise", help="address peers connect to (default: the bind address)")
     p.add_argument("--discovery", help="mdns, static, memory or none (default mdns)")
     p.add_argument("--seeds", help="static seeds, comma separated: tcp://HOST:PORT,...")
     p.add_argument("--routing", help="round_robin or local_first")
     p.add_argument("--weight", type=int, help="share of traffic under weighted routing")
-    p.add_argument("--heartbeat-interval", dest="heartbeat_interval", type=float, help="seconds between heartbeats")
+    p.add_argument(
+        "--heartbeat-interval",
+        dest="heartbeat_interval",
+        type=float,
+        help="seconds between heartbeats",
+    )
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
     return p
 
@@ -61,13 +74,17 @@ def load_app(spec: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise UsageError(f"--app {spec!r}: cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+        raise UsageError(
+            f"--app {spec!r}: cannot import {module_name}: {type(exc).__name__}: {exc}"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise UsageError(f"--app {spec!r}: module {module_name} has no attribute {attr!r}") from None
+            raise UsageError(
+                f"--app {spec!r}: module {module_name} has no attribute {attr!r}"
+            ) from None
     if not isinstance(obj, Node):
         raise UsageError(f"--app {spec!r} is a {type(obj).__name__}, not a catga_zmq.Node")
     return obj
@@ -152,7 +169,9 @@ async def _serve(node: Any) -> None:
 
 
 def _ops_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m catga_zmq", description="catga_zmq operator commands")
+    p = argparse.ArgumentParser(
+        prog="python -m catga_zmq", description="catga_zmq operator commands"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (
         ("nodes", "list the cluster's members as a table"),
@@ -163,7 +182,9 @@ def _ops_parser() -> argparse.ArgumentParser:
         c.add_argument("--discovery", help="mdns, static or none (default mdns)")
         c.add_argument("--seeds", help="static seeds: tcp://HOST:PORT,...")
         c.add_argument("--bind", help="address to bind the observer to (default 127.0.0.1)")
-        c.add_argument("--wait", type=float, default=3.0, help="seconds to listen before answering (default 3)")
+        c.add_argument(
+            "--wait", type=float, default=3.0, help="seconds to listen before answering (default 3)"
+        )
         c.add_argument("--json", action="store_true", help="print JSON instead of a table")
         if name == "ping":
             c.add_argument("--node", help="ping only this node id")
@@ -238,7 +259,11 @@ async def _ops(args: argparse.Namespace, options: NodeOptions) -> int:
         if args.json:
             print(msgspec.json.encode(rows).decode())
         else:
-            print(_table(rows) if rows else f"no nodes seen in cluster {options.cluster!r} within {args.wait} s")
+            print(
+                _table(rows)
+                if rows
+                else f"no nodes seen in cluster {options.cluster!r} within {args.wait} s"
+            )
         return 0 if rows else 1
 
 

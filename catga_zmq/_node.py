@@ -6,11 +6,12 @@ Run one with ``python -m catga_zmq.node`` (see ``main``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Final, TypeVar, overload
 
 import msgspec
@@ -33,7 +34,7 @@ from .errors import (
     error_from_code,
 )
 from .mediator import Behavior, Context, Mediator
-from .membership import ClusterNode, Membership, MembershipEvent, NodeJoined, NodeStatus, Peer
+from .membership import ClusterNode, Membership, MembershipEvent, NodeStatus, Peer
 from .messages import Event, Message, Request, response_type
 from .protocol import (
     HEARTBEAT_TOPIC,
@@ -75,7 +76,7 @@ current_trace: contextvars.ContextVar[str] = contextvars.ContextVar("catga_trace
 _DEFAULT: Any = object()
 
 
-class State(str, Enum):
+class State(StrEnum):
     NEW = "new"
     RUNNING = "running"
     DRAINING = "draining"
@@ -107,7 +108,12 @@ class Node:
         self._discovery_obj: Discovery | None = None
         if isinstance(discovery, Discovery):
             self._discovery_obj = discovery
-            settings["discovery"] = discovery.name if discovery.name in ("mdns", "static", "memory") else "none"
+            settings["discovery"] = (
+                discovery.name if discovery.name in ("mdns", "static", "memory") else "none"
+            )
+            seeds = getattr(discovery, "seeds", None)
+            if seeds is not None:
+                settings["seeds"] = list(seeds)
         elif discovery is None:
             settings["discovery"] = "none"
         elif discovery is not _DEFAULT:
@@ -155,7 +161,9 @@ class Node:
     @overload
     def handler(self, fn: F) -> F: ...
     @overload
-    def handler(self, fn: None = None, *, message_type: type[Request[Any]] | None = None) -> Callable[[F], F]: ...
+    def handler(
+        self, fn: None = None, *, message_type: type[Request[Any]] | None = None
+    ) -> Callable[[F], F]: ...
 
     def handler(
         self, fn: F | None = None, *, message_type: type[Request[Any]] | None = None
@@ -172,7 +180,9 @@ class Node:
     @overload
     def subscribe(self, fn: F) -> F: ...
     @overload
-    def subscribe(self, fn: None = None, *, message_type: type[Event] | None = None) -> Callable[[F], F]: ...
+    def subscribe(
+        self, fn: None = None, *, message_type: type[Event] | None = None
+    ) -> Callable[[F], F]: ...
 
     def subscribe(
         self, fn: F | None = None, *, message_type: type[Event] | None = None
@@ -228,6 +238,7 @@ class Node:
         opts = self.options
         self.loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
+        self._closed = asyncio.Event()
         self.pending = PendingMap(self.loop)
         self.transport = Transport(
             opts.node_id,
@@ -299,8 +310,7 @@ class Node:
             self.state = State.CLOSED
             return
         if self.state is State.DRAINING:
-            while self.state is not State.CLOSED:
-                await asyncio.sleep(0.01)
+            await self._closed.wait()
             return
         self.state = State.DRAINING
         self._me.status = NodeStatus.DRAINING
@@ -311,7 +321,7 @@ class Node:
             await asyncio.wait(list(self._serving), timeout=self.options.drain_timeout)
         for task in list(self._serving):
             task.cancel()
-        while len(self.pending) and self.loop.time() < drain_end:
+        while len(self.pending) and self.loop.time() < drain_end:  # noqa: ASYNC110 - bounded
             await asyncio.sleep(0.01)
         await self.mediator.idle(max(0.0, drain_end - self.loop.time()))
         self._send_bye()
@@ -330,6 +340,7 @@ class Node:
         # Give libzmq's I/O thread a moment to put the BYE on the wire before LINGER=0 drops it.
         await asyncio.sleep(0.02)
         self.transport.close()
+        self._closed.set()
         log.info("node %s closed", self.node_id)
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -355,7 +366,9 @@ class Node:
         self._check_running()
         return self.membership.watch()
 
-    async def wait_for_peers(self, count: int, timeout: float = 10.0, *, handles: type[Message] | None = None) -> None:
+    async def wait_for_peers(
+        self, count: int, timeout: float = 10.0, *, handles: type[Message] | None = None
+    ) -> None:
         """Wait until ``count`` peers are ALIVE (and handle ``handles``, if given)."""
         self._check_running()
         assert self._changed is not None
@@ -363,7 +376,10 @@ class Node:
 
         def enough() -> bool:
             if handles is not None:
-                return sum(1 for p in self.membership.candidates(handles.__wire_name__) if not p.local) >= count
+                return (
+                    sum(1 for p in self.membership.candidates(handles.__wire_name__) if not p.local)
+                    >= count
+                )
             return self.membership.live_count() >= count
 
         while not enough():
@@ -373,10 +389,8 @@ class Node:
                     f"{self.membership.live_count()} of {count} peers alive after {timeout} s"
                 )
             self._changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
     def _check_running(self) -> None:
         if self.state is not State.RUNNING:
@@ -407,7 +421,9 @@ class Node:
         cls = type(message)
         name: str = getattr(cls, "__wire_name__", "")
         if not isinstance(message, Request):
-            raise ValidationFailed(f"send() takes a Request, got {cls.__qualname__}; use publish() for events")
+            raise ValidationFailed(
+                f"send() takes a Request, got {cls.__qualname__}; use publish() for events"
+            )
         budget = self.options.request_timeout if timeout is None else timeout
         if budget <= 0:
             raise ValidationFailed(f"timeout must be > 0 s, got {timeout}")
@@ -424,13 +440,20 @@ class Node:
             if target is None:
                 if last_error is not None:
                     raise last_error
-                raise NoNodes(f"no live node handles {name}" if node is None else f"node {node} is not a live member handling {name}")
+                raise NoNodes(
+                    f"no live node handles {name}"
+                    if node is None
+                    else f"node {node} is not a live member handling {name}"
+                )
             if target.local:
                 return await self._call_local(message, name, deadline, trace)  # type: ignore[no-any-return]
             if payload is None:
                 payload = self._encode(message, name)
             try:
-                return await self._call_remote(target, name, payload, deadline, trace, response_type(cls))  # type: ignore[no-any-return]
+                reply: T = await self._call_remote(
+                    target, name, payload, deadline, trace, response_type(cls)
+                )
+                return reply
             except (TransportFailed, Overloaded, HandlerNotFound) as exc:
                 # Not executed there: another node may take it at once.
                 last_error = exc
@@ -444,14 +467,20 @@ class Node:
         assert last_error is not None
         raise last_error
 
-    def _choose(self, name: str, message: Any, key: str | None, node: str | None, tried: list[Peer]) -> Peer | None:
+    def _choose(
+        self, name: str, message: Any, key: str | None, node: str | None, tried: list[Peer]
+    ) -> Peer | None:
         if node is not None:
             if tried:
                 return None
             if node == self.node_id:
                 return self._me if name in self.mediator.handlers else None
             peer = self.membership.peers.get(node)
-            if peer is None or peer.status not in (NodeStatus.ALIVE, NodeStatus.DRAINING, NodeStatus.SUSPECT):
+            if peer is None or peer.status not in (
+                NodeStatus.ALIVE,
+                NodeStatus.DRAINING,
+                NodeStatus.SUSPECT,
+            ):
                 return None
             return peer
         candidates = self.membership.candidates(name)
@@ -492,7 +521,9 @@ class Node:
             exc.node = target.node_id
             raise
         self.stats["requests_sent"] += 1
-        kind, body, source = await pending.wait(rid, fut, deadline, f"{name} sent to {target.node_id}")
+        kind, body, source = await pending.wait(
+            rid, fut, deadline, f"{name} sent to {target.node_id}"
+        )
         if kind == _REP:
             try:
                 return self.codec.decoder(rtype).decode(body)
@@ -502,21 +533,29 @@ class Node:
                     node=source,
                 ) from None
         err = decode_error(body)
-        raise error_from_code(err.code, err.message, node=source, retryable=err.retryable, error_type=err.error_type)
+        raise error_from_code(
+            err.code, err.message, node=source, retryable=err.retryable, error_type=err.error_type
+        )
 
-    async def _call_local(self, message: Request[Any], name: str, deadline: float, trace: str) -> Any:
+    async def _call_local(
+        self, message: Request[Any], name: str, deadline: float, trace: str
+    ) -> Any:
         entry = self.mediator.handlers.get(name)
         if entry is None:
             raise HandlerNotFound(f"no handler for {name} on {self.node_id}", node=self.node_id)
         if self._running >= self.options.max_concurrency:
-            raise Overloaded(f"{self._running} handlers running on {self.node_id}", node=self.node_id)
+            raise Overloaded(
+                f"{self._running} handlers running on {self.node_id}", node=self.node_id
+            )
         ctx = Context(name, self.node_id, self.node_id, 0, trace, deadline)
         self._running += 1
         try:
             async with asyncio.timeout_at(deadline):
                 return await entry.call(message, ctx)
         except TimeoutError:
-            raise RequestTimeout(f"{name} did not finish before its deadline", node=self.node_id) from None
+            raise RequestTimeout(
+                f"{name} did not finish before its deadline", node=self.node_id
+            ) from None
         except CatgaError:
             raise
         except Exception as exc:
@@ -532,12 +571,16 @@ class Node:
         """
         self._check_running()
         if not isinstance(event, Event):
-            raise ValidationFailed(f"publish() takes an Event, got {type(event).__qualname__}; use send() for requests")
+            raise ValidationFailed(
+                f"publish() takes an Event, got {type(event).__qualname__}; use send() for requests"
+            )
         name = type(event).__wire_name__
         payload = self._encode(event, name)
         seq = self._event_seq.get(name, 0) + 1
         self._event_seq[name] = seq
-        header = encode_header(int(Kind.EVT), seq, name, self.options.node_id, 0, 0, current_trace.get())
+        header = encode_header(
+            int(Kind.EVT), seq, name, self.options.node_id, 0, 0, current_trace.get()
+        )
         self.transport.broadcast(topic_for(name), header, payload)
         self.stats["events_published"] += 1
         if name in self.mediator.subscribers:
@@ -554,7 +597,9 @@ class Node:
 
     def _on_request(self, frames: list[bytes]) -> None:
         if len(frames) != 3:
-            self._reject(frames[0].hex() if frames else "?", "frames", f"{len(frames)} frames, expected 3")
+            self._reject(
+                frames[0].hex() if frames else "?", "frames", f"{len(frames)} frames, expected 3"
+            )
             return
         ident, raw_header, payload = frames
         try:
@@ -577,29 +622,52 @@ class Node:
         entry = self.mediator.handlers.get(header.type_name)
         if entry is None:
             self._answer_error(
-                ident, header, HandlerNotFound(f"no handler for {header.type_name} on {self.node_id}", node=self.node_id)
+                ident,
+                header,
+                HandlerNotFound(
+                    f"no handler for {header.type_name} on {self.node_id}", node=self.node_id
+                ),
             )
             return
         if self._running >= self.options.max_concurrency or self.state is not State.RUNNING:
-            why = "is draining" if self.state is not State.RUNNING else f"runs {self._running} handlers (max_concurrency)"
-            self._answer_error(ident, header, Overloaded(f"node {self.node_id} {why}", node=self.node_id))
+            why = (
+                "is draining"
+                if self.state is not State.RUNNING
+                else f"runs {self._running} handlers (max_concurrency)"
+            )
+            self._answer_error(
+                ident, header, Overloaded(f"node {self.node_id} {why}", node=self.node_id)
+            )
             return
         try:
             message = entry.decoder.decode(payload)
         except msgspec.ValidationError as exc:
-            self._answer_error(ident, header, ValidationFailed(f"{header.type_name}: {exc}", node=self.node_id))
+            self._answer_error(
+                ident, header, ValidationFailed(f"{header.type_name}: {exc}", node=self.node_id)
+            )
             return
         except msgspec.DecodeError as exc:
-            self._answer_error(ident, header, SerializationFailed(f"{header.type_name}: {exc}", node=self.node_id))
+            self._answer_error(
+                ident, header, SerializationFailed(f"{header.type_name}: {exc}", node=self.node_id)
+            )
             return
         deadline = self.loop.time() + header.budget_ms / 1000 if header.budget_ms else 0.0
-        ctx = Context(header.type_name, self.node_id, header.source, header.request_id, header.trace_id, deadline)
+        ctx = Context(
+            header.type_name,
+            self.node_id,
+            header.source,
+            header.request_id,
+            header.trace_id,
+            deadline,
+        )
         self._running += 1
         task = self.loop.create_task(self._serve(entry.call, message, ctx, ident))
         self._serving.add(task)
         task.add_done_callback(self._serving.discard)
 
-    async def _serve(self, call: Callable[[Message, Context], Any], message: Message, ctx: Context, ident: bytes) -> None:
+    async def _serve(
+        self, call: Callable[[Message, Context], Any], message: Message, ctx: Context, ident: bytes
+    ) -> None:
         if ctx.trace_id:
             current_trace.set(ctx.trace_id)
         try:
@@ -611,26 +679,52 @@ class Node:
                     f"{self.options.max_message_size}"
                 )
             self.stats["requests_handled"] += 1
-            self.transport.reply((ident, encode_header(_REP, ctx.request_id, "", self.options.node_id), body))
+            self.transport.reply(
+                (ident, encode_header(_REP, ctx.request_id, "", self.options.node_id), body)
+            )
         except CatgaError as exc:
             self.stats["requests_failed"] += 1
             self._answer(ident, ctx.request_id, exc.code, exc.message, "", exc.retryable)
         except (TypeError, msgspec.EncodeError) as exc:
             self.stats["requests_failed"] += 1
-            self._answer(ident, ctx.request_id, SerializationFailed.code, f"the reply to {ctx.type_name} could not be encoded: {exc}", "", False)
+            self._answer(
+                ident,
+                ctx.request_id,
+                SerializationFailed.code,
+                f"the reply to {ctx.type_name} could not be encoded: {exc}",
+                "",
+                False,
+            )
         except asyncio.CancelledError:
-            self._answer(ident, ctx.request_id, "CANCELLED", f"node {self.node_id} shut down before finishing", "", True)
+            self._answer(
+                ident,
+                ctx.request_id,
+                "CANCELLED",
+                f"node {self.node_id} shut down before finishing",
+                "",
+                True,
+            )
             raise
         except Exception as exc:
             self.stats["requests_failed"] += 1
-            self._answer(ident, ctx.request_id, HandlerError.code, str(exc), type(exc).__name__, False)
+            self._answer(
+                ident, ctx.request_id, HandlerError.code, str(exc), type(exc).__name__, False
+            )
         finally:
             self._running -= 1
 
     def _answer_error(self, ident: bytes, header: Header, exc: CatgaError) -> None:
         self._answer(ident, header.request_id, exc.code, exc.message, "", exc.retryable)
 
-    def _answer(self, ident: bytes, request_id: int, code: str, message: str, error_type: str, retryable: bool) -> None:
+    def _answer(
+        self,
+        ident: bytes,
+        request_id: int,
+        code: str,
+        message: str,
+        error_type: str,
+        retryable: bool,
+    ) -> None:
         self.transport.reply(
             (
                 ident,
@@ -663,14 +757,18 @@ class Node:
         if len(frames) != 3:
             self._reject("?", "pub-frames", f"a broadcast of {len(frames)} frames, expected 3")
             return
-        topic, raw_header, payload = frames
+        _topic, raw_header, payload = frames
         try:
             header = _header_decoder.decode(raw_header)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self._reject("?", "pub-header", f"broadcast header does not decode: {exc}")
             return
         if header.version != PROTOCOL_VERSION:
-            self._reject(header.source, "version", f"protocol version {header.version}, this node speaks {PROTOCOL_VERSION}")
+            self._reject(
+                header.source,
+                "version",
+                f"protocol version {header.version}, this node speaks {PROTOCOL_VERSION}",
+            )
             return
         kind = header.kind
         if kind == Kind.EVT:
@@ -682,7 +780,11 @@ class Node:
                 self._reject(header.source, "heartbeat", str(exc))
                 return
             if hb.cluster != self.options.cluster:
-                self._reject(hb.node_id, "cluster", f"heartbeat of cluster {hb.cluster!r}, this node is in {self.options.cluster!r}")
+                self._reject(
+                    hb.node_id,
+                    "cluster",
+                    f"heartbeat of cluster {hb.cluster!r}, this node is in {self.options.cluster!r}",
+                )
                 return
             if hb.node_id == self.node_id:
                 return
@@ -690,7 +792,11 @@ class Node:
                 self.membership.on_bye(hb.node_id, hb.incarnation)
                 return
             known = self.membership.peers.get(hb.node_id)
-            fresh = known is None or known.incarnation != hb.incarnation or known.status is NodeStatus.LEFT
+            fresh = (
+                known is None
+                or known.incarnation != hb.incarnation
+                or known.status is NodeStatus.LEFT
+            )
             self.membership.on_heartbeat(hb, self.loop.time())
             if fresh:
                 self.transport.dealer(hb.endpoint)  # connect now, not on the first request
@@ -716,7 +822,11 @@ class Node:
             self._reject(header.source, f"event:{name}", f"event {name} does not decode: {exc}")
             return
         self.stats["events_received"] += 1
-        self.mediator.deliver(name, event, Context(name, self.node_id, header.source, header.request_id, header.trace_id))
+        self.mediator.deliver(
+            name,
+            event,
+            Context(name, self.node_id, header.source, header.request_id, header.trace_id),
+        )
 
     # heartbeats and membership ---------------------------------------------------------------------
 
@@ -788,7 +898,11 @@ class Node:
                 self._add_candidate(c, greet=self._gossip)
             elif c.node_id is not None:
                 peer = self.membership.peers.get(c.node_id)
-                if peer is not None and peer.endpoint == c.endpoint and peer.status is not NodeStatus.LEFT:
+                if (
+                    peer is not None
+                    and peer.endpoint == c.endpoint
+                    and peer.status is not NodeStatus.LEFT
+                ):
                     self.membership.mark_left(peer)
 
     def _add_candidate(self, c: Candidate, *, greet: bool) -> None:
@@ -818,7 +932,13 @@ class Node:
         self._spawn(self._greet_loop(endpoint, attempts), f"greet-{endpoint}")
 
     async def _greet_loop(self, endpoint: str, attempts: int) -> None:
-        me = PeerAddress(self.node_id, self.transport.endpoint, self.transport.pub_endpoint, self.options.cluster, PROTOCOL_VERSION)
+        me = PeerAddress(
+            self.node_id,
+            self.transport.endpoint,
+            self.transport.pub_endpoint,
+            self.options.cluster,
+            PROTOCOL_VERSION,
+        )
         payload = self.codec.encode(Info(caller=me))
         target = Peer(node_id=endpoint, endpoint=endpoint, pub_endpoint="", incarnation=0)
         tried = 0
@@ -827,18 +947,27 @@ class Node:
                 tried += 1
                 deadline = self.loop.time() + GREETING_TIMEOUT
                 try:
-                    info: NodeInfo = await self._call_remote(target, Info.__wire_name__, payload, deadline, "", NodeInfo)
+                    info: NodeInfo = await self._call_remote(
+                        target, Info.__wire_name__, payload, deadline, "", NodeInfo
+                    )
                 except CatgaError as exc:
                     log.debug("greeting %s: %s", endpoint, exc)
                     await asyncio.sleep(max(0.0, deadline - self.loop.time()))
                     continue
                 if info.cluster != self.options.cluster:
-                    log.warning("%s at %s is in cluster %r, not %r; ignoring it", info.node_id, endpoint, info.cluster, self.options.cluster)
+                    log.warning(
+                        "%s at %s is in cluster %r, not %r; ignoring it",
+                        info.node_id,
+                        endpoint,
+                        info.cluster,
+                        self.options.cluster,
+                    )
                     return
                 self.transport.subscribe_to(info.pub_endpoint)
                 for p in info.peers:
                     self._add_candidate(
-                        Candidate(p.endpoint, p.node_id, p.pub_endpoint, p.cluster, p.version), greet=True
+                        Candidate(p.endpoint, p.node_id, p.pub_endpoint, p.cluster, p.version),
+                        greet=True,
                     )
                 return
         finally:
@@ -853,11 +982,19 @@ class Node:
         caller = req.caller
         if caller is not None and caller.cluster == self.options.cluster:
             self._add_candidate(
-                Candidate(caller.endpoint, caller.node_id, caller.pub_endpoint, caller.cluster, caller.version),
+                Candidate(
+                    caller.endpoint,
+                    caller.node_id,
+                    caller.pub_endpoint,
+                    caller.cluster,
+                    caller.version,
+                ),
                 greet=False,
             )
         peers = [
-            PeerAddress(p.node_id, p.endpoint, p.pub_endpoint, self.options.cluster, PROTOCOL_VERSION)
+            PeerAddress(
+                p.node_id, p.endpoint, p.pub_endpoint, self.options.cluster, PROTOCOL_VERSION
+            )
             for p in self.membership.peers.values()
             if p.status in (NodeStatus.ALIVE, NodeStatus.DRAINING, NodeStatus.SUSPECT)
         ]
@@ -919,4 +1056,3 @@ def main(argv: list[str] | None = None) -> int:
     from ._cli import run_node
 
     return run_node(argv)
-

@@ -95,7 +95,9 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for seed in opts.seeds:
             parse_endpoint(seed)
         if opts.discovery == "static" and not opts.seeds:
-            raise ConfigError("discovery 'static' needs at least one seed (--seeds tcp://host:port)")
+            raise ConfigError(
+                "discovery 'static' needs at least one seed (--seeds tcp://host:port)"
+            )
         return opts
 
     def merged(self, changes: Mapping[str, Any]) -> NodeOptions:
@@ -118,7 +120,9 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return m.group(1).strip("[]"), int(m.group(2))
 
 
-def options_from_mapping(data: Mapping[str, Any], *, source: str, strict: bool = True) -> NodeOptions:
+def options_from_mapping(
+    data: Mapping[str, Any], *, source: str, strict: bool = True
+) -> NodeOptions:
     """Convert a mapping to ``NodeOptions``; errors name the setting and the source."""
     try:
         return msgspec.convert(dict(data), NodeOptions, strict=strict)

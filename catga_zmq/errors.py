@@ -167,7 +167,9 @@ def error_from_code(
     """Rebuild an error received from the wire. Unknown codes become ``CatgaError``."""
     cls = _BY_CODE.get(code, CatgaError)
     if cls is HandlerError:
-        return HandlerError(message, error_type=error_type or "Exception", node=node, retryable=retryable)
+        return HandlerError(
+            message, error_type=error_type or "Exception", node=node, retryable=retryable
+        )
     err = cls(message, node=node, retryable=retryable)
     if cls is CatgaError and code != CatgaError.code:
         err.message = f"{code}: {message}"

@@ -153,7 +153,12 @@ class Mediator:
                 f"({_describe(self.handlers[name].fn)}); a request type has exactly one"
             )
         entry = HandlerEntry(
-            cls, fn, wants_ctx, inspect.iscoroutinefunction(fn), self.decoder(cls), response_type(cls)
+            cls,
+            fn,
+            wants_ctx,
+            inspect.iscoroutinefunction(fn),
+            self.decoder(cls),
+            response_type(cls),
         )
         entry.call = self._compose(entry)
         self.handlers[name] = entry
@@ -271,7 +276,9 @@ def _message_param(
         try:
             hints = typing.get_type_hints(fn)
         except Exception as exc:
-            raise ConfigError(f"cannot read the annotations of {what} {_describe(fn)}: {exc}") from exc
+            raise ConfigError(
+                f"cannot read the annotations of {what} {_describe(fn)}: {exc}"
+            ) from exc
         cls = hints.get(params[0].name)
         if cls is None:
             raise ConfigError(

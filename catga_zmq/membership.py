@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from .protocol import HeartbeatBody
 
@@ -29,7 +29,7 @@ log = logging.getLogger("catga_zmq.membership")
 WATCH_QUEUE_LIMIT = 1000
 
 
-class NodeStatus(str, Enum):
+class NodeStatus(StrEnum):
     ALIVE = "alive"
     SUSPECT = "suspect"
     DRAINING = "draining"
@@ -218,7 +218,11 @@ class Membership:
         if previous is not status:
             peer.status = status
             changed = True
-            if event is None and previous in (NodeStatus.SUSPECT, NodeStatus.FAULTED, NodeStatus.LEFT):
+            if event is None and previous in (
+                NodeStatus.SUSPECT,
+                NodeStatus.FAULTED,
+                NodeStatus.LEFT,
+            ):
                 event = NodeRecovered
                 log.info("node %s is %s again (was %s)", peer.node_id, status.value, previous.value)
         if event is NodeJoined:
@@ -261,7 +265,10 @@ class Membership:
         changed = False
         for peer in list(self.peers.values()):
             silent = now - peer.last_seen
-            if peer.status in (NodeStatus.ALIVE, NodeStatus.DRAINING) and silent > self.suspect_after:
+            if (
+                peer.status in (NodeStatus.ALIVE, NodeStatus.DRAINING)
+                and silent > self.suspect_after
+            ):
                 peer.status = NodeStatus.SUSPECT
                 changed = True
                 log.info("node %s is suspect: silent for %.1f s", peer.node_id, silent)
@@ -272,7 +279,9 @@ class Membership:
                 changed = True
                 log.warning("node %s is faulted: silent for %.1f s", peer.node_id, silent)
                 self._emit(NodeFaulted(peer.snapshot()))
-            elif peer.status in (NodeStatus.FAULTED, NodeStatus.LEFT) and silent > self.forget_after:
+            elif (
+                peer.status in (NodeStatus.FAULTED, NodeStatus.LEFT) and silent > self.forget_after
+            ):
                 del self.peers[peer.node_id]
                 if self.on_gone is not None:
                     self.on_gone(peer)

@@ -14,6 +14,7 @@ loop iteration, however many sends) rather than wait for an edge that already we
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -66,7 +67,7 @@ class Reader:
         getsockopt, recv, handle = self._getsockopt, self._recv, self.handle
         try:
             for _ in range(DRAIN_BATCH):
-                if not getsockopt(_EVENTS) & _POLLIN:
+                if not int(getsockopt(_EVENTS)) & _POLLIN:
                     return
                 handle(recv(_NOBLOCK))
         except zmq.Again:
@@ -202,10 +203,8 @@ class Transport:
             found[1].close()
         if pub_endpoint in self.subscribed and self.sub is not None:
             self.subscribed.discard(pub_endpoint)
-            try:
+            with contextlib.suppress(zmq.ZMQError):  # not connected in libzmq's view: no-op
                 self.sub.disconnect(pub_endpoint)
-            except zmq.ZMQError:
-                pass  # never connected in this libzmq's view: nothing to undo
             if self._sub_reader is not None:
                 self._sub_reader.kick()
 
@@ -257,9 +256,8 @@ class Transport:
     # shutdown -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        for sock, reader in self.dealers.values():
-            reader.close()
-            del sock
+        for _sock, dealer_reader in self.dealers.values():
+            dealer_reader.close()
         self.dealers.clear()
         for reader in (self._router_reader, self._sub_reader):
             if reader is not None:
@@ -301,7 +299,9 @@ class PendingMap:
         if fut is not None and not fut.done():
             fut.set_exception(exc)
 
-    async def wait(self, request_id: int, fut: asyncio.Future[Reply], deadline: float, what: str) -> Reply:
+    async def wait(
+        self, request_id: int, fut: asyncio.Future[Reply], deadline: float, what: str
+    ) -> Reply:
         """Wait for the reply until ``deadline`` (loop time); always forgets the id."""
         timer = self._loop.call_at(deadline, _expire, fut, what)
         try:

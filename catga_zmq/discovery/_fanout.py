@@ -17,16 +17,18 @@ class Fanout:
         for q in self._queues:
             q.put_nowait(change)
 
-    async def watch(self, initial: Iterable[DiscoveryChange] = ()) -> AsyncIterator[DiscoveryChange]:
+    async def watch(
+        self, initial: Iterable[DiscoveryChange] = ()
+    ) -> AsyncIterator[DiscoveryChange]:
         if self.closed:
             return
         q: asyncio.Queue[DiscoveryChange | None] = asyncio.Queue()
-        for change in initial:
-            q.put_nowait(change)
+        for first in initial:
+            q.put_nowait(first)
         self._queues.append(q)
         try:
-            while (change := await q.get()) is not None:
-                yield change
+            while (item := await q.get()) is not None:
+                yield item
         finally:
             self._queues.remove(q)
 

@@ -22,6 +22,7 @@ import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import ifaddr
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
@@ -140,8 +141,8 @@ def _restrict_multicast(azc: AsyncZeroconf) -> None:
     if not sys.platform.startswith("linux"):
         return
     for reader in getattr(azc.zeroconf.engine, "readers", ()):
-        sock = getattr(reader, "sock", None)
-        if isinstance(sock, socket.socket) and sock.family == socket.AF_INET:
+        sock: Any = getattr(reader, "sock", None)  # an asyncio.TransportSocket
+        if sock is not None and sock.family == socket.AF_INET:
             try:
                 sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
             except OSError as exc:
