@@ -136,7 +136,12 @@ class Node:
         self._event_seq: dict[str, int] = {}
         self._seen_seq: dict[tuple[str, str], int] = {}
         self._logged: set[tuple[str, str]] = set()
-        self._greeting: set[str] = set()
+        self._greeting: set[str] = set()  # endpoints being greeted now
+        self._greeted: set[str] = set()  # endpoints that answered a greeting
+        #: Every address heard of (greetings included, before any heartbeat), by
+        #: endpoint: what an ``Info`` answer passes on, so a joiner learns of nodes
+        #: that joined a moment before it, not only of those already ALIVE here.
+        self._addresses: dict[str, PeerAddress] = {}
         self._topics: set[bytes] = set()
         self._changed: asyncio.Event | None = None
         self._started_at = 0.0
@@ -890,6 +895,11 @@ class Node:
         )
         if not still_used:
             self.transport.drop_peer(peer.endpoint, peer.pub_endpoint)
+            self._addresses.pop(peer.endpoint, None)
+            self._greeted.discard(peer.endpoint)
+            if peer.endpoint in self.options.seeds and self._gossip:
+                # A seed that comes back at the same address knows nothing of this node.
+                self._greet(peer.endpoint, attempts=0)
 
     async def _discovery_loop(self, discovery: Discovery) -> None:
         async for change in discovery.watch():
@@ -918,10 +928,13 @@ class Node:
                 f"{c.node_id} at {c.endpoint} speaks protocol version {c.version}, this node {PROTOCOL_VERSION}",
             )
             return
-        if c.pub_endpoint:
+        if c.pub_endpoint and c.node_id:
+            self._addresses[c.endpoint] = PeerAddress(
+                c.node_id, c.endpoint, c.pub_endpoint, self.options.cluster, PROTOCOL_VERSION
+            )
             self.transport.subscribe_to(c.pub_endpoint)
             self.transport.dealer(c.endpoint)
-        if greet or not c.pub_endpoint:
+        if (greet or not c.pub_endpoint) and c.endpoint not in self._greeted:
             self._greet(c.endpoint, attempts=0 if c.node_id is None else 5)
 
     def _greet(self, endpoint: str, attempts: int) -> None:
@@ -963,7 +976,13 @@ class Node:
                         self.options.cluster,
                     )
                     return
-                self.transport.subscribe_to(info.pub_endpoint)
+                self._greeted.add(endpoint)
+                self._add_candidate(
+                    Candidate(
+                        endpoint, info.node_id, info.pub_endpoint, info.cluster, info.version
+                    ),
+                    greet=False,
+                )
                 for p in info.peers:
                     self._add_candidate(
                         Candidate(p.endpoint, p.node_id, p.pub_endpoint, p.cluster, p.version),
@@ -991,13 +1010,12 @@ class Node:
                 ),
                 greet=False,
             )
-        peers = [
-            PeerAddress(
-                p.node_id, p.endpoint, p.pub_endpoint, self.options.cluster, PROTOCOL_VERSION
-            )
+        gone = {
+            p.endpoint
             for p in self.membership.peers.values()
-            if p.status in (NodeStatus.ALIVE, NodeStatus.DRAINING, NodeStatus.SUSPECT)
-        ]
+            if p.status in (NodeStatus.LEFT, NodeStatus.FAULTED)
+        }
+        peers = [a for ep, a in self._addresses.items() if ep not in gone]
         return NodeInfo(
             node_id=self.node_id,
             cluster=self.options.cluster,

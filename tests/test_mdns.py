@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -109,10 +110,11 @@ async def test_two_nodes_see_each_other() -> None:
     a = MdnsDiscovery(cluster, ["127.0.0.1"])
     b = MdnsDiscovery(cluster, ["127.0.0.1"], version=3)
     try:
-        await a.register(_me("node-a", 7100))
-        a_changes = a.watch()
-        await b.register(_me("node/b.1", 7200, pk="b" * 40, zone="eu", rack="r7"))
-        b_changes = b.watch()
+        a_changes, b_changes = a.watch(), b.watch()
+        await asyncio.gather(
+            a.register(_me("node-a", 7100)),
+            b.register(_me("node/b.1", 7200, pk="b" * 40, zone="eu", rack="r7")),
+        )
 
         seen_by_a = (await _wait_for(a_changes, _added("node/b.1"))).candidate
         seen_by_b = (await _wait_for(b_changes, _added("node-a"))).candidate
@@ -140,27 +142,47 @@ async def test_two_nodes_see_each_other() -> None:
     await _drained(b_changes)
 
 
+class _Turned(logging.Handler):
+    """Sets ``event`` when a node of cluster ``ours`` logs that it ignored one of ``theirs``."""
+
+    def __init__(self, ours: str, theirs: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.clusters = (theirs, ours)
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # The record is "ignoring <name> of cluster <theirs> (ours is <ours>)".
+        if isinstance(record.args, tuple) and record.args[1:] == self.clusters:
+            self.event.set()
+
+
 async def test_other_cluster_is_not_seen() -> None:
     cluster, other = _cluster(), _cluster()
     a = MdnsDiscovery(cluster, ["127.0.0.1"])
     b = MdnsDiscovery(cluster, ["127.0.0.1"])
     stranger = MdnsDiscovery(other, ["127.0.0.1"])
-    witness = MdnsDiscovery(other, ["127.0.0.1"])
+    logger = logging.getLogger("catga_zmq.discovery.mdns")
+    turned, level = _Turned(cluster, other), logger.level
+    logger.addHandler(turned)
+    logger.setLevel(logging.DEBUG)
     try:
-        await a.register(_me("a", 7300))
-        await witness.register(_me("witness", 7400))
-        a_changes, witness_changes = a.watch(), witness.watch()
-        await stranger.register(_me("stranger", 7500))
-        await b.register(_me("b", 7600))
-        # The stranger's records reached its own cluster and, by then, a as well.
-        await _wait_for(witness_changes, _added("stranger"))
+        a_changes = a.watch()
+        await asyncio.gather(
+            a.register(_me("a", 7300)),
+            b.register(_me("b", 7400)),
+            stranger.register(_me("x", 7500)),
+        )
         await _wait_for(a_changes, _added("b"))
+        # Proof that the stranger was heard and turned away, not merely missed.
+        async with asyncio.timeout(WAIT):
+            await turned.event.wait()
         assert [c.node_id for c in a.candidates()] == ["b"]
     finally:
-        for d in (a, b, stranger, witness):
+        logger.removeHandler(turned)
+        logger.setLevel(level)
+        for d in (a, b, stranger):
             await d.aclose()
     assert all(c.candidate.node_id == "b" for c in await _drained(a_changes))
-    await _drained(witness_changes)
 
 
 async def test_unregister_is_seen_as_removed() -> None:
@@ -168,9 +190,8 @@ async def test_unregister_is_seen_as_removed() -> None:
     a = MdnsDiscovery(cluster, ["127.0.0.1"])
     b = MdnsDiscovery(cluster, ["127.0.0.1"])
     try:
-        await a.register(_me("a", 7700))
         first, second = a.watch(), a.watch()
-        await b.register(_me("b", 7800))
+        await asyncio.gather(a.register(_me("a", 7700)), b.register(_me("b", 7800)))
         added = await _wait_for(first, _added("b"))
         assert await _wait_for(second, _added("b")) == added  # every watcher gets it
 
@@ -192,9 +213,8 @@ async def test_late_watcher_starts_with_current_candidates() -> None:
     a = MdnsDiscovery(cluster, ["127.0.0.1"])
     b = MdnsDiscovery(cluster, ["127.0.0.1"])
     try:
-        await a.register(_me("a", 7900))
         early = a.watch()
-        await b.register(_me("b", 8000))
+        await asyncio.gather(a.register(_me("a", 7900)), b.register(_me("b", 8000)))
         await _wait_for(early, _added("b"))
         late = a.watch()
         assert (await _wait_for(late, _added("b"))).candidate.endpoint == "tcp://127.0.0.1:8000"
