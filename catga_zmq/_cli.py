@@ -58,6 +58,18 @@ def _node_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds between heartbeats",
     )
+    p.add_argument(
+        "--max-concurrency",
+        dest="max_concurrency",
+        type=int,
+        help="handlers running at once; past it: OVERLOADED",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        dest="drain_timeout",
+        type=float,
+        help="seconds to finish in-flight work on shutdown",
+    )
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
     return p
 

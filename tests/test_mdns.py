@@ -223,3 +223,32 @@ async def test_late_watcher_starts_with_current_candidates() -> None:
         await b.aclose()
     await _drained(early)
     await _drained(late)
+
+
+async def test_wildcard_endpoint_and_update() -> None:
+    cluster = _cluster()
+    a = MdnsDiscovery(cluster, ["127.0.0.1"])
+    b = MdnsDiscovery(cluster, ["127.0.0.1"])  # mDNS stays on lo whatever b binds
+    wild = Candidate(
+        endpoint="tcp://0.0.0.0:8100", node_id="b", pub_endpoint="tcp://*:8101", metadata={"n": "1"}
+    )
+    try:
+        changes = a.watch()
+        await asyncio.gather(a.register(_me("a", 8200)), b.register(wild))
+        seen = (await _wait_for(changes, _added("b"))).candidate
+        # Nobody can dial 0.0.0.0: the address the service resolved to stands in.
+        assert (seen.endpoint, seen.pub_endpoint) == (
+            "tcp://127.0.0.1:8100",
+            "tcp://127.0.0.1:8101",
+        )
+
+        name = b.service_name
+        await b.register(Candidate(endpoint=wild.endpoint, node_id="b", metadata={"n": "2"}))
+        updated = (await _wait_for(changes, _added("b"))).candidate
+        assert (updated.metadata, updated.pub_endpoint) == ({"n": "2"}, None)
+        assert b.service_name == name
+        assert a.candidates() == [updated]
+    finally:
+        await a.aclose()
+        await b.aclose()
+    await _drained(changes)

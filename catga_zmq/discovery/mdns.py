@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import re
-import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -40,7 +40,7 @@ RESOLVE_TIMEOUT = 3000  # ms, per service; zeroconf retries its queries within i
 MAX_INSTANCE_LABEL = 63  # bytes, RFC 6763 section 4.1.1
 MAX_TXT_ENTRY = 255  # bytes per "key=value", RFC 6763 section 6.1
 METADATA_PREFIX = "m."
-_SUFFIX_BYTES = 3  # 6 hex characters: two nodes with one id still get two names
+_SUFFIX_CHARS = 6  # hex digits of a hash of cluster and node id
 
 # Linux value from <linux/in.h>; Python's socket module does not export it.
 _IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
@@ -105,8 +105,12 @@ def _with_host(endpoint: str, address: str) -> str:
     return f"tcp://{shown}:{port}"
 
 
-def _instance_label(node_id: str) -> str:
-    suffix = secrets.token_hex(_SUFFIX_BYTES)
+def _instance_label(cluster: str, node_id: str) -> str:
+    # Stable, so a restarted node takes over its old name and peers' caches are
+    # overwritten instead of holding a stale twin for the PTR's 75 minutes. The hash
+    # keeps ids that sanitize alike ("a.b", "a/b") and clusters apart; two live nodes
+    # with one id are renamed by zeroconf's probing.
+    suffix = hashlib.blake2s(f"{cluster}\0{node_id}".encode()).hexdigest()[:_SUFFIX_CHARS]
     # DNS-SD allows any UTF-8 here, but the label doubles as our host name (SRV
     # target), which must be letters, digits and hyphens.
     base = re.sub(r"[^A-Za-z0-9-]+", "-", node_id).strip("-") or "node"
@@ -202,7 +206,7 @@ class MdnsDiscovery(Discovery):
                 self._info, self._me = info, me
                 await (await azc.async_update_service(info))
                 return
-            label = _instance_label(me.node_id or host)
+            label = _instance_label(self.cluster, me.node_id or me.endpoint)
             info = self._service_info(f"{label}.{SERVICE_TYPE}", f"{label}.local.", port, txt, host)
             # Our own announcements reach our browser too; _me lets _resolve skip them.
             self._me = me
@@ -370,6 +374,10 @@ class MdnsDiscovery(Discovery):
         old = self._found.get(name)
         if old is not None and old == candidate and old.metadata == candidate.metadata:
             return
+        if old is not None and old.endpoint != candidate.endpoint:
+            # Same name, new place (a restart on another port): consumers key by
+            # endpoint, so the old one must be withdrawn explicitly.
+            self._publish(DiscoveryChange(ChangeKind.REMOVED, old))
         self._found[name] = candidate
         self._publish(DiscoveryChange(ChangeKind.ADDED, candidate))
 
