@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
@@ -49,6 +50,7 @@ from .protocol import (
     encode_header,
     topic_for,
 )
+from .resilience import CircuitBreaker
 from .routing import Router, make_router
 from .system import Info, NodeInfo, NodeStats, PeerAddress, Ping, Pong, Stats
 from .transport import PendingMap, Transport
@@ -59,9 +61,13 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Attempts of one ``send()`` across nodes (the first included), always within its deadline.
-MAX_ATTEMPTS: Final = 3
+MAX_ATTEMPTS: Final = 6
+#: First pause before going round the candidates again when all refused; doubles each time.
+RETRY_BACKOFF: Final = 0.01  # s
 #: How long a greeting (``Info``) to a seed or a gossiped peer waits for its answer.
 GREETING_TIMEOUT: Final = 1.0  # s
+#: Pause before greeting again an endpoint that has no connection yet.
+GREETING_RETRY: Final = 0.05  # s
 #: Distinct (peer, problem) pairs remembered to log each problem once per peer.
 LOG_ONCE_LIMIT: Final = 4096
 
@@ -274,9 +280,15 @@ class Node:
             last_heartbeat=time.time(),
         )
         self.membership = Membership(
-            self._me, suspect_after=opts.suspect_after, faulted_after=opts.faulted_after
+            self._me,
+            suspect_after=opts.suspect_after,
+            faulted_after=opts.faulted_after,
+            acceptable_pause=opts.acceptable_pause,
+            phi_threshold=opts.phi_threshold,
+            min_std=opts.heartbeat_interval / 5,
         )
         self.membership.on_gone = self._forget_peer
+        self.membership.on_lost = self._peer_lost
         self.membership.on_change = self._changed.set
         self._update_topics()
         self._seq = 0
@@ -421,8 +433,8 @@ class Node:
         ``timeout`` (s) is a deadline that travels with the request; ``key`` is the
         consistent-hash key; ``node`` sends to that node only. Raises a ``CatgaError``.
         """
-        if self.state is not State.RUNNING:
-            self._check_running()
+        if self.state is not State.RUNNING and self.state is not State.DRAINING:
+            self._check_running()  # a draining node's handlers may still send
         cls = type(message)
         name: str = getattr(cls, "__wire_name__", "")
         if not isinstance(message, Request):
@@ -437,37 +449,44 @@ class Node:
         trace = trace_id if trace_id is not None else current_trace.get()
         if key is None and cls.__routing_key__:
             key = str(getattr(message, cls.__routing_key__))
+        idempotent = cls.__idempotent__
         payload: bytes | None = None
         tried: list[Peer] = []
         last_error: CatgaError | None = None
-        for _attempt in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             target = self._choose(name, message, key, node, tried)
             if target is None:
-                if last_error is not None:
+                if last_error is None:
+                    raise NoNodes(
+                        f"no live node handles {name}"
+                        if node is None
+                        else f"node {node} is not a live member handling {name}"
+                    )
+                # Every candidate refused it without running it (no connection yet,
+                # overloaded): back off a little and go round again, within the deadline.
+                pause = RETRY_BACKOFF * 2**attempt
+                if not last_error.retryable or loop.time() + pause >= deadline:
                     raise last_error
-                raise NoNodes(
-                    f"no live node handles {name}"
-                    if node is None
-                    else f"node {node} is not a live member handling {name}"
-                )
+                await asyncio.sleep(pause)
+                tried.clear()
+                continue
             if target.local:
                 return await self._call_local(message, name, deadline, trace)  # type: ignore[no-any-return]
             if payload is None:
                 payload = self._encode(message, name)
             try:
                 reply: T = await self._call_remote(
-                    target, name, payload, deadline, trace, response_type(cls)
+                    target, name, payload, deadline, trace, response_type(cls), idempotent
                 )
                 return reply
-            except (TransportFailed, Overloaded, HandlerNotFound) as exc:
-                # Not executed there: another node may take it at once.
+            except TransportFailed as exc:
+                if exc.delivered and not idempotent:
+                    raise  # it may have run there: running it again is not ours to decide
                 last_error = exc
-            except RequestTimeout as exc:
-                if not cls.__idempotent__ or loop.time() >= deadline:
-                    raise
-                last_error = exc
+            except (Overloaded, HandlerNotFound) as exc:
+                last_error = exc  # not run there: another node may take it at once
             tried.append(target)
-            if node is not None or loop.time() >= deadline:
+            if loop.time() >= deadline:
                 break
         assert last_error is not None
         raise last_error
@@ -491,9 +510,15 @@ class Node:
         candidates = self.membership.candidates(name)
         if tried:
             candidates = tuple(p for p in candidates if p not in tried)
-        if not candidates:
-            return None
-        return self._routers.get(name, self._router).select(candidates, message, key)
+        router = self._routers.get(name, self._router)
+        while candidates:
+            target = router.select(candidates, message, key)
+            breaker = target.breaker
+            if breaker is None or breaker.allow(self.loop.time()):
+                return target
+            # Isolated by its circuit breaker: choose among the others.
+            candidates = tuple(p for p in candidates if p is not target)
+        return None
 
     def _encode(self, message: Message, name: str) -> bytes:
         try:
@@ -508,7 +533,14 @@ class Node:
         return payload
 
     async def _call_remote(
-        self, target: Peer, name: str, payload: bytes, deadline: float, trace: str, rtype: Any
+        self,
+        target: Peer,
+        name: str,
+        payload: bytes,
+        deadline: float,
+        trace: str,
+        rtype: Any,
+        idempotent: bool = False,
     ) -> Any:
         pending = self.pending
         if len(pending) >= self.options.max_in_flight:
@@ -516,31 +548,65 @@ class Node:
                 f"{len(pending)} requests already in flight from this node (max_in_flight)",
                 node=self.node_id,
             )
-        rid, fut = pending.open()
+        rid, fut = pending.open(target.node_id, idempotent)
         budget_ms = max(1, int((deadline - self.loop.time()) * 1000))
         header = encode_header(_REQ, rid, name, self.options.node_id, budget_ms, 0, trace)
+        target.outstanding += 1
         try:
-            self.transport.send_request(target.endpoint, header, payload)
-        except TransportFailed as exc:
-            pending.fail(rid, exc)
-            exc.node = target.node_id
+            try:
+                self.transport.send_request(target.endpoint, header, payload)
+            except TransportFailed as exc:
+                pending.fail(rid, exc)
+                exc.node = target.node_id
+                raise
+            self.stats["requests_sent"] += 1
+            kind, body, source = await pending.wait(
+                rid, fut, deadline, f"{name} sent to {target.node_id}"
+            )
+        except (TransportFailed, RequestTimeout):
+            self._record_failure(target)
             raise
-        self.stats["requests_sent"] += 1
-        kind, body, source = await pending.wait(
-            rid, fut, deadline, f"{name} sent to {target.node_id}"
-        )
+        finally:
+            target.outstanding -= 1
+        if target.breaker is not None:
+            target.breaker.success()
         if kind == _REP:
             try:
                 return self.codec.decoder(rtype).decode(body)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise SerializationFailed(
-                    f"the reply to {name} from {source} is not a {getattr(rtype, '__qualname__', rtype)}: {exc}",
+                    f"the reply to {name} from {source} is not a "
+                    f"{getattr(rtype, '__qualname__', rtype)}: {exc}",
                     node=source,
                 ) from None
         err = decode_error(body)
         raise error_from_code(
             err.code, err.message, node=source, retryable=err.retryable, error_type=err.error_type
         )
+
+    def _record_failure(self, target: Peer) -> None:
+        if target.breaker is None:
+            target.breaker = CircuitBreaker(
+                target.node_id, self.options.breaker_threshold, self.options.breaker_cooldown
+            )
+        before = target.breaker.state
+        target.breaker.failure(self.loop.time())
+        if target.breaker.state is not before:
+            self.membership.rebuild()  # members() shows the circuit; watchers wake
+
+    def _peer_lost(self, peer: Peer) -> None:
+        """A peer turned SUSPECT, FAULTED or LEFT: fail over what is in flight to it."""
+        if peer.status is NodeStatus.SUSPECT:
+            # Maybe only slow: re-send only what may safely run twice.
+            n = self.pending.fail_node(peer.node_id, "went silent", idempotent_only=True)
+        else:
+            n = self.pending.fail_node(
+                peer.node_id, f"is {peer.status.value}", idempotent_only=False
+            )
+        if n:
+            log.info(
+                "%d requests in flight to %s failed over (%s)", n, peer.node_id, peer.status.value
+            )
 
     async def _call_local(
         self, message: Request[Any], name: str, deadline: float, trace: str
@@ -954,15 +1020,19 @@ class Node:
         )
         payload = self.codec.encode(Info(caller=me))
         target = Peer(node_id=endpoint, endpoint=endpoint, pub_endpoint="", incarnation=0)
-        tried = 0
+        give_up = self.loop.time() + attempts * GREETING_TIMEOUT if attempts else math.inf
+        self.transport.dealer(endpoint)
         try:
-            while self.state is State.RUNNING and (attempts == 0 or tried < attempts):
-                tried += 1
+            while self.state is State.RUNNING and self.loop.time() < give_up:
                 deadline = self.loop.time() + GREETING_TIMEOUT
                 try:
                     info: NodeInfo = await self._call_remote(
                         target, Info.__wire_name__, payload, deadline, "", NodeInfo
                     )
+                except TransportFailed:
+                    # Not connected yet (or not listening): TCP connects in milliseconds.
+                    await asyncio.sleep(GREETING_RETRY)
+                    continue
                 except CatgaError as exc:
                     log.debug("greeting %s: %s", endpoint, exc)
                     await asyncio.sleep(max(0.0, deadline - self.loop.time()))

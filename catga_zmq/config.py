@@ -22,7 +22,9 @@ import msgspec
 from .errors import ConfigError
 
 DiscoveryName = Literal["mdns", "static", "memory", "none"]
-RoutingName = Literal["round_robin", "local_first"]
+RoutingName = Literal[
+    "round_robin", "local_first", "weighted", "consistent_hash", "least_connections"
+]
 
 ENV_PREFIX = "CATGA_"
 
@@ -44,13 +46,19 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     discovery: DiscoveryName = "mdns"
     seeds: list[str] = []  # static discovery: ROUTER endpoints, tcp://host:port
     heartbeat_interval: float = 0.5  # s
-    suspect_after: float = 1.5  # s without traffic from a peer before it is SUSPECT
-    faulted_after: float = 2.5  # s without traffic before it is FAULTED (out of routing)
+    suspect_after: float = 1.25  # s without traffic from a peer: SUSPECT (out of routing)
+    acceptable_pause: float = (
+        1.5  # s of silence past the usual gap that is no death (GC, busy loop)
+    )
+    phi_threshold: float = 8.0  # phi-accrual suspicion at which a SUSPECT peer is FAULTED
+    faulted_after: float = 5.0  # s without traffic: FAULTED whatever phi says
+    breaker_threshold: int = 5  # consecutive failures that isolate a node (circuit OPEN)
+    breaker_cooldown: float = 5.0  # s before an isolated node gets one probe request
     request_timeout: float = 5.0  # s, default deadline of send()
     drain_timeout: float = 10.0  # s to finish in-flight work on shutdown
     max_message_size: int = 16 * 1024 * 1024  # bytes; larger frames are refused by libzmq
     max_concurrency: int = 1024  # handlers running at once; past it: OVERLOADED
-    max_in_flight: int = 65536  # this node's own requests awaiting replies
+    max_in_flight: int = 10_000  # this node's own requests awaiting replies
     routing: RoutingName = "round_robin"
     weight: int = 1  # share of traffic under weighted routing; 0: none
     log_level: str = "INFO"
@@ -83,7 +91,11 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 "need heartbeat_interval < suspect_after < faulted_after, got "
                 f"{opts.heartbeat_interval} / {opts.suspect_after} / {opts.faulted_after} s"
             )
-        for name in ("max_message_size", "max_concurrency", "max_in_flight"):
+        if opts.acceptable_pause < 0 or opts.phi_threshold <= 0 or opts.breaker_cooldown <= 0:
+            raise ConfigError(
+                "acceptable_pause must be >= 0 s, phi_threshold > 0 and breaker_cooldown > 0 s"
+            )
+        for name in ("max_message_size", "max_concurrency", "max_in_flight", "breaker_threshold"):
             if getattr(opts, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(opts, name)}")
         if opts.weight < 0:

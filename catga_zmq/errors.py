@@ -100,10 +100,26 @@ class RequestTimeout(CatgaError):
 
 
 class TransportFailed(CatgaError):
-    """The request could not be handed to the peer's socket."""
+    """The request did not get through, or its node was lost while it was in flight.
+
+    ``delivered`` is False when the request never left this node (safe to send
+    elsewhere), True when the node failed after it was sent: it may have run, so it is
+    only retried elsewhere when its type is idempotent.
+    """
 
     code = "TRANSPORT_FAILED"
     default_retryable = True
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        node: str | None = None,
+        retryable: bool | None = None,
+        delivered: bool = False,
+    ) -> None:
+        super().__init__(message, node=node, retryable=retryable)
+        self.delivered = delivered
 
 
 class SerializationFailed(CatgaError):

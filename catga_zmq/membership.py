@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from .protocol import HeartbeatBody
+from .resilience import CircuitBreaker, CircuitState, PhiAccrual
 
 log = logging.getLogger("catga_zmq.membership")
 
@@ -54,6 +55,8 @@ class ClusterNode:
     incarnation: int = 0
     weight: int = 1
     local: bool = False
+    circuit: CircuitState = CircuitState.CLOSED
+    outstanding: int = 0  # this node's requests in flight to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,9 @@ class Peer:
     metadata: dict[str, str] = field(default_factory=dict)
     local: bool = False
     faulted_at: float = 0.0
+    outstanding: int = 0  # this node's requests in flight to it (least connections)
+    breaker: CircuitBreaker | None = None  # created on the first failure
+    detector: PhiAccrual | None = None
 
     def snapshot(self) -> ClusterNode:
         return ClusterNode(
@@ -117,6 +123,8 @@ class Peer:
             incarnation=self.incarnation,
             weight=self.weight,
             local=self.local,
+            circuit=self.breaker.state if self.breaker else CircuitState.CLOSED,
+            outstanding=self.outstanding,
         )
 
 
@@ -132,11 +140,17 @@ class Membership:
         *,
         suspect_after: float,
         faulted_after: float,
-        forget_after: float = 60.0,
+        acceptable_pause: float = 1.5,
+        phi_threshold: float = 8.0,
+        min_std: float = 0.1,
+        forget_after: float = 300.0,
     ) -> None:
         self.me = me
         self.suspect_after = suspect_after
         self.faulted_after = faulted_after
+        self.acceptable_pause = acceptable_pause
+        self.phi_threshold = phi_threshold
+        self.min_std = min_std
         self.forget_after = forget_after
         self.peers: dict[str, Peer] = {}
         self._watchers: list[asyncio.Queue[MembershipEvent | None]] = []
@@ -145,6 +159,9 @@ class Membership:
         #: Called with a peer that left or was forgotten, so its sockets can go.
         self.on_gone: Callable[[Peer], None] | None = None
         self.on_change: Callable[[], None] | None = None
+        #: Called when a peer turns SUSPECT, FAULTED or LEFT: its requests in flight
+        #: may need another node.
+        self.on_lost: Callable[[Peer], None] | None = None
         self.rebuild()
 
     # views ------------------------------------------------------------------------
@@ -199,6 +216,9 @@ class Membership:
         changed = False
         if peer is None:
             peer = Peer(hb.node_id, hb.endpoint, hb.pub_endpoint, hb.incarnation)
+            peer.detector = PhiAccrual(
+                max(hb.interval_ms, 1) / 1000, self.acceptable_pause, self.min_std
+            )
             self.peers[hb.node_id] = peer
             changed = True
             event: type[MembershipEvent] | None = NodeJoined
@@ -215,6 +235,8 @@ class Membership:
         peer.seq, peer.load, peer.in_flight = hb.seq, hb.load, hb.in_flight
         peer.weight, peer.metadata = hb.weight, hb.metadata
         peer.last_seen, peer.last_heartbeat = now, time.time()
+        if peer.detector is not None:
+            peer.detector.heartbeat(now)
         if previous is not status:
             peer.status = status
             changed = True
@@ -257,12 +279,23 @@ class Membership:
         log.info("node %s left", peer.node_id)
         self.rebuild()
         self._emit(NodeLeft(peer.snapshot()))
+        if self.on_lost is not None:
+            self.on_lost(peer)
         if self.on_gone is not None:
             self.on_gone(peer)
 
+    def phi(self, peer: Peer, now: float) -> float:
+        return peer.detector.phi(now - peer.last_seen) if peer.detector is not None else 0.0
+
     def check(self, now: float) -> None:
-        """The failure detector: run every fraction of a heartbeat interval."""
+        """The failure detector: run every fraction of a heartbeat interval.
+
+        SUSPECT (out of routing, not yet given up) after ``suspect_after`` s of silence;
+        FAULTED when phi reaches ``phi_threshold``, or at the latest after
+        ``faulted_after`` s of silence.
+        """
         changed = False
+        lost: list[Peer] = []
         for peer in list(self.peers.values()):
             silent = now - peer.last_seen
             if (
@@ -271,13 +304,22 @@ class Membership:
             ):
                 peer.status = NodeStatus.SUSPECT
                 changed = True
-                log.info("node %s is suspect: silent for %.1f s", peer.node_id, silent)
+                lost.append(peer)
+                log.info("node %s is suspect: silent for %.2f s", peer.node_id, silent)
                 self._emit(NodeSuspect(peer.snapshot()))
-            if peer.status is NodeStatus.SUSPECT and silent > self.faulted_after:
+            if peer.status is NodeStatus.SUSPECT and (
+                silent > self.faulted_after or self.phi(peer, now) >= self.phi_threshold
+            ):
                 peer.status = NodeStatus.FAULTED
                 peer.faulted_at = now
                 changed = True
-                log.warning("node %s is faulted: silent for %.1f s", peer.node_id, silent)
+                lost.append(peer)
+                log.warning(
+                    "node %s is faulted: silent for %.2f s (phi %.1f)",
+                    peer.node_id,
+                    silent,
+                    self.phi(peer, now),
+                )
                 self._emit(NodeFaulted(peer.snapshot()))
             elif (
                 peer.status in (NodeStatus.FAULTED, NodeStatus.LEFT) and silent > self.forget_after
@@ -287,6 +329,9 @@ class Membership:
                     self.on_gone(peer)
         if changed:
             self.rebuild()
+        if self.on_lost is not None:
+            for peer in lost:
+                self.on_lost(peer)
 
     # watch ------------------------------------------------------------------------
 
@@ -296,14 +341,21 @@ class Membership:
                 q.get_nowait()  # drop the oldest: a watcher wants the present state
             q.put_nowait(event)
 
-    async def watch(self) -> AsyncIterator[MembershipEvent]:
+    def watch(self) -> AsyncIterator[MembershipEvent]:
+        # Subscribed now, not at the first iteration: no change is lost in between.
         q: asyncio.Queue[MembershipEvent | None] = asyncio.Queue()
         self._watchers.append(q)
+        return self._iterate(q)
+
+    async def _iterate(
+        self, q: asyncio.Queue[MembershipEvent | None]
+    ) -> AsyncIterator[MembershipEvent]:
         try:
             while (event := await q.get()) is not None:
                 yield event
         finally:
-            self._watchers.remove(q)
+            if q in self._watchers:
+                self._watchers.remove(q)
 
     def close_watchers(self) -> None:
         for q in self._watchers:

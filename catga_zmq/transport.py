@@ -176,6 +176,9 @@ class Transport:
         if found is not None:
             return found[0]
         sock = self._socket(zmq.DEALER)
+        # Queue only on a live connection: to a dead or unreachable peer, send fails at
+        # once (EAGAIN) and the request goes to another node, never run late or twice.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.connect(endpoint)
         self.dealers[endpoint] = (sock, Reader(self.loop, sock, self._on_reply))
         return sock
@@ -191,7 +194,7 @@ class Transport:
             sock.send_multipart((header, payload), _NOBLOCK)
         except zmq.Again:
             raise TransportFailed(
-                f"the queue to {endpoint} is full ({self.hwm} messages); the peer is slow or gone"
+                f"no connection to {endpoint}, or its queue is full ({self.hwm} messages)"
             ) from None
         except zmq.ZMQError as exc:
             raise TransportFailed(f"sending to {endpoint} failed: {exc}") from None
@@ -268,36 +271,61 @@ class Transport:
 
 
 class PendingMap:
-    """Request id -> future of its reply; every way out of a wait removes the entry."""
+    """Request id -> future of its reply; every way out of a wait removes the entry.
 
-    __slots__ = ("_futures", "_loop", "_next_id", "late_replies")
+    Each entry also names the node the request went to and whether it is idempotent,
+    so that when that node is lost its requests can be failed over at once.
+    """
+
+    __slots__ = ("_entries", "_loop", "_next_id", "late_replies")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._futures: dict[int, asyncio.Future[Reply]] = {}
+        self._entries: dict[int, tuple[asyncio.Future[Reply], str, bool]] = {}
         self._next_id = 0
         self.late_replies = 0
 
     def __len__(self) -> int:
-        return len(self._futures)
+        return len(self._entries)
 
-    def open(self) -> tuple[int, asyncio.Future[Reply]]:
+    def open(self, node_id: str, idempotent: bool) -> tuple[int, asyncio.Future[Reply]]:
         self._next_id += 1
         fut: asyncio.Future[Reply] = self._loop.create_future()
-        self._futures[self._next_id] = fut
+        self._entries[self._next_id] = (fut, node_id, idempotent)
         return self._next_id, fut
 
     def resolve(self, request_id: int, reply: Reply) -> None:
-        fut = self._futures.pop(request_id, None)
-        if fut is None or fut.done():
+        entry = self._entries.pop(request_id, None)
+        if entry is None or entry[0].done():
             self.late_replies += 1  # after its timeout or cancellation: nobody waits
             return
-        fut.set_result(reply)
+        entry[0].set_result(reply)
 
     def fail(self, request_id: int, exc: CatgaError) -> None:
-        fut = self._futures.pop(request_id, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(exc)
+        entry = self._entries.pop(request_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(exc)
+
+    def fail_node(self, node_id: str, why: str, *, idempotent_only: bool) -> int:
+        """Fail the requests in flight to ``node_id``; returns how many."""
+        lost = [
+            rid
+            for rid, (_, target, idempotent) in self._entries.items()
+            if target == node_id and (idempotent or not idempotent_only)
+        ]
+        for rid in lost:
+            fut, _, idempotent = self._entries.pop(rid)
+            if not fut.done():
+                fut.set_exception(
+                    TransportFailed(
+                        f"node {node_id} {why} while the request was in flight; "
+                        + ("sent elsewhere" if idempotent else "it may or may not have run"),
+                        node=node_id,
+                        retryable=idempotent,
+                        delivered=True,
+                    )
+                )
+        return len(lost)
 
     async def wait(
         self, request_id: int, fut: asyncio.Future[Reply], deadline: float, what: str
@@ -308,11 +336,11 @@ class PendingMap:
             return await fut
         finally:
             timer.cancel()
-            self._futures.pop(request_id, None)
+            self._entries.pop(request_id, None)
 
     def fail_all(self, exc_factory: Callable[[], CatgaError]) -> None:
-        futures, self._futures = self._futures, {}
-        for fut in futures.values():
+        entries, self._entries = self._entries, {}
+        for fut, _, _ in entries.values():
             if not fut.done():
                 fut.set_exception(exc_factory())
 

@@ -195,17 +195,23 @@ async def test_unregister_is_seen_as_removed() -> None:
         added = await _wait_for(first, _added("b"))
         assert await _wait_for(second, _added("b")) == added  # every watcher gets it
 
+        name = b.service_name
         await b.unregister()
         await b.unregister()  # idempotent
+        assert b.service_name is None
         for changes in (first, second):
             removed = await _wait_for(changes, lambda c: c.kind is ChangeKind.REMOVED)
             assert removed.candidate == added.candidate
         assert a.candidates() == []
+
+        await b.register(_me("b", 7800))  # back under the same name
+        assert (await _wait_for(first, _added("b"))).candidate == added.candidate
+        assert b.service_name == name
     finally:
         await a.aclose()
         await b.aclose()
     assert await _drained(first) == []
-    assert await _drained(second) == []
+    assert [c.kind for c in await _drained(second)] == [ChangeKind.ADDED]
 
 
 async def test_late_watcher_starts_with_current_candidates() -> None:

@@ -17,20 +17,27 @@ class Fanout:
         for q in self._queues:
             q.put_nowait(change)
 
-    async def watch(
-        self, initial: Iterable[DiscoveryChange] = ()
-    ) -> AsyncIterator[DiscoveryChange]:
-        if self.closed:
-            return
+    def watch(self, initial: Iterable[DiscoveryChange] = ()) -> AsyncIterator[DiscoveryChange]:
+        # Subscribe now, not at the first iteration, so that no change made between
+        # calling watch() and iterating it is lost.
         q: asyncio.Queue[DiscoveryChange | None] = asyncio.Queue()
         for first in initial:
             q.put_nowait(first)
-        self._queues.append(q)
+        if self.closed:
+            q.put_nowait(None)
+        else:
+            self._queues.append(q)
+        return self._iterate(q)
+
+    async def _iterate(
+        self, q: asyncio.Queue[DiscoveryChange | None]
+    ) -> AsyncIterator[DiscoveryChange]:
         try:
             while (item := await q.get()) is not None:
                 yield item
         finally:
-            self._queues.remove(q)
+            if q in self._queues:
+                self._queues.remove(q)
 
     def close(self) -> None:
         self.closed = True

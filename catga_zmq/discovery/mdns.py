@@ -124,6 +124,8 @@ def _txt(me: Candidate, cluster: str, version: int) -> dict[str, str]:
     if me.public_key:
         txt["pk"] = me.public_key
     for key, value in me.metadata.items():
+        if not key or "=" in key:
+            raise ConfigError(f"mDNS metadata key {key!r}: TXT keys are non-empty, without '='")
         txt[METADATA_PREFIX + key] = value
     for key, value in txt.items():
         size = len(key.encode()) + 1 + len(value.encode())
@@ -161,9 +163,10 @@ class MdnsDiscovery(Discovery):
     starts (the first ``register`` or ``start``).
 
     ``watch()`` first yields every current candidate as ADDED, then changes; an
-    update of a known service is another ADDED. REMOVED comes from a goodbye or an
-    expired record, so a node that crashed disappears only when its records expire:
-    heartbeats, not discovery, are what notice it.
+    update of a known service is another ADDED. REMOVED comes from a goodbye, from
+    a restart elsewhere under the same name, or from expired records. A node that
+    crashed and stays down remains a candidate until its PTR record expires (75
+    minutes): heartbeats, not discovery, notice that it is gone.
     """
 
     name = "mdns"

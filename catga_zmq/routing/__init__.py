@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Router
+from .consistent_hash import ConsistentHashRouter, HashRing, stable_hash
+from .least_connections import LeastConnectionsRouter
 from .local_first import LocalFirstRouter
 from .round_robin import RoundRobinRouter
+from .weighted import WeightedRouter
 
 ROUTERS: dict[str, type[Router]] = {
-    RoundRobinRouter.name: RoundRobinRouter,
-    LocalFirstRouter.name: LocalFirstRouter,
+    r.name: r
+    for r in (
+        RoundRobinRouter,
+        LocalFirstRouter,
+        WeightedRouter,
+        ConsistentHashRouter,
+        LeastConnectionsRouter,
+    )
 }
 
 
@@ -22,4 +31,15 @@ def make_router(name: str) -> Router:
         ) from None
 
 
-__all__ = ["ROUTERS", "LocalFirstRouter", "RoundRobinRouter", "Router", "make_router"]
+__all__ = [
+    "ROUTERS",
+    "ConsistentHashRouter",
+    "HashRing",
+    "LeastConnectionsRouter",
+    "LocalFirstRouter",
+    "RoundRobinRouter",
+    "Router",
+    "WeightedRouter",
+    "make_router",
+    "stable_hash",
+]
