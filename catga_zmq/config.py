@@ -105,7 +105,10 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 f"log_level {opts.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
             )
         for seed in opts.seeds:
-            parse_endpoint(seed)
+            try:
+                parse_endpoint(seed)
+            except ConfigError as exc:
+                raise ConfigError(f"seeds: {exc.message}") from None
         if opts.discovery == "static" and not opts.seeds:
             raise ConfigError(
                 "discovery 'static' needs at least one seed (--seeds tcp://host:port)"
