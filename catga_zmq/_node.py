@@ -11,7 +11,8 @@ import contextvars
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+import types
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from enum import StrEnum
 from typing import Any, Final, TypeVar, overload
 
@@ -548,7 +549,7 @@ class Node:
                 f"{len(pending)} requests already in flight from this node (max_in_flight)",
                 node=self.node_id,
             )
-        rid, fut = pending.open(target.node_id, idempotent)
+        rid, fut = pending.open(target.node_id, idempotent, deadline, name)
         budget_ms = max(1, int((deadline - self.loop.time()) * 1000))
         header = encode_header(_REQ, rid, name, self.options.node_id, budget_ms, 0, trace)
         target.outstanding += 1
@@ -556,13 +557,11 @@ class Node:
             try:
                 self.transport.send_request(target.endpoint, header, payload)
             except TransportFailed as exc:
-                pending.fail(rid, exc)
+                pending.forget(rid)
                 exc.node = target.node_id
                 raise
             self.stats["requests_sent"] += 1
-            kind, body, source = await pending.wait(
-                rid, fut, deadline, f"{name} sent to {target.node_id}"
-            )
+            kind, body, source = await pending.wait(rid, fut)
         except (TransportFailed, RequestTimeout):
             self._record_failure(target)
             raise
@@ -585,6 +584,8 @@ class Node:
         )
 
     def _record_failure(self, target: Peer) -> None:
+        if self.membership.peers.get(target.node_id) is not target:
+            return  # a greeting to a bare address, not a member: nothing to isolate
         if target.breaker is None:
             target.breaker = CircuitBreaker(
                 target.node_id, self.options.breaker_threshold, self.options.breaker_cooldown
@@ -732,7 +733,16 @@ class Node:
             deadline,
         )
         self._running += 1
-        task = self.loop.create_task(self._serve(entry.call, message, ctx, ident))
+        # Run the handler at once, in a context of its own, and make a task only if it
+        # has to wait: most handlers answer without waiting, and a task costs more
+        # than the rest of the request (Python 3.12's eager tasks, by hand).
+        coro = self._serve(entry.call, message, ctx, ident)
+        context = contextvars.copy_context()
+        try:
+            awaited = context.run(coro.send, None)
+        except StopIteration:
+            return
+        task = self.loop.create_task(_finish(coro, awaited), context=context)
         self._serving.add(task)
         task.add_done_callback(self._serving.discard)
 
@@ -1121,6 +1131,29 @@ class Node:
             late_replies=self.pending.late_replies,
             members=counts,
         )
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], awaited: Any) -> Generator[Any, Any, None]:
+    """Go on driving ``coro``, started by hand, from the point where it awaited."""
+    send, throw = coro.send, coro.throw
+    while True:
+        try:
+            value = yield awaited
+        except BaseException as exc:  # CancelledError included: pass it in
+            try:
+                awaited = throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                awaited = send(value)
+            except StopIteration:
+                return
+
+
+async def _finish(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+    await _resume(coro, awaited)
 
 
 def _make_discovery(opts: NodeOptions) -> Discovery | None:

@@ -260,7 +260,6 @@ class Membership:
         if peer is None:
             return
         peer.last_seen = now
-        peer.last_heartbeat = time.time()
         if peer.status in (NodeStatus.SUSPECT, NodeStatus.FAULTED):
             previous = peer.status
             peer.status = NodeStatus.ALIVE

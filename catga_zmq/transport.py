@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
-from collections.abc import Callable
-from typing import Any, Final
+import math
+from collections.abc import Callable, Sequence
+from typing import Final
 
 import zmq
 
@@ -32,15 +34,44 @@ RECONNECT_IVL: Final = 100  # ms, libzmq's first reconnect delay
 RECONNECT_IVL_MAX: Final = 2000  # ms, the most it backs off to
 LINGER: Final = 0  # ms: unsent frames of a closing node are dropped, not flushed
 
-_POLLIN: Final = zmq.POLLIN
-_EVENTS: Final = zmq.EVENTS
-_NOBLOCK: Final = zmq.NOBLOCK
+# Plain ints: pyzmq's constants are enums, and enum arithmetic on every send and every
+# EVENTS check costs more than the rest of the hot path's bookkeeping.
+_POLLIN: Final = int(zmq.POLLIN)
+_EVENTS: Final = int(zmq.EVENTS)
+_RCVMORE: Final = int(zmq.RCVMORE)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_MORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+# pyzmq's own send/recv methods are Python wrappers (keyword handling, enum flags) over
+# the compiled socket's; on the hot path we call the compiled ones directly.
+_send: Final[Callable[[zmq.Socket[bytes], bytes, int], object]] = zmq.backend.Socket.send
+_recv: Final[Callable[[zmq.Socket[bytes], int], bytes]] = zmq.backend.Socket.recv
+_get: Final[Callable[[zmq.Socket[bytes], int], int]] = zmq.backend.Socket.get  # type: ignore[assignment]
+
+
+def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
+    """Send a multipart message without blocking; ``zmq.Again`` when it cannot go now.
+
+    libzmq checks its queue limit at a message's first part only, so a message is never
+    cut in half by ``Again``.
+    """
+    last = len(frames) - 1
+    for i in range(last):
+        _send(sock, frames[i], _MORE_NOBLOCK)
+    _send(sock, frames[last], _NOBLOCK)
+
+
+def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
+    parts = [_recv(sock, _NOBLOCK)]
+    while _get(sock, _RCVMORE):
+        parts.append(_recv(sock, _NOBLOCK))
+    return parts
 
 
 class Reader:
     """Drains one socket from the event loop; ``handle`` gets each multipart message."""
 
-    __slots__ = ("_getsockopt", "_loop", "_recv", "_scheduled", "handle", "sock")
+    __slots__ = ("_loop", "_scheduled", "handle", "sock")
 
     def __init__(
         self,
@@ -52,8 +83,6 @@ class Reader:
         self.sock = sock
         self.handle = handle
         self._scheduled = False
-        self._getsockopt = sock.getsockopt
-        self._recv = sock.recv_multipart
         loop.add_reader(sock.FD, self.drain)
         self.kick()
 
@@ -64,12 +93,12 @@ class Reader:
 
     def drain(self) -> None:
         self._scheduled = False
-        getsockopt, recv, handle = self._getsockopt, self._recv, self.handle
+        sock, handle = self.sock, self.handle
         try:
             for _ in range(DRAIN_BATCH):
-                if not int(getsockopt(_EVENTS)) & _POLLIN:
+                if not _get(sock, _EVENTS) & _POLLIN:
                     return
-                handle(recv(_NOBLOCK))
+                handle(recv_frames(sock))
         except zmq.Again:
             return
         except zmq.ZMQError as exc:
@@ -191,7 +220,7 @@ class Transport:
             found = self.dealers[endpoint]
         sock, reader = found
         try:
-            sock.send_multipart((header, payload), _NOBLOCK)
+            send_frames(sock, (header, payload))
         except zmq.Again:
             raise TransportFailed(
                 f"no connection to {endpoint}, or its queue is full ({self.hwm} messages)"
@@ -217,7 +246,7 @@ class Transport:
         """Send ``[identity, header, payload]`` back; False when the caller is gone."""
         assert self.router is not None and self._router_reader is not None
         try:
-            self.router.send_multipart(frames, _NOBLOCK)
+            send_frames(self.router, frames)
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the caller disconnected; EAGAIN: its queue is full.
             self.dropped_replies += 1
@@ -251,7 +280,7 @@ class Transport:
         """Publish; False when the PUB queue is full (the frame is dropped, as PUB does)."""
         assert self.pub is not None
         try:
-            self.pub.send_multipart((topic, header, payload), _NOBLOCK)
+            send_frames(self.pub, (topic, header, payload))
         except zmq.Again:
             return False
         return True
@@ -275,24 +304,67 @@ class PendingMap:
 
     Each entry also names the node the request went to and whether it is idempotent,
     so that when that node is lost its requests can be failed over at once.
+
+    Deadlines share one timer over a heap instead of one timer per request (a timer
+    costs more than the rest of the bookkeeping). Entries answered in time stay in the
+    heap until it is compacted, which happens once it holds twice what is pending.
     """
 
-    __slots__ = ("_entries", "_loop", "_next_id", "late_replies")
+    __slots__ = ("_entries", "_heap", "_loop", "_next_id", "_timer", "_timer_at", "late_replies")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._entries: dict[int, tuple[asyncio.Future[Reply], str, bool]] = {}
+        self._entries: dict[int, tuple[asyncio.Future[Reply], str, bool, str]] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._next_id = 0
         self.late_replies = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def open(self, node_id: str, idempotent: bool) -> tuple[int, asyncio.Future[Reply]]:
-        self._next_id += 1
+    def open(
+        self, node_id: str, idempotent: bool, deadline: float, type_name: str
+    ) -> tuple[int, asyncio.Future[Reply]]:
+        self._next_id = rid = self._next_id + 1
         fut: asyncio.Future[Reply] = self._loop.create_future()
-        self._entries[self._next_id] = (fut, node_id, idempotent)
-        return self._next_id, fut
+        self._entries[rid] = (fut, node_id, idempotent, type_name)
+        heap = self._heap
+        if len(heap) > 2 * len(self._entries) + 1024:
+            self._compact()
+        heapq.heappush(heap, (deadline, rid))
+        if deadline < self._timer_at:
+            self._arm(deadline)
+        return rid, fut
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._expire)
+
+    def _compact(self) -> None:
+        entries = self._entries
+        self._heap = [item for item in self._heap if item[1] in entries]
+        heapq.heapify(self._heap)
+
+    def _expire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        heap, entries = self._heap, self._entries
+        now = self._loop.time()
+        while heap and heap[0][0] <= now:
+            _, rid = heapq.heappop(heap)
+            entry = entries.pop(rid, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(
+                    RequestTimeout(
+                        f"no reply to {entry[3]} from {entry[1]} before its deadline",
+                        node=entry[1],
+                    )
+                )
+        if heap:
+            self._arm(heap[0][0])
 
     def resolve(self, request_id: int, reply: Reply) -> None:
         entry = self._entries.pop(request_id, None)
@@ -306,15 +378,21 @@ class PendingMap:
         if entry is not None and not entry[0].done():
             entry[0].set_exception(exc)
 
+    def forget(self, request_id: int) -> None:
+        """Drop an entry nobody will wait for (its request was never sent)."""
+        entry = self._entries.pop(request_id, None)
+        if entry is not None:
+            entry[0].cancel()
+
     def fail_node(self, node_id: str, why: str, *, idempotent_only: bool) -> int:
         """Fail the requests in flight to ``node_id``; returns how many."""
         lost = [
             rid
-            for rid, (_, target, idempotent) in self._entries.items()
+            for rid, (_, target, idempotent, _) in self._entries.items()
             if target == node_id and (idempotent or not idempotent_only)
         ]
         for rid in lost:
-            fut, _, idempotent = self._entries.pop(rid)
+            fut, _, idempotent, _ = self._entries.pop(rid)
             if not fut.done():
                 fut.set_exception(
                     TransportFailed(
@@ -327,27 +405,22 @@ class PendingMap:
                 )
         return len(lost)
 
-    async def wait(
-        self, request_id: int, fut: asyncio.Future[Reply], deadline: float, what: str
-    ) -> Reply:
-        """Wait for the reply until ``deadline`` (loop time); always forgets the id."""
-        timer = self._loop.call_at(deadline, _expire, fut, what)
+    async def wait(self, request_id: int, fut: asyncio.Future[Reply]) -> Reply:
+        """Wait for the reply (or the deadline given to ``open``); always forgets the id."""
         try:
             return await fut
         finally:
-            timer.cancel()
             self._entries.pop(request_id, None)
 
     def fail_all(self, exc_factory: Callable[[], CatgaError]) -> None:
         entries, self._entries = self._entries, {}
-        for fut, _, _ in entries.values():
+        self._heap.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
+        for fut, _, _, _ in entries.values():
             if not fut.done():
                 fut.set_exception(exc_factory())
-
-
-def _expire(fut: asyncio.Future[Any], what: str) -> None:
-    if not fut.done():
-        fut.set_exception(RequestTimeout(f"no reply to {what} before its deadline"))
 
 
 __all__ = ["PendingMap", "ProtocolError", "Reader", "Transport"]
