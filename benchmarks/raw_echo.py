@@ -66,18 +66,14 @@ SERVER_STOP_TIMEOUT = 5.0  # s, after SIGTERM before SIGKILL
 SERVER_MAX_LIFETIME = 1800.0  # s, a server left behind by a crashed parent exits anyway
 PARENT_CHECK_INTERVAL = 0.5  # s
 
-_POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
-_EVENTS = int(zmq.EVENTS)
-_RCVMORE = int(zmq.RCVMORE)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 # The limit is measured with the fastest socket calls pyzmq offers: the compiled
-# socket's own send/recv/get, without the Python wrappers' keyword and enum handling
+# socket's own send/recv, without the Python wrappers' keyword and enum handling
 # (the same calls catga_zmq's transport makes).
 _send: Callable[[Any, Any, int], object] = zmq.backend.Socket.send
-_recv: Callable[[Any, int], bytes] = zmq.backend.Socket.recv
-_get: Callable[[Any, int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
+_recv: Callable[[Any, int, bool], Any] = zmq.backend.Socket.recv
 
 
 def send_frames(sock: Any, frames: Sequence[Any]) -> None:
@@ -88,9 +84,11 @@ def send_frames(sock: Any, frames: Sequence[Any]) -> None:
 
 
 def recv_frames(sock: Any) -> list[bytes]:
-    parts = [_recv(sock, _NOBLOCK)]
-    while _get(sock, _RCVMORE):
-        parts.append(_recv(sock, _NOBLOCK))
+    frame = _recv(sock, _NOBLOCK, False)
+    parts = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, _NOBLOCK, False)
+        parts.append(frame.bytes)
     return parts
 
 
@@ -129,18 +127,15 @@ async def _serve_raw(host: str, announce: Callable[[str], None], stop: asyncio.E
     def send(frames: list[bytes], _flags: int) -> None:
         send_frames(sock, frames)
 
-    def getsockopt(option: int) -> int:
-        return _get(sock, option)
-
     dropped = 0
 
     def drain() -> None:
         nonlocal dropped
-        # ZMQ_FD is edge-triggered: it signals a change, not a level. Keep going while
-        # EVENTS says POLLIN; the check runs again after every send, because a send
-        # can process the very command that made the next message readable and leave
-        # the FD silent.
-        while getsockopt(_EVENTS) & _POLLIN:
+        # ZMQ_FD is edge-triggered: it signals a change, not a level. Keep receiving
+        # until EAGAIN (which re-arms the edge); that includes after every send,
+        # because a send can process the very command that made the next message
+        # readable and leave the FD silent.
+        while True:
             try:
                 frames = recv(_NOBLOCK)
             except zmq.Again:
@@ -362,14 +357,11 @@ class RawClient:
     def _drain(self) -> None:
         sock = self._sock
 
-        def getsockopt(option: int) -> int:
-            return _get(sock, option)
-
         def recv(_flags: int) -> list[bytes]:
             return recv_frames(sock)
 
         pending = self._pending
-        while getsockopt(_EVENTS) & _POLLIN:
+        while True:
             try:
                 frames = recv(_NOBLOCK)
             except zmq.Again:

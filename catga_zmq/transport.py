@@ -36,17 +36,13 @@ LINGER: Final = 0  # ms: unsent frames of a closing node are dropped, not flushe
 
 # Plain ints: pyzmq's constants are enums, and enum arithmetic on every send and every
 # EVENTS check costs more than the rest of the hot path's bookkeeping.
-_POLLIN: Final = int(zmq.POLLIN)
-_EVENTS: Final = int(zmq.EVENTS)
-_RCVMORE: Final = int(zmq.RCVMORE)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _MORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 # pyzmq's own send/recv methods are Python wrappers (keyword handling, enum flags) over
 # the compiled socket's; on the hot path we call the compiled ones directly.
 _send: Final[Callable[[zmq.Socket[bytes], bytes, int], object]] = zmq.backend.Socket.send
-_recv: Final[Callable[[zmq.Socket[bytes], int], bytes]] = zmq.backend.Socket.recv
-_get: Final[Callable[[zmq.Socket[bytes], int], int]] = zmq.backend.Socket.get  # type: ignore[assignment]
+_recv: Final[Callable[[zmq.Socket[bytes], int, bool], zmq.Frame]] = zmq.backend.Socket.recv  # type: ignore[assignment]
 
 
 def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
@@ -62,9 +58,16 @@ def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
 
 
 def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
-    parts = [_recv(sock, _NOBLOCK)]
-    while _get(sock, _RCVMORE):
-        parts.append(_recv(sock, _NOBLOCK))
+    """Receive one multipart message; ``zmq.Again`` when there is none.
+
+    Frames, not ``getsockopt(RCVMORE)``: pyzmq looks every socket option up in an enum,
+    which costs more than the receive itself.
+    """
+    frame = _recv(sock, _NOBLOCK, False)
+    parts = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, _NOBLOCK, False)
+        parts.append(frame.bytes)
     return parts
 
 
@@ -95,9 +98,9 @@ class Reader:
         self._scheduled = False
         sock, handle = self.sock, self.handle
         try:
+            # Until EAGAIN, which also re-arms the FD's edge: cheaper than asking
+            # EVENTS before every message (an option lookup, see recv_frames).
             for _ in range(DRAIN_BATCH):
-                if not _get(sock, _EVENTS) & _POLLIN:
-                    return
                 handle(recv_frames(sock))
         except zmq.Again:
             return
@@ -294,8 +297,11 @@ class Transport:
         for reader in (self._router_reader, self._sub_reader):
             if reader is not None:
                 reader.close()
-        if self.pub is not None and not self.pub.closed:
-            self.pub.close(LINGER)
+        # Sockets made before a failed bind have no reader: close them too, or
+        # ctx.term() waits for them forever.
+        for sock in (self.router, self.pub, self.sub):
+            if sock is not None and not sock.closed:
+                sock.close(LINGER)
         self.ctx.term()
 
 
