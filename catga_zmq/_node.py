@@ -69,6 +69,11 @@ RETRY_BACKOFF: Final = 0.01  # s
 GREETING_TIMEOUT: Final = 1.0  # s
 #: Pause before greeting again an endpoint that has no connection yet.
 GREETING_RETRY: Final = 0.05  # s
+#: After its BYE a node keeps answering (OVERLOADED) for this long before it closes.
+BYE_LINGER: Final = 0.2  # s
+#: A node that said BYE may have replies still on the way: its requests in flight fail
+#: over only after this long (its answers overtaken by the BYE arrive well before).
+LEFT_GRACE: Final = 0.5  # s
 #: Distinct (peer, problem) pairs remembered to log each problem once per peer.
 LOG_ONCE_LIMIT: Final = 4096
 
@@ -155,6 +160,7 @@ class Node:
         self.stats = {
             "requests_handled": 0,
             "requests_failed": 0,
+            "requests_refused": 0,
             "requests_sent": 0,
             "events_published": 0,
             "events_received": 0,
@@ -337,26 +343,33 @@ class Node:
         drain_end = self.loop.time() + self.options.drain_timeout
         if self._serving:
             await asyncio.wait(list(self._serving), timeout=self.options.drain_timeout)
-        for task in list(self._serving):
-            task.cancel()
+        if self._serving:
+            left = list(self._serving)
+            log.warning("%d handlers still running after drain_timeout: cancelled", len(left))
+            for task in left:
+                task.cancel()  # each answers its caller CANCELLED
+            await asyncio.gather(*left, return_exceptions=True)
         while len(self.pending) and self.loop.time() < drain_end:  # noqa: ASYNC110 - bounded
             await asyncio.sleep(0.01)
         await self.mediator.idle(max(0.0, drain_end - self.loop.time()))
+        # No heartbeat may follow the BYE, or peers would take this node back.
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._send_bye()
         if self.discovery is not None:
             try:
                 await self.discovery.aclose()
             except Exception:
                 log.exception("discovery %s did not close cleanly", self.discovery.name)
+        # A caller that sent before it saw the BYE still gets an answer (OVERLOADED,
+        # so it goes elsewhere) instead of silence until its deadline; the I/O thread
+        # also puts the BYE and the last replies on the wire before LINGER=0 drops them.
+        await asyncio.sleep(BYE_LINGER)
         self.state = State.CLOSED
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.mediator.cancel_subscribers()
         self.membership.close_watchers()
         self.pending.fail_all(lambda: CatgaError(f"node {self.node_id} closed", node=self.node_id))
-        # Give libzmq's I/O thread a moment to put the BYE on the wire before LINGER=0 drops it.
-        await asyncio.sleep(0.02)
         self.transport.close()
         self._closed.set()
         log.info("node %s closed", self.node_id)
@@ -549,7 +562,7 @@ class Node:
                 f"{len(pending)} requests already in flight from this node (max_in_flight)",
                 node=self.node_id,
             )
-        rid, fut = pending.open(target.node_id, idempotent, deadline, name)
+        rid, fut = pending.open(target, idempotent, deadline, name)
         budget_ms = max(1, int((deadline - self.loop.time()) * 1000))
         header = encode_header(_REQ, rid, name, self.options.node_id, budget_ms, 0, trace)
         target.outstanding += 1
@@ -597,17 +610,21 @@ class Node:
 
     def _peer_lost(self, peer: Peer) -> None:
         """A peer turned SUSPECT, FAULTED or LEFT: fail over what is in flight to it."""
-        if peer.status is NodeStatus.SUSPECT:
+        if peer.status is NodeStatus.LEFT:
+            # It drained before its BYE: its last replies may still be on the way.
+            self.loop.call_later(LEFT_GRACE, self._fail_in_flight, peer, "left", False)
+        elif peer.status is NodeStatus.SUSPECT:
             # Maybe only slow: re-send only what may safely run twice.
-            n = self.pending.fail_node(peer.node_id, "went silent", idempotent_only=True)
+            self._fail_in_flight(peer, "went silent", True)
         else:
-            n = self.pending.fail_node(
-                peer.node_id, f"is {peer.status.value}", idempotent_only=False
-            )
+            self._fail_in_flight(peer, f"is {peer.status.value}", False)
+
+    def _fail_in_flight(self, peer: Peer, why: str, idempotent_only: bool) -> None:
+        if self.state is State.CLOSED:
+            return
+        n = self.pending.fail_node(peer, why, idempotent_only=idempotent_only)
         if n:
-            log.info(
-                "%d requests in flight to %s failed over (%s)", n, peer.node_id, peer.status.value
-            )
+            log.info("%d requests in flight to %s failed over (%s)", n, peer.node_id, why)
 
     async def _call_local(
         self, message: Request[Any], name: str, deadline: float, trace: str
@@ -707,6 +724,7 @@ class Node:
                 if self.state is not State.RUNNING
                 else f"runs {self._running} handlers (max_concurrency)"
             )
+            self.stats["requests_refused"] += 1
             self._answer_error(
                 ident, header, Overloaded(f"node {self.node_id} {why}", node=self.node_id)
             )
@@ -965,6 +983,16 @@ class Node:
             self.membership.check(self.loop.time())
 
     def _forget_peer(self, peer: Peer) -> None:
+        if peer.status is NodeStatus.LEFT and self.state is not State.CLOSED:
+            # Replies overtaken by its BYE are still on the way to its DEALER: keep the
+            # sockets until in-flight requests have had their grace.
+            self.loop.call_later(2 * LEFT_GRACE, self._drop_sockets, peer)
+        else:
+            self._drop_sockets(peer)
+
+    def _drop_sockets(self, peer: Peer) -> None:
+        if self.state is State.CLOSED:
+            return
         still_used = any(
             p is not peer and p.endpoint == peer.endpoint and p.status is not NodeStatus.LEFT
             for p in self.membership.peers.values()
@@ -1122,6 +1150,7 @@ class Node:
             pending=len(self.pending),
             requests_handled=self.stats["requests_handled"],
             requests_failed=self.stats["requests_failed"],
+            requests_refused=self.stats["requests_refused"],
             requests_sent=self.stats["requests_sent"],
             events_published=self.stats["events_published"],
             events_received=self.stats["events_received"],

@@ -210,6 +210,8 @@ class Membership:
             if peer.status is not NodeStatus.LEFT:
                 peer.status = NodeStatus.LEFT
                 self._emit(NodeLeft(peer.snapshot()))
+                if self.on_lost is not None:
+                    self.on_lost(peer)  # what the old life had in flight will not come back
             if peer.endpoint != hb.endpoint and self.on_gone is not None:
                 self.on_gone(peer)
             peer = None

@@ -55,6 +55,7 @@ class NodeStats(msgspec.Struct):
     pending: int  # this node's requests awaiting replies
     requests_handled: int
     requests_failed: int
+    requests_refused: int  # answered OVERLOADED (at max_concurrency, or draining)
     requests_sent: int
     events_published: int
     events_received: int

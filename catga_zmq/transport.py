@@ -24,6 +24,7 @@ from typing import Final
 import zmq
 
 from .errors import CatgaError, ProtocolError, RequestTimeout, TransportFailed
+from .membership import Peer
 
 log = logging.getLogger("catga_zmq.transport")
 
@@ -320,7 +321,7 @@ class PendingMap:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._entries: dict[int, tuple[asyncio.Future[Reply], str, bool, str]] = {}
+        self._entries: dict[int, tuple[asyncio.Future[Reply], Peer, bool, str]] = {}
         self._heap: list[tuple[float, int]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -331,11 +332,11 @@ class PendingMap:
         return len(self._entries)
 
     def open(
-        self, node_id: str, idempotent: bool, deadline: float, type_name: str
+        self, target: Peer, idempotent: bool, deadline: float, type_name: str
     ) -> tuple[int, asyncio.Future[Reply]]:
         self._next_id = rid = self._next_id + 1
         fut: asyncio.Future[Reply] = self._loop.create_future()
-        self._entries[rid] = (fut, node_id, idempotent, type_name)
+        self._entries[rid] = (fut, target, idempotent, type_name)
         heap = self._heap
         if len(heap) > 2 * len(self._entries) + 1024:
             self._compact()
@@ -363,10 +364,11 @@ class PendingMap:
             _, rid = heapq.heappop(heap)
             entry = entries.pop(rid, None)
             if entry is not None and not entry[0].done():
+                node_id = entry[1].node_id
                 entry[0].set_exception(
                     RequestTimeout(
-                        f"no reply to {entry[3]} from {entry[1]} before its deadline",
-                        node=entry[1],
+                        f"no reply to {entry[3]} from {node_id} before its deadline",
+                        node=node_id,
                     )
                 )
         if heap:
@@ -390,12 +392,13 @@ class PendingMap:
         if entry is not None:
             entry[0].cancel()
 
-    def fail_node(self, node_id: str, why: str, *, idempotent_only: bool) -> int:
-        """Fail the requests in flight to ``node_id``; returns how many."""
+    def fail_node(self, peer: Peer, why: str, *, idempotent_only: bool) -> int:
+        """Fail the requests in flight to ``peer`` (this incarnation); returns how many."""
+        node_id = peer.node_id
         lost = [
             rid
             for rid, (_, target, idempotent, _) in self._entries.items()
-            if target == node_id and (idempotent or not idempotent_only)
+            if target is peer and (idempotent or not idempotent_only)
         ]
         for rid in lost:
             fut, _, idempotent, _ = self._entries.pop(rid)
