@@ -978,9 +978,21 @@ class Node:
     async def _detector_loop(self) -> None:
         # Four checks per heartbeat interval bound the detection lag to a quarter beat.
         interval = self.options.heartbeat_interval / 4
+        loop = self.loop
+        due = loop.time() + interval
         while self.state is not State.CLOSED:
-            await asyncio.sleep(interval)
-            self.membership.check(self.loop.time())
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            now = loop.time()
+            late = now - due
+            due = now + interval
+            if late > self.options.heartbeat_interval:
+                # This node itself stalled (a blocked loop, SIGSTOP, no CPU): the silence
+                # was its own. Excuse the peers and let the readers take in what queued
+                # meanwhile before judging anyone.
+                log.warning("event loop of %s stalled for %.2f s", self.node_id, late)
+                self.membership.excuse(late)
+                continue
+            self.membership.check(now)
 
     def _forget_peer(self, peer: Peer) -> None:
         if peer.status is NodeStatus.LEFT and self.state is not State.CLOSED:

@@ -285,6 +285,17 @@ class Membership:
         if self.on_gone is not None:
             self.on_gone(peer)
 
+    def excuse(self, stall: float) -> None:
+        """This node was stalled for ``stall`` s: that silence was its own, not its peers'.
+
+        Heartbeats that arrived meanwhile are still queued in the socket; judging before
+        reading them would fault healthy peers.
+        """
+        for peer in self.peers.values():
+            peer.last_seen += stall
+            if peer.detector is not None:
+                peer.detector.forget_last()
+
     def phi(self, peer: Peer, now: float) -> float:
         return peer.detector.phi(now - peer.last_seen) if peer.detector is not None else 0.0
 

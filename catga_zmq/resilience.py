@@ -95,7 +95,7 @@ class PhiAccrual:
     and ``min_std`` keeps a very regular peer from being declared dead on a small jitter.
     """
 
-    __slots__ = ("_gaps", "_last", "_sum", "_sum_sq", "acceptable_pause", "min_std")
+    __slots__ = ("_floor", "_gaps", "_last", "_sum", "_sum_sq", "acceptable_pause", "min_std")
 
     def __init__(self, first_gap: float, acceptable_pause: float, min_std: float) -> None:
         self.acceptable_pause = acceptable_pause
@@ -104,6 +104,9 @@ class PhiAccrual:
         self._sum = 0.0
         self._sum_sq = 0.0
         self._last: float | None = None
+        # Heartbeats closer than this came in a batch (one side was stalled): they say
+        # nothing about the peer's rhythm and would shrink the mean and swell the spread.
+        self._floor = first_gap / 4
         # Seed with the announced interval so the first gaps are judged sensibly.
         self._add(first_gap)
 
@@ -117,9 +120,13 @@ class PhiAccrual:
         self._sum_sq += gap * gap
 
     def heartbeat(self, now: float) -> None:
-        if self._last is not None:
+        if self._last is not None and now - self._last >= self._floor:
             self._add(now - self._last)
         self._last = now
+
+    def forget_last(self) -> None:
+        """The next gap is not the peer's doing (this node stalled): do not learn from it."""
+        self._last = None
 
     def phi(self, elapsed: float) -> float:
         """Suspicion after ``elapsed`` s of silence: 1 = 10%, 8 = 1e-8 chance it is alive."""
