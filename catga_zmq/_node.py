@@ -265,6 +265,7 @@ class Node:
             on_request=self._on_request,
             on_broadcast=self._on_broadcast,
             on_reply=self._on_reply,
+            on_disconnect=self._on_disconnect,
         )
         try:
             self.transport.bind(opts.bind, opts.port, opts.pub_port, opts.advertise)
@@ -619,6 +620,12 @@ class Node:
         else:
             self._fail_in_flight(peer, f"is {peer.status.value}", False)
 
+    def _on_disconnect(self, endpoint: str) -> None:
+        """The connection to ``endpoint`` dropped: replies to what was sent on it are lost."""
+        for peer in list(self.membership.peers.values()):
+            if peer.endpoint == endpoint:
+                self._fail_in_flight(peer, "dropped the connection", False)
+
     def _fail_in_flight(self, peer: Peer, why: str, idempotent_only: bool) -> None:
         if self.state is State.CLOSED:
             return
@@ -741,7 +748,7 @@ class Node:
                 ident, header, SerializationFailed(f"{header.type_name}: {exc}", node=self.node_id)
             )
             return
-        deadline = self.loop.time() + header.budget_ms / 1000 if header.budget_ms else 0.0
+        deadline = self.transport.arrival + header.budget_ms / 1000 if header.budget_ms else 0.0
         ctx = Context(
             header.type_name,
             self.node_id,

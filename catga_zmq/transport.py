@@ -18,6 +18,7 @@ import contextlib
 import heapq
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -38,6 +39,7 @@ LINGER: Final = 0  # ms: unsent frames of a closing node are dropped, not flushe
 # Plain ints: pyzmq's constants are enums, and enum arithmetic on every send and every
 # EVENTS check costs more than the rest of the hot path's bookkeeping.
 _NOBLOCK: Final = int(zmq.NOBLOCK)
+_EVENT_DISCONNECTED: Final = int(zmq.EVENT_DISCONNECTED)
 _MORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 # pyzmq's own send/recv methods are Python wrappers (keyword handling, enum flags) over
@@ -75,7 +77,7 @@ def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
 class Reader:
     """Drains one socket from the event loop; ``handle`` gets each multipart message."""
 
-    __slots__ = ("_loop", "_scheduled", "handle", "sock")
+    __slots__ = ("_loop", "_scheduled", "batch_started", "handle", "sock")
 
     def __init__(
         self,
@@ -87,6 +89,9 @@ class Reader:
         self.sock = sock
         self.handle = handle
         self._scheduled = False
+        #: When the current batch began to be read: the arrival time of its messages,
+        #: even when a handler run in the batch holds the loop for a while.
+        self.batch_started = 0.0
         loop.add_reader(sock.FD, self.drain)
         self.kick()
 
@@ -98,6 +103,7 @@ class Reader:
     def drain(self) -> None:
         self._scheduled = False
         sock, handle = self.sock, self.handle
+        self.batch_started = time.monotonic()
         try:
             # Until EAGAIN, which also re-arms the FD's edge: cheaper than asking
             # EVENTS before every message (an option lookup, see recv_frames).
@@ -120,6 +126,47 @@ class Reader:
 Reply = tuple[int, bytes, str]  # (kind, payload, source node id)
 
 
+class Dealer:
+    """The DEALER to one peer, with a monitor that reports its disconnections.
+
+    A peer process that dies closes its TCP connections at once; the monitor tells us
+    in milliseconds, long before heartbeats fall silent, so requests in flight to it
+    can be failed over (or failed) at once instead of at the failure detector's pace.
+    """
+
+    __slots__ = ("endpoint", "monitor", "reader", "sock", "transport")
+
+    def __init__(self, transport: Transport, endpoint: str) -> None:
+        self.transport = transport
+        self.endpoint = endpoint
+        sock = self.sock = transport._socket(zmq.DEALER)
+        # Queue only on a live connection: to a dead or unreachable peer, send fails at
+        # once (EAGAIN) and the request goes to another node, never run late or twice.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.monitor: Reader | None = None
+        if transport._on_disconnect is not None:
+            mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self.monitor = Reader(transport.loop, mon, self._on_monitor)
+        sock.connect(endpoint)
+        self.reader = Reader(transport.loop, sock, transport._on_reply)
+
+    def _on_monitor(self, frames: list[bytes]) -> None:
+        if len(frames) != 2 or len(frames[0]) < 6:
+            return
+        event = int.from_bytes(frames[0][:2], "little")
+        if event == _EVENT_DISCONNECTED and self.transport._on_disconnect is not None:
+            # Replies that came in before the connection went are read first.
+            self.reader.drain()
+            self.transport._on_disconnect(self.endpoint)
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.sock.disable_monitor()
+            self.monitor.close()
+        self.reader.close()
+
+
 class Transport:
     """The node's sockets. Knows frames, not message types."""
 
@@ -132,6 +179,7 @@ class Transport:
         on_request: Callable[[list[bytes]], None],
         on_broadcast: Callable[[list[bytes]], None],
         on_reply: Callable[[list[bytes]], None],
+        on_disconnect: Callable[[str], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
@@ -141,12 +189,13 @@ class Transport:
         self._on_request = on_request
         self._on_broadcast = on_broadcast
         self._on_reply = on_reply
+        self._on_disconnect = on_disconnect
         self.router: zmq.Socket[bytes] | None = None
         self.pub: zmq.Socket[bytes] | None = None
         self.sub: zmq.Socket[bytes] | None = None
         self._router_reader: Reader | None = None
         self._sub_reader: Reader | None = None
-        self.dealers: dict[str, tuple[zmq.Socket[bytes], Reader]] = {}
+        self.dealers: dict[str, Dealer] = {}
         self.subscribed: set[str] = set()
         self.endpoint = ""
         self.pub_endpoint = ""
@@ -204,25 +253,18 @@ class Transport:
 
     # outbound requests ----------------------------------------------------------------
 
-    def dealer(self, endpoint: str) -> zmq.Socket[bytes]:
+    def dealer(self, endpoint: str) -> Dealer:
         found = self.dealers.get(endpoint)
-        if found is not None:
-            return found[0]
-        sock = self._socket(zmq.DEALER)
-        # Queue only on a live connection: to a dead or unreachable peer, send fails at
-        # once (EAGAIN) and the request goes to another node, never run late or twice.
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.connect(endpoint)
-        self.dealers[endpoint] = (sock, Reader(self.loop, sock, self._on_reply))
-        return sock
+        if found is None:
+            found = self.dealers[endpoint] = Dealer(self, endpoint)
+        return found
 
     def send_request(self, endpoint: str, header: bytes, payload: bytes) -> None:
         """Hand a request to the peer's DEALER, or raise ``TransportFailed`` (not sent)."""
         found = self.dealers.get(endpoint)
         if found is None:
-            self.dealer(endpoint)
-            found = self.dealers[endpoint]
-        sock, reader = found
+            found = self.dealer(endpoint)
+        sock, reader = found.sock, found.reader
         try:
             send_frames(sock, (header, payload))
         except zmq.Again:
@@ -236,7 +278,7 @@ class Transport:
     def drop_peer(self, endpoint: str, pub_endpoint: str) -> None:
         found = self.dealers.pop(endpoint, None)
         if found is not None:
-            found[1].close()
+            found.close()
         if pub_endpoint in self.subscribed and self.sub is not None:
             self.subscribed.discard(pub_endpoint)
             with contextlib.suppress(zmq.ZMQError):  # not connected in libzmq's view: no-op
@@ -245,6 +287,12 @@ class Transport:
                 self._sub_reader.kick()
 
     # inbound requests -------------------------------------------------------------------
+
+    @property
+    def arrival(self) -> float:
+        """Monotonic time at which the request being handled was read."""
+        assert self._router_reader is not None
+        return self._router_reader.batch_started
 
     def reply(self, frames: tuple[bytes, bytes, bytes] | list[bytes]) -> bool:
         """Send ``[identity, header, payload]`` back; False when the caller is gone."""
@@ -292,8 +340,8 @@ class Transport:
     # shutdown -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        for _sock, dealer_reader in self.dealers.values():
-            dealer_reader.close()
+        for dealer in self.dealers.values():
+            dealer.close()
         self.dealers.clear()
         for reader in (self._router_reader, self._sub_reader):
             if reader is not None:
