@@ -575,12 +575,13 @@ class Node:
                 exc.node = target.node_id
                 raise
             self.stats["requests_sent"] += 1
-            kind, body, source = await pending.wait(rid, fut)
+            kind, body, source = await fut
         except (TransportFailed, RequestTimeout):
             self._record_failure(target)
             raise
         finally:
             target.outstanding -= 1
+            pending.close(rid)  # on every way out: reply, error, timeout, cancellation
         if target.breaker is not None:
             target.breaker.success()
         if kind == _REP:

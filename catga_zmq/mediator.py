@@ -49,8 +49,16 @@ class Context:
 Next = Callable[[], Awaitable[Any]]
 
 
+Call = Callable[[Message, Context], Awaitable[Any]]
+
+
 class Behavior(Protocol):
-    """``async def __call__(message, ctx, call_next)``: call ``call_next()`` to go on."""
+    """``async def __call__(message, ctx, call_next)``: call ``call_next()`` to go on.
+
+    A behaviour may also define ``wrap(inner) -> call``, returning ``inner`` wrapped in
+    itself: it is then composed once per handler, which saves a closure and a
+    coroutine per call (the built-in behaviours do this; ``__call__`` is enough).
+    """
 
     async def __call__(self, message: Message, ctx: Context, call_next: Next) -> Any: ...
 
@@ -59,6 +67,11 @@ class DeadlineBehavior:
     """Refuses to start work whose deadline has already passed."""
 
     async def __call__(self, message: Message, ctx: Context, call_next: Next) -> Any:
+        self.check(ctx)
+        return await call_next()
+
+    @staticmethod
+    def check(ctx: Context) -> None:
         # time.monotonic(), not loop.time(): uvloop's loop time stands still while a
         # handler holds the loop, and requests read in the same pass must see the
         # time that passed. Both are CLOCK_MONOTONIC, so they compare.
@@ -67,7 +80,15 @@ class DeadlineBehavior:
                 f"{ctx.type_name} from {ctx.source} arrived after its deadline; not started",
                 node=ctx.node_id,
             )
-        return await call_next()
+
+    def wrap(self, inner: Call) -> Call:
+        check = self.check
+
+        def call(message: Message, ctx: Context) -> Awaitable[Any]:
+            check(ctx)
+            return inner(message, ctx)
+
+        return call
 
 
 class LoggingBehavior:
@@ -77,27 +98,35 @@ class LoggingBehavior:
         self.log = logger or logging.getLogger("catga_zmq.handler")
 
     async def __call__(self, message: Message, ctx: Context, call_next: Next) -> Any:
-        start = time.perf_counter()
-        try:
-            result = await call_next()
-        except Exception as exc:
-            self.log.warning(
-                "%s from %s failed after %.1f ms: %s: %s",
-                ctx.type_name,
-                ctx.source,
-                (time.perf_counter() - start) * 1e3,
-                type(exc).__name__,
-                exc,
-            )
-            raise
-        if self.log.isEnabledFor(logging.DEBUG):
-            self.log.debug(
-                "%s from %s handled in %.1f ms",
-                ctx.type_name,
-                ctx.source,
-                (time.perf_counter() - start) * 1e3,
-            )
-        return result
+        return await self.wrap(lambda _m, _c: call_next())(message, ctx)
+
+    def wrap(self, inner: Call) -> Call:
+        log = self.log
+
+        async def call(message: Message, ctx: Context) -> Any:
+            start = time.perf_counter()
+            try:
+                result = await inner(message, ctx)
+            except Exception as exc:
+                log.warning(
+                    "%s from %s failed after %.1f ms: %s: %s",
+                    ctx.type_name,
+                    ctx.source,
+                    (time.perf_counter() - start) * 1e3,
+                    type(exc).__name__,
+                    exc,
+                )
+                raise
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s from %s handled in %.1f ms",
+                    ctx.type_name,
+                    ctx.source,
+                    (time.perf_counter() - start) * 1e3,
+                )
+            return result
+
+        return call
 
 
 HandlerFn = Callable[..., Any]
@@ -112,13 +141,21 @@ class HandlerEntry:
     decoder: msgspec.msgpack.Decoder[Any]
     response_type: Any
     #: The composed pipeline: ``call(message, ctx) -> result``.
-    call: Callable[[Message, Context], Awaitable[Any]] = field(init=False)
+    call: Call = field(init=False)
 
-    async def invoke(self, message: Message, ctx: Context) -> Any:
-        args = (message, ctx) if self.wants_context else (message,)
+    def innermost(self) -> Call:
+        """The handler itself as a pipeline step, with no layer it does not need."""
+        fn = self.fn
         if self.is_async:
-            return await self.fn(*args)
-        return self.fn(*args)
+            if self.wants_context:
+                return fn
+            return lambda message, _ctx: fn(message)
+        wants_context = self.wants_context
+
+        async def call_sync(message: Message, ctx: Context) -> Any:
+            return fn(message, ctx) if wants_context else fn(message)
+
+        return call_sync
 
 
 @dataclass(slots=True)
@@ -185,10 +222,11 @@ class Mediator:
             dec = self._decoders[cls] = msgspec.msgpack.Decoder(cls)
             return dec
 
-    def _compose(self, entry: HandlerEntry) -> Callable[[Message, Context], Awaitable[Any]]:
-        call: Callable[[Message, Context], Awaitable[Any]] = entry.invoke
+    def _compose(self, entry: HandlerEntry) -> Call:
+        call = entry.innermost()
         for behavior in reversed(self.behaviors):
-            call = _wrap(behavior, call)
+            wrap = getattr(behavior, "wrap", None)
+            call = wrap(call) if wrap is not None else _wrap(behavior, call)
         return call
 
     # dispatch -------------------------------------------------------------------
@@ -249,9 +287,7 @@ class Mediator:
                 sub.queue.clear()
 
 
-def _wrap(
-    behavior: Behavior, inner: Callable[[Message, Context], Awaitable[Any]]
-) -> Callable[[Message, Context], Awaitable[Any]]:
+def _wrap(behavior: Behavior, inner: Call) -> Call:
     def call(message: Message, ctx: Context) -> Awaitable[Any]:
         return behavior(message, ctx, lambda: inner(message, ctx))
 

@@ -462,12 +462,9 @@ class PendingMap:
                 )
         return len(lost)
 
-    async def wait(self, request_id: int, fut: asyncio.Future[Reply]) -> Reply:
-        """Wait for the reply (or the deadline given to ``open``); always forgets the id."""
-        try:
-            return await fut
-        finally:
-            self._entries.pop(request_id, None)
+    def close(self, request_id: int) -> None:
+        """Forget a request whose wait ended, however it ended."""
+        self._entries.pop(request_id, None)
 
     def fail_all(self, exc_factory: Callable[[], CatgaError]) -> None:
         entries, self._entries = self._entries, {}
