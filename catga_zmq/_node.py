@@ -472,10 +472,15 @@ class Node:
             target = self._choose(name, message, key, node, tried)
             if target is None:
                 if last_error is None:
+                    isolated = len(self.membership.candidates(name)) if node is None else 0
                     raise NoNodes(
-                        f"no live node handles {name}"
-                        if node is None
-                        else f"node {node} is not a live member handling {name}"
+                        f"node {node} is not a live member handling {name}"
+                        if node is not None
+                        else f"no live node handles {name}"
+                        if not isolated
+                        else f"every node that handles {name} ({isolated}) is isolated by "
+                        "its circuit breaker after repeated failures; it is probed again "
+                        f"after breaker_cooldown ({self.options.breaker_cooldown} s)"
                     )
                 # Every candidate refused it without running it (no connection yet,
                 # overloaded): back off a little and go round again, within the deadline.

@@ -1,0 +1,59 @@
+"""The pending map does not leak: 100,000 requests that time out leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import msgspec
+from conftest import wait_until
+
+from catga_zmq import Node, Request, RequestTimeout
+
+MakeNode = Callable[..., Node]
+
+TOTAL = 100_000
+BATCH = 5_000
+TIMEOUT = 0.01  # s; the handler answers after it, so every request times out
+
+
+class Late(msgspec.Struct):
+    n: int
+
+
+class Tardy(Request[Late]):
+    __wire_name__ = "leaks.Tardy"
+    n: int
+
+
+async def test_100k_timed_out_requests_leave_the_pending_map_empty(make_node: MakeNode) -> None:
+    server = make_node("server", max_concurrency=TOTAL)
+    # Timeouts are failures to the circuit breaker; here they are the point, not a sick node.
+    client = make_node("client", breaker_threshold=10**9)
+
+    @server.handler
+    async def tardy(req: Tardy) -> Late:
+        await asyncio.sleep(TIMEOUT * 3)
+        return Late(req.n)
+
+    await server.start()
+    await client.start()
+    await client.wait_for_peers(1, handles=Tardy)
+
+    timed_out = 0
+    async with asyncio.timeout(120):
+        for start in range(0, TOTAL, BATCH):
+            results = await asyncio.gather(
+                *(client.send(Tardy(n=i), timeout=TIMEOUT) for i in range(start, start + BATCH)),
+                return_exceptions=True,
+            )
+            timed_out += sum(isinstance(r, RequestTimeout) for r in results)
+            assert len(client.pending) == 0
+    assert timed_out >= TOTAL * 0.99  # a few may be answered in time on a fast run
+    # The late replies still arrive; they are counted and dropped, never matched.
+    await wait_until(lambda: server._running == 0, timeout=30)
+    await asyncio.sleep(0.2)
+    assert len(client.pending) == 0
+    assert client.pending.late_replies >= timed_out * 0.9
+    # The deadline heap is compacted as it goes: it never holds more than a few batches.
+    assert len(client.pending._heap) <= 2 * BATCH + 1024
