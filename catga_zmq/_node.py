@@ -10,9 +10,9 @@ import contextlib
 import contextvars
 import logging
 import math
+import sys
 import time
-import types
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
 from typing import Any, Final, TypeVar, overload
 
@@ -86,6 +86,9 @@ _header_decoder: Final = msgspec.msgpack.Decoder(Header)
 current_trace: contextvars.ContextVar[str] = contextvars.ContextVar("catga_trace", default="")
 
 _DEFAULT: Any = object()
+
+#: asyncio.Task(..., eager_start=True) exists from Python 3.12 on.
+_EAGER_TASKS: Final = sys.version_info >= (3, 12)
 
 
 class State(StrEnum):
@@ -584,6 +587,10 @@ class Node:
         except (TransportFailed, RequestTimeout):
             self._record_failure(target)
             raise
+        except asyncio.CancelledError:
+            if target.breaker is not None:
+                target.breaker.release()  # a cancelled probe proves nothing either way
+            raise
         finally:
             target.outstanding -= 1
             pending.close(rid)  # on every way out: reply, error, timeout, cancellation
@@ -764,18 +771,17 @@ class Node:
             deadline,
         )
         self._running += 1
-        # Run the handler at once, in a context of its own, and make a task only if it
-        # has to wait: most handlers answer without waiting, and a task costs more
-        # than the rest of the request (Python 3.12's eager tasks, by hand).
         coro = self._serve(entry.call, message, ctx, ident)
-        context = contextvars.copy_context()
-        try:
-            awaited = context.run(coro.send, None)
-        except StopIteration:
-            return
-        task = self.loop.create_task(_finish(coro, awaited), context=context)
+        if _EAGER_TASKS:
+            # Python 3.12+: the handler runs at once, inside its task (so current_task(),
+            # asyncio.timeout() and TaskGroup work); a handler that does not wait is done
+            # before the next message is read, and never costs a loop iteration.
+            task: asyncio.Task[None] = asyncio.Task(coro, loop=self.loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+            if task.done():
+                return
+        else:
+            task = self.loop.create_task(coro)
         self._serving.add(task)
-        task.add_done_callback(self._serving.discard)
 
     async def _serve(
         self, call: Callable[[Message, Context], Any], message: Message, ctx: Context, ident: bytes
@@ -824,6 +830,8 @@ class Node:
             )
         finally:
             self._running -= 1
+            # Cheaper than a done-callback, which costs a loop iteration of its own.
+            self._serving.discard(asyncio.current_task())
 
     def _answer_error(self, ident: bytes, header: Header, exc: CatgaError) -> None:
         self._answer(ident, header.request_id, exc.code, exc.message, "", exc.retryable)
@@ -1185,29 +1193,6 @@ class Node:
             late_replies=self.pending.late_replies,
             members=counts,
         )
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], awaited: Any) -> Generator[Any, Any, None]:
-    """Go on driving ``coro``, started by hand, from the point where it awaited."""
-    send, throw = coro.send, coro.throw
-    while True:
-        try:
-            value = yield awaited
-        except BaseException as exc:  # CancelledError included: pass it in
-            try:
-                awaited = throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                awaited = send(value)
-            except StopIteration:
-                return
-
-
-async def _finish(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
-    await _resume(coro, awaited)
 
 
 def _make_discovery(opts: NodeOptions) -> Discovery | None:

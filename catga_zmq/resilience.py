@@ -54,6 +54,10 @@ class CircuitBreaker:
         self.probing = True
         return True
 
+    def release(self) -> None:
+        """The request allowed through ended without a verdict (it was cancelled)."""
+        self.probing = False
+
     def success(self) -> None:
         self.failures = 0
         self.probing = False

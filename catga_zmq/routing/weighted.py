@@ -1,4 +1,4 @@
-"""Smooth weighted round robin (nginx's): weights 5:3:1 give a,a,b,a,c,a,b,a,b, not bursts.
+"""Smooth weighted round robin (nginx's): weights 5:3:1 give a,b,a,c,a,b,a,b,a, not bursts.
 
 A node's effective weight is its configured weight scaled down by the load it reports:
 ``weight / (1 + cpu + in_flight / IN_FLIGHT_SCALE)``. With no load the split is exact
