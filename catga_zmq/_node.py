@@ -61,8 +61,9 @@ log = logging.getLogger("catga_zmq.node")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Attempts of one ``send()`` across nodes (the first included), always within its deadline.
-MAX_ATTEMPTS: Final = 6
+#: Sends of one request (the first included), always within its deadline. Rounds of
+#: backoff when every candidate refused it do not count, but end at the deadline.
+MAX_ATTEMPTS: Final = 8
 #: First pause before going round the candidates again when all refused; doubles each time.
 RETRY_BACKOFF: Final = 0.01  # s
 #: How long a greeting (``Info``) to a seed or a gossiped peer waits for its answer.
@@ -471,7 +472,8 @@ class Node:
         payload: bytes | None = None
         tried: list[Peer] = []
         last_error: CatgaError | None = None
-        for attempt in range(MAX_ATTEMPTS):
+        attempts = rounds = 0
+        while attempts < MAX_ATTEMPTS:
             target = self._choose(name, message, key, node, tried)
             if target is None:
                 if last_error is None:
@@ -487,12 +489,14 @@ class Node:
                     )
                 # Every candidate refused it without running it (no connection yet,
                 # overloaded): back off a little and go round again, within the deadline.
-                pause = RETRY_BACKOFF * 2**attempt
+                pause = RETRY_BACKOFF * 2**rounds
+                rounds += 1
                 if not last_error.retryable or loop.time() + pause >= deadline:
                     raise last_error
                 await asyncio.sleep(pause)
                 tried.clear()
                 continue
+            attempts += 1
             if target.local:
                 return await self._call_local(message, name, deadline, trace)  # type: ignore[no-any-return]
             if payload is None:
