@@ -516,7 +516,10 @@ class Node:
             if loop.time() >= deadline:
                 break
         assert last_error is not None
-        raise last_error
+        try:
+            raise last_error
+        finally:
+            del last_error  # break the frame <-> traceback cycle (see _call_remote)
 
     def _choose(
         self, name: str, message: Any, key: str | None, node: str | None, tried: list[Peer]
@@ -598,6 +601,9 @@ class Node:
         finally:
             target.outstanding -= 1
             pending.close(rid)  # on every way out: reply, error, timeout, cancellation
+            # The future holds the exception, whose traceback holds this frame: without
+            # this, every timeout leaves a cycle (and the request) to the cyclic GC.
+            del fut
         if target.breaker is not None:
             target.breaker.success()
         if kind == _REP:

@@ -51,15 +51,21 @@ class ConsistentHashRouter(Router):
             raise ValueError("vnodes must be >= 1")
         self.vnodes = vnodes
         self._rings: dict[tuple[str, ...], HashRing] = {}
+        self._last: tuple[Sequence[Peer], HashRing] | None = None
         self._fallback = RoundRobinRouter()
 
     def ring(self, candidates: Sequence[Peer]) -> HashRing:
+        # Membership hands out the same tuple until it changes: most calls stop here.
+        last = self._last
+        if last is not None and last[0] is candidates:
+            return last[1]
         ids = tuple(p.node_id for p in candidates)
         ring = self._rings.get(ids)
         if ring is None or ring.nodes != tuple(candidates):
             if len(self._rings) >= 64:
                 self._rings.clear()  # membership churned: old candidate sets are gone
             ring = self._rings[ids] = HashRing(candidates, self.vnodes)
+        self._last = (candidates, ring)
         return ring
 
     def select(self, candidates: Sequence[Peer], message: Any, key: str | None) -> Peer:
