@@ -70,6 +70,8 @@ RETRY_BACKOFF: Final = 0.01  # s
 GREETING_TIMEOUT: Final = 1.0  # s
 #: Pause before greeting again an endpoint that has no connection yet.
 GREETING_RETRY: Final = 0.05  # s
+#: publish() yields to the event loop once per this many events.
+PUBLISH_YIELD: Final = 64
 #: After its BYE a node keeps answering (OVERLOADED) for this long before it closes.
 BYE_LINGER: Final = 0.2  # s
 #: A node that said BYE may have replies still on the way: its requests in flight fail
@@ -81,6 +83,9 @@ LOG_ONCE_LIMIT: Final = 4096
 _REQ: Final = int(Kind.REQ)
 _REP: Final = int(Kind.REP)
 _ERR: Final = int(Kind.ERR)
+_EVT: Final = int(Kind.EVT)
+_HB: Final = int(Kind.HB)
+_BYE: Final = int(Kind.BYE)
 
 _header_decoder: Final = msgspec.msgpack.Decoder(Header)
 
@@ -685,10 +690,14 @@ class Node:
     async def publish(self, event: Event) -> None:
         """Deliver ``event`` to every live subscriber in the cluster, local ones included.
 
-        At most once: an event reaches subscribers connected now; losses that show as
-        sequence gaps are counted in ``stats``.
+        At most once: an event reaches subscribers connected now. It never blocks: a
+        subscriber whose queue is full loses events (ZeroMQ's PUB drops them), which
+        the subscriber counts as sequence gaps (``events_lost`` in its ``Stats``).
+        Every ``PUBLISH_YIELD`` events it yields to the event loop, so a tight publishing
+        loop cannot starve heartbeats and requests.
         """
-        self._check_running()
+        if self.state is not State.RUNNING and self.state is not State.DRAINING:
+            self._check_running()
         if not isinstance(event, Event):
             raise ValidationFailed(
                 f"publish() takes an Event, got {type(event).__qualname__}; use send() for requests"
@@ -697,13 +706,13 @@ class Node:
         payload = self._encode(event, name)
         seq = self._event_seq.get(name, 0) + 1
         self._event_seq[name] = seq
-        header = encode_header(
-            int(Kind.EVT), seq, name, self.options.node_id, 0, 0, current_trace.get()
-        )
+        header = encode_header(_EVT, seq, name, self.options.node_id, 0, 0, current_trace.get())
         self.transport.broadcast(topic_for(name), header, payload)
         self.stats["events_published"] += 1
         if name in self.mediator.subscribers:
             self.mediator.deliver(name, event, Context(name, self.node_id, self.node_id, seq))
+        if self.stats["events_published"] % PUBLISH_YIELD == 0:
+            await asyncio.sleep(0)
 
     # inbound -----------------------------------------------------------------------------------
 
@@ -901,9 +910,9 @@ class Node:
             )
             return
         kind = header.kind
-        if kind == Kind.EVT:
+        if kind == _EVT:
             self._on_event(header, payload)
-        elif kind == Kind.HB or kind == Kind.BYE:
+        elif kind in (_HB, _BYE):
             try:
                 hb = decode_heartbeat(payload)
             except ProtocolError as exc:
@@ -918,7 +927,7 @@ class Node:
                 return
             if hb.node_id == self.node_id:
                 return
-            if kind == Kind.BYE:
+            if kind == _BYE:
                 self.membership.on_bye(hb.node_id, hb.incarnation)
                 return
             known = self.membership.peers.get(hb.node_id)
@@ -1198,6 +1207,9 @@ class Node:
             events_published=self.stats["events_published"],
             events_received=self.stats["events_received"],
             events_lost=self.stats["events_lost"],
+            events_dropped=sum(
+                sub.dropped for subs in self.mediator.subscribers.values() for sub in subs
+            ),
             frames_rejected=self.stats["frames_rejected"],
             replies_dropped=self.transport.dropped_replies,
             late_replies=self.pending.late_replies,

@@ -129,6 +129,7 @@ class Peer:
 
 
 _ROUTABLE = (NodeStatus.ALIVE,)
+_SILENT = frozenset((NodeStatus.SUSPECT, NodeStatus.FAULTED))
 
 
 class Membership:
@@ -262,7 +263,7 @@ class Membership:
         if peer is None:
             return
         peer.last_seen = now
-        if peer.status in (NodeStatus.SUSPECT, NodeStatus.FAULTED):
+        if peer.status in _SILENT:
             previous = peer.status
             peer.status = NodeStatus.ALIVE
             log.info("node %s is alive again (was %s)", node_id, previous.value)

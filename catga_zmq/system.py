@@ -60,6 +60,7 @@ class NodeStats(msgspec.Struct):
     events_published: int
     events_received: int
     events_lost: int  # sequence gaps seen on subscribed topics
+    events_dropped: int  # dropped here: a local subscriber's queue was full
     frames_rejected: int  # malformed, unknown kind, wrong version, other cluster
     replies_dropped: int
     late_replies: int

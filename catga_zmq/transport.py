@@ -328,14 +328,11 @@ class Transport:
         if self._sub_reader is not None:
             self._sub_reader.kick()
 
-    def broadcast(self, topic: bytes, header: bytes, payload: bytes) -> bool:
-        """Publish; False when the PUB queue is full (the frame is dropped, as PUB does)."""
+    def broadcast(self, topic: bytes, header: bytes, payload: bytes) -> None:
+        """Publish. PUB never blocks: a subscriber whose queue is full misses the frame."""
         assert self.pub is not None
-        try:
+        with contextlib.suppress(zmq.Again):  # PUB drops rather than refuse; kept for safety
             send_frames(self.pub, (topic, header, payload))
-        except zmq.Again:
-            return False
-        return True
 
     # shutdown -----------------------------------------------------------------------------
 

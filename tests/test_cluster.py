@@ -25,6 +25,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import pytest_asyncio
+from _net import loopback_multicast_problem
 
 from catga_zmq import (
     HandlerError,
@@ -53,28 +54,7 @@ FAULT_BOUND = 6.0  # s; with default timings FAULTED comes in about 3 s
 POLL = 0.05  # s between two looks at a file or a process
 
 
-def _loopback_multicast_problem() -> str | None:
-    """Why multicast over 127.0.0.1 (what mDNS needs here) does not work, or None."""
-    group = "224.0.0.251"
-    try:
-        with (
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx,
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx,
-        ):
-            rx.bind(("", 0))  # an ephemeral port: the probe must not disturb port 5353
-            rx.settimeout(1.0)
-            mreq = socket.inet_aton(group) + socket.inet_aton("127.0.0.1")
-            rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
-            tx.sendto(b"probe", (group, rx.getsockname()[1]))
-            if rx.recv(16) != b"probe":
-                return "a multicast datagram on 127.0.0.1 came back altered"
-    except OSError as exc:
-        return f"multicast on 127.0.0.1 does not work here ({exc})"
-    return None
-
-
-_problem = _loopback_multicast_problem()
+_problem = loopback_multicast_problem()
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(_problem is not None, reason=_problem or ""),

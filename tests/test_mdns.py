@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from _net import loopback_multicast_problem
 
 from catga_zmq.discovery.base import Candidate, ChangeKind, DiscoveryChange
 from catga_zmq.discovery.mdns import MdnsDiscovery, interfaces_for_bind
@@ -21,28 +21,7 @@ from catga_zmq.errors import ConfigError
 WAIT = 10.0  # s; discovery on loopback takes about 1.7 s (probing, then announcing)
 
 
-def _loopback_multicast_problem() -> str | None:
-    """Why multicast over 127.0.0.1 does not work here, or None if it does."""
-    group = "224.0.0.251"
-    try:
-        with (
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx,
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx,
-        ):
-            rx.bind(("", 0))  # an ephemeral port: this probe must not disturb port 5353
-            rx.settimeout(1.0)
-            mreq = socket.inet_aton(group) + socket.inet_aton("127.0.0.1")
-            rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
-            tx.sendto(b"probe", (group, rx.getsockname()[1]))
-            if rx.recv(16) != b"probe":
-                return "a multicast datagram on 127.0.0.1 came back altered"
-    except OSError as exc:
-        return f"multicast on 127.0.0.1 does not work here ({exc})"
-    return None
-
-
-_problem = _loopback_multicast_problem()
+_problem = loopback_multicast_problem()
 pytestmark = pytest.mark.skipif(_problem is not None, reason=_problem or "")
 
 
