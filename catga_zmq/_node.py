@@ -19,7 +19,7 @@ from typing import Any, Final, TypeVar, overload
 import msgspec
 
 from . import __version__
-from .config import NodeOptions
+from .config import NodeOptions, parse_endpoint
 from .discovery.base import Candidate, ChangeKind, Discovery
 from .errors import (
     CatgaError,
@@ -39,6 +39,7 @@ from .mediator import Behavior, Context, Mediator
 from .membership import ClusterNode, Membership, MembershipEvent, NodeStatus, Peer
 from .messages import Event, Message, Request, response_type
 from .protocol import (
+    DECODE_ERRORS,
     HEARTBEAT_TOPIC,
     PROTOCOL_VERSION,
     Codec,
@@ -614,7 +615,7 @@ class Node:
         if kind == _REP:
             try:
                 return self.codec.decoder(rtype).decode(body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except DECODE_ERRORS as exc:
                 raise SerializationFailed(
                     f"the reply to {name} from {source} is not a "
                     f"{getattr(rtype, '__qualname__', rtype)}: {exc}",
@@ -732,7 +733,7 @@ class Node:
         ident, raw_header, payload = frames
         try:
             header = _header_decoder.decode(raw_header)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             self._reject(ident.hex(), "header", f"header does not decode: {exc}")
             return
         if header.version != PROTOCOL_VERSION or header.kind != _REQ:
@@ -770,15 +771,14 @@ class Node:
             return
         try:
             message = entry.decoder.decode(payload)
-        except msgspec.ValidationError as exc:
-            self._answer_error(
-                ident, header, ValidationFailed(f"{header.type_name}: {exc}", node=self.node_id)
+        except DECODE_ERRORS as exc:
+            err: CatgaError = (
+                ValidationFailed(f"{header.type_name}: {exc}", node=self.node_id)
+                if isinstance(exc, msgspec.ValidationError)
+                else SerializationFailed(f"{header.type_name}: {exc}", node=self.node_id)
             )
-            return
-        except msgspec.DecodeError as exc:
-            self._answer_error(
-                ident, header, SerializationFailed(f"{header.type_name}: {exc}", node=self.node_id)
-            )
+            self._reject(header.source, f"payload:{header.type_name}", err.message)
+            self._answer_error(ident, header, err)
             return
         deadline = self.transport.arrival + header.budget_ms / 1000 if header.budget_ms else 0.0
         ctx = Context(
@@ -878,7 +878,7 @@ class Node:
             return
         try:
             header = _header_decoder.decode(frames[0])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             self._reject("?", "reply-header", f"reply header does not decode: {exc}")
             return
         if header.version != PROTOCOL_VERSION:
@@ -899,7 +899,7 @@ class Node:
         _topic, raw_header, payload = frames
         try:
             header = _header_decoder.decode(raw_header)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             self._reject("?", "pub-header", f"broadcast header does not decode: {exc}")
             return
         if header.version != PROTOCOL_VERSION:
@@ -931,6 +931,12 @@ class Node:
                 self.membership.on_bye(hb.node_id, hb.incarnation)
                 return
             known = self.membership.peers.get(hb.node_id)
+            if (
+                known is None
+                or known.endpoint != hb.endpoint
+                or known.pub_endpoint != hb.pub_endpoint
+            ) and not self._usable(hb.node_id, hb.endpoint, hb.pub_endpoint):
+                return
             fresh = (
                 known is None
                 or known.incarnation != hb.incarnation
@@ -957,7 +963,7 @@ class Node:
         self._seen_seq[key] = header.request_id
         try:
             event = self.mediator.decoder(subs[0].message_type).decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             self._reject(header.source, f"event:{name}", f"event {name} does not decode: {exc}")
             return
         self.stats["events_received"] += 1
@@ -1071,8 +1077,22 @@ class Node:
                 ):
                     self.membership.mark_left(peer)
 
+    def _usable(self, who: str, *endpoints: str | None) -> bool:
+        """Are these endpoints something a socket can connect to? Rejects the frame if not."""
+        for endpoint in endpoints:
+            if endpoint is None:
+                continue
+            try:
+                parse_endpoint(endpoint)
+            except ConfigError as exc:
+                self._reject(who, "endpoint", f"{who} announces {exc.message}")
+                return False
+        return True
+
     def _add_candidate(self, c: Candidate, *, greet: bool) -> None:
         if c.endpoint == self.transport.endpoint or c.node_id == self.node_id:
+            return
+        if not self._usable(c.node_id or c.endpoint, c.endpoint, c.pub_endpoint or None):
             return
         if c.cluster is not None and c.cluster != self.options.cluster:
             log.debug("ignoring %s at %s: cluster %r", c.node_id, c.endpoint, c.cluster)

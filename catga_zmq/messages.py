@@ -141,8 +141,19 @@ class Registry:
 
 def _same_definition(a: type[Message], b: type[Message]) -> bool:
     # A module imported twice (as __main__ and by name, or reloaded) defines its classes
-    # again; the newer definition wins rather than failing the import.
-    return a.__qualname__ == b.__qualname__ and a.__struct_fields__ == b.__struct_fields__
+    # again; the newer definition wins rather than failing the import. ``b`` is still
+    # being built (msgspec sets __struct_fields__ after __init_subclass__), so compare
+    # the fields each class declares itself.
+    return a.__qualname__ == b.__qualname__ and _own_fields(a) == _own_fields(b)
+
+
+def _own_fields(cls: type[Message]) -> tuple[str, ...]:
+    annotations = cls.__dict__.get("__annotations__", {})
+    return tuple(
+        name
+        for name, hint in annotations.items()
+        if not name.startswith("__") and "ClassVar" not in str(hint)
+    )
 
 
 registry = Registry()

@@ -98,6 +98,10 @@ class HeartbeatBody(msgspec.Struct, array_like=True, gc=False):
     metadata: dict[str, str] = {}
 
 
+#: What decoding untrusted bytes may raise: msgspec reports bad UTF-8 in a str field
+#: as UnicodeDecodeError, not as DecodeError.
+DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+
 _header_encoder: Final = msgspec.msgpack.Encoder()
 _header_decoder: Final = msgspec.msgpack.Decoder(Header)
 _error_decoder: Final = msgspec.msgpack.Decoder(ErrorBody)
@@ -124,7 +128,7 @@ def decode_header(data: bytes | memoryview) -> Header:
     """Decode and check a header; ``ProtocolError`` says what is wrong with it."""
     try:
         header = _header_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise ProtocolError(f"header does not decode: {exc}") from None
     if header.version != PROTOCOL_VERSION:
         raise ProtocolError(
@@ -139,7 +143,7 @@ def decode_header(data: bytes | memoryview) -> Header:
 def decode_error(data: bytes | memoryview) -> ErrorBody:
     try:
         return _error_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise ProtocolError(f"error body does not decode: {exc}") from None
 
 
@@ -150,7 +154,7 @@ def encode_error(code: str, message: str, error_type: str = "", retryable: bool 
 def decode_heartbeat(data: bytes | memoryview) -> HeartbeatBody:
     try:
         return _heartbeat_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise ProtocolError(f"heartbeat does not decode: {exc}") from None
 
 

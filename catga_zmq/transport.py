@@ -108,7 +108,13 @@ class Reader:
             # Until EAGAIN, which also re-arms the FD's edge: cheaper than asking
             # EVENTS before every message (an option lookup, see recv_frames).
             for _ in range(DRAIN_BATCH):
-                handle(recv_frames(sock))
+                frames = recv_frames(sock)
+                try:
+                    handle(frames)
+                except Exception:
+                    # A frame the handler did not expect must not stop the reading of
+                    # the rest (nor reach the loop's exception handler as if fatal).
+                    log.exception("a frame on %s could not be handled; dropped", self.sock)
         except zmq.Again:
             return
         except zmq.ZMQError as exc:
@@ -144,10 +150,18 @@ class Dealer:
         # once (EAGAIN) and the request goes to another node, never run late or twice.
         sock.setsockopt(zmq.IMMEDIATE, 1)
         self.monitor: Reader | None = None
-        if transport._on_disconnect is not None:
-            mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            self.monitor = Reader(transport.loop, mon, self._on_monitor)
-        sock.connect(endpoint)
+        try:
+            if transport._on_disconnect is not None:
+                mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                self.monitor = Reader(transport.loop, mon, self._on_monitor)
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            if self.monitor is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.disable_monitor()
+                self.monitor.close()
+            sock.close(LINGER)
+            raise TransportFailed(f"cannot connect to {endpoint!r}: {exc}") from None
         self.reader = Reader(transport.loop, sock, transport._on_reply)
 
     def _on_monitor(self, frames: list[bytes]) -> None:

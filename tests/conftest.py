@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,7 +25,7 @@ FAST: dict[str, Any] = {
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll ``predicate`` every 10 ms; fail the test if it is not true within ``timeout`` s."""
     async with asyncio.timeout(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polling state no event announces
             await asyncio.sleep(0.01)
 
 
@@ -42,15 +44,24 @@ async def make_node(hub: MemoryHub) -> AsyncIterator[Callable[..., Node]]:
     made: list[Node] = []
 
     def make(node_id: str, **settings: Any) -> Node:
-        discovery = settings.pop("discovery", MemoryDiscovery(hub))
+        discovery = settings.pop("discovery") if "discovery" in settings else MemoryDiscovery(hub)
         node = Node(node_id, cluster=cluster, discovery=discovery, **{**FAST, **settings})
         made.append(node)
         return node
 
     yield make
-    async with asyncio.timeout(15):
-        for node in reversed(made):
-            await node.aclose()
+    # An unclosed ZeroMQ socket makes its context's term() block; under filterwarnings=error
+    # the socket's __del__ raises its ResourceWarning before closing it. Record instead, so
+    # that a leak fails the test here rather than hanging it.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()  # finalizers of this test's garbage run now, not inside a later test
+        async with asyncio.timeout(15):
+            for node in reversed(made):
+                await node.aclose()
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not unclosed, f"resources left open: {unclosed}"
     # Nothing of a closed node may keep running (STYLE: fixtures fail a test that leaks).
     await asyncio.sleep(0)
     leaked = [

@@ -7,7 +7,14 @@ import msgspec
 import pytest
 
 from catga_zmq import ConfigError, Event, Request, registry
-from catga_zmq.messages import MAX_WIRE_NAME, Registry, is_event_type, is_request_type, response_type, wire_name
+from catga_zmq.messages import (
+    MAX_WIRE_NAME,
+    Registry,
+    is_event_type,
+    is_request_type,
+    response_type,
+    wire_name,
+)
 
 
 class User(msgspec.Struct):
@@ -93,7 +100,9 @@ def test_local_class_wire_name_includes_locals() -> None:
     class Local(Event):
         pass
 
-    assert wire_name(Local) == f"{__name__}.test_local_class_wire_name_includes_locals.<locals>.Local"
+    assert (
+        wire_name(Local) == f"{__name__}.test_local_class_wire_name_includes_locals.<locals>.Local"
+    )
 
 
 # duplicates -------------------------------------------------------------------------
@@ -114,12 +123,6 @@ def test_duplicate_wire_name_with_a_different_definition_raises() -> None:
     assert registry.get("tests.messages.dup") is First
 
 
-_REDEFINE_BUG = (
-    "messages._same_definition reads __struct_fields__ of the class being defined, which "
-    "msgspec sets only after __init_subclass__: AttributeError instead of replace/ConfigError"
-)
-
-
 def _define_thing(second: bool) -> type:
     # Both branches define a class of the same qualname: only the fields differ.
     if second:
@@ -137,7 +140,6 @@ def _define_thing(second: bool) -> type:
     return Thing
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=_REDEFINE_BUG)
 def test_same_name_same_qualname_different_fields_raises() -> None:
     first = _define_thing(second=False)
     with pytest.raises(ConfigError, match="already used"):
@@ -145,7 +147,6 @@ def test_same_name_same_qualname_different_fields_raises() -> None:
     assert registry.get("tests.messages.thing") is first
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=_REDEFINE_BUG)
 def test_redefinition_of_the_same_class_replaces_it() -> None:
     # A module imported twice defines its classes again; the newer one wins.
     def define() -> type:
