@@ -8,6 +8,7 @@ wire is only ever looked up in this registry: never imported, never evaluated.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 import typing
@@ -148,7 +149,7 @@ def _same_definition(a: type[Message], b: type[Message]) -> bool:
 
 
 def _own_fields(cls: type[Message]) -> tuple[str, ...]:
-    annotations = cls.__dict__.get("__annotations__", {})
+    annotations = inspect.get_annotations(cls)
     return tuple(
         name
         for name, hint in annotations.items()
