@@ -50,7 +50,10 @@ def _node_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", help="address peers connect to (default: the bind address)")
     p.add_argument("--discovery", help="mdns, static, memory or none (default mdns)")
     p.add_argument("--seeds", help="static seeds, comma separated: tcp://HOST:PORT,...")
-    p.add_argument("--routing", help="round_robin or local_first")
+    p.add_argument(
+        "--routing",
+        help="round_robin, weighted, consistent_hash, least_connections or local_first",
+    )
     p.add_argument("--weight", type=int, help="share of traffic under weighted routing")
     p.add_argument(
         "--heartbeat-interval",

@@ -22,6 +22,7 @@ from . import __version__
 from .config import NodeOptions, parse_endpoint
 from .discovery.base import Candidate, ChangeKind, Discovery
 from .errors import (
+    Cancelled,
     CatgaError,
     ConfigError,
     HandlerError,
@@ -62,6 +63,9 @@ log = logging.getLogger("catga_zmq.node")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The longest deadline a request may carry (s): it travels as int32 milliseconds.
+MAX_TIMEOUT: Final = (2**31 - 1) / 1000
+MAX_BUDGET_MS: Final = 2**31 - 1
 #: Sends of one request (the first included), always within its deadline. Rounds of
 #: backoff when every candidate refused it do not count, but end at the deadline.
 MAX_ATTEMPTS: Final = 8
@@ -150,8 +154,10 @@ class Node:
         self.mediator = Mediator(self.options.node_id)
         self.codec = Codec()
         self.state = State.NEW
+        #: One router per message type: a router's state (a round-robin counter, the
+        #: weighted credits) shared across types would let alternating types each stick
+        #: to one node. Made on a type's first send, or by route().
         self._routers: dict[str, Router] = {}
-        self._router: Router = make_router(self.options.routing)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._serving: set[asyncio.Task[Any]] = set()
         self._running = 0
@@ -225,7 +231,7 @@ class Node:
         return register(fn) if fn is not None else register
 
     def add_behavior(self, behavior: Behavior) -> None:
-        """Add a pipeline behaviour around every handler call (outermost last)."""
+        """Add a pipeline behaviour around every handler call; the last added runs innermost."""
         self.mediator.add_behavior(behavior)
 
     def route(self, message_type: type[Message], routing: str | Router) -> None:
@@ -239,7 +245,7 @@ class Node:
             raise ConfigError("settings can only change before the node starts")
         self.options = self.options.merged(settings).validated()
         self.mediator.node_id = self.options.node_id
-        self._router = make_router(self.options.routing)
+        make_router(self.options.routing)  # a ConfigError now, not at the first send
 
     def _handles_changed(self) -> None:
         if self.state is State.RUNNING:
@@ -314,12 +320,17 @@ class Node:
         self._started_at = time.monotonic()
         self.state = State.RUNNING
         self._gossip = opts.discovery in ("static", "none")
-        self.discovery = self._discovery_obj or _make_discovery(opts)
-        self._spawn(self._heartbeat_loop(), "heartbeat")
-        self._spawn(self._detector_loop(), "failure-detector")
-        if self.discovery is not None:
-            await self.discovery.register(self._candidate())
-            self._spawn(self._discovery_loop(self.discovery), "discovery")
+        self.discovery = None
+        try:
+            self.discovery = self._discovery_obj or _make_discovery(opts)
+            self._spawn(self._heartbeat_loop(), "heartbeat")
+            self._spawn(self._detector_loop(), "failure-detector")
+            if self.discovery is not None:
+                await self.discovery.register(self._candidate())
+                self._spawn(self._discovery_loop(self.discovery), "discovery")
+        except BaseException:
+            await self._teardown()  # nothing half-started may outlive a failed start
+            raise
         log.info(
             "node %s up: requests %s, heartbeats %s, cluster %s, discovery %s",
             opts.node_id,
@@ -340,7 +351,11 @@ class Node:
         )
 
     async def aclose(self) -> None:
-        """Drain and leave: announce DRAINING, finish in-flight work, say BYE. Idempotent."""
+        """Drain and leave: announce DRAINING, finish in-flight work, say BYE. Idempotent.
+
+        Safe to call from a handler of this node (it does not wait for itself) and to
+        cancel: the node is closed even if the drain is cut short.
+        """
         if self.state in (State.CLOSED, State.NEW):
             self.state = State.CLOSED
             return
@@ -351,22 +366,28 @@ class Node:
         self._me.status = NodeStatus.DRAINING
         self.membership.rebuild()
         self._send_heartbeat()
+        try:
+            await self._drain()
+        finally:
+            await self._teardown()
+
+    async def _drain(self) -> None:
+        me = asyncio.current_task()
         drain_end = self.loop.time() + self.options.drain_timeout
-        if self._serving:
-            await asyncio.wait(list(self._serving), timeout=self.options.drain_timeout)
-        if self._serving:
-            left = list(self._serving)
+        serving = [t for t in self._serving if t is not me]
+        if serving:
+            await asyncio.wait(serving, timeout=self.options.drain_timeout)
+        left = [t for t in self._serving if t is not me and not t.done()]
+        if left:
             log.warning("%d handlers still running after drain_timeout: cancelled", len(left))
             for task in left:
                 task.cancel()  # each answers its caller CANCELLED
             await asyncio.gather(*left, return_exceptions=True)
-        while len(self.pending) and self.loop.time() < drain_end:  # noqa: ASYNC110 - bounded
+        while len(self.pending) > 0 and self.loop.time() < drain_end:  # noqa: ASYNC110 - bounded
             await asyncio.sleep(0.01)
-        await self.mediator.idle(max(0.0, drain_end - self.loop.time()))
+        await self.mediator.idle(max(0.0, drain_end - self.loop.time()), exclude=me)
         # No heartbeat may follow the BYE, or peers would take this node back.
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stop_background()
         self._send_bye()
         if self.discovery is not None:
             try:
@@ -375,12 +396,30 @@ class Node:
                 log.exception("discovery %s did not close cleanly", self.discovery.name)
         # A caller that sent before it saw the BYE still gets an answer (OVERLOADED,
         # so it goes elsewhere) instead of silence until its deadline; the I/O thread
-        # also puts the BYE and the last replies on the wire before LINGER=0 drops them.
+        # also puts the BYE and the last replies on the wire before LINGER=0 drops it.
         await asyncio.sleep(BYE_LINGER)
+
+    async def _stop_background(self) -> None:
+        me = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not me]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _teardown(self) -> None:
+        """Close everything, however far start or drain got. Runs once."""
+        if self.state is State.CLOSED:
+            return
         self.state = State.CLOSED
+        # Cancelled meanwhile: the tasks are cancelled already, and the sockets must close.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._stop_background())
+        if self.discovery is not None and self._me.status is not NodeStatus.LEFT:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.discovery.aclose())
         self.mediator.cancel_subscribers()
         self.membership.close_watchers()
-        self.pending.fail_all(lambda: CatgaError(f"node {self.node_id} closed", node=self.node_id))
+        self.pending.fail_all(lambda: Cancelled(f"node {self.node_id} closed", node=self.node_id))
         self.transport.close()
         self._closed.set()
         log.info("node %s closed", self.node_id)
@@ -427,9 +466,13 @@ class Node:
         while not enough():
             remaining = deadline - self.loop.time()
             if remaining <= 0:
-                raise RequestTimeout(
-                    f"{self.membership.live_count()} of {count} peers alive after {timeout} s"
+                have = (
+                    sum(1 for p in self.membership.candidates(handles.__wire_name__) if not p.local)
+                    if handles is not None
+                    else self.membership.live_count()
                 )
+                what = f"handling {handles.__wire_name__} " if handles is not None else ""
+                raise RequestTimeout(f"{have} of {count} peers {what}alive after {timeout} s")
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
@@ -467,8 +510,10 @@ class Node:
                 f"send() takes a Request, got {cls.__qualname__}; use publish() for events"
             )
         budget = self.options.request_timeout if timeout is None else timeout
-        if budget <= 0:
-            raise ValidationFailed(f"timeout must be > 0 s, got {timeout}")
+        if not 0 < budget <= MAX_TIMEOUT:
+            raise ValidationFailed(
+                f"timeout must be > 0 and at most {MAX_TIMEOUT:.0f} s, got {timeout}"
+            )
         loop = self.loop
         deadline = loop.time() + budget
         trace = trace_id if trace_id is not None else current_trace.get()
@@ -503,11 +548,16 @@ class Node:
                 tried.clear()
                 continue
             attempts += 1
-            if target.local:
-                return await self._call_local(message, name, deadline, trace)  # type: ignore[no-any-return]
-            if payload is None:
-                payload = self._encode(message, name)
             try:
+                if target.local:
+                    return await self._call_local(message, name, deadline, trace)  # type: ignore[no-any-return]
+                if payload is None:
+                    try:
+                        payload = self._encode(message, name)
+                    except BaseException:
+                        if target.breaker is not None:
+                            target.breaker.release()
+                        raise
                 reply: T = await self._call_remote(
                     target, name, payload, deadline, trace, response_type(cls), idempotent
                 )
@@ -546,7 +596,9 @@ class Node:
         candidates = self.membership.candidates(name)
         if tried:
             candidates = tuple(p for p in candidates if p not in tried)
-        router = self._routers.get(name, self._router)
+        router = self._routers.get(name)
+        if router is None:
+            router = self._routers[name] = make_router(self.options.routing)
         while candidates:
             target = router.select(candidates, message, key)
             breaker = target.breaker
@@ -579,16 +631,17 @@ class Node:
         idempotent: bool = False,
     ) -> Any:
         pending = self.pending
-        if len(pending) >= self.options.max_in_flight:
-            raise Overloaded(
-                f"{len(pending)} requests already in flight from this node (max_in_flight)",
-                node=self.node_id,
-            )
-        rid, fut = pending.open(target, idempotent, deadline, name)
-        budget_ms = max(1, int((deadline - self.loop.time()) * 1000))
-        header = encode_header(_REQ, rid, name, self.options.node_id, budget_ms, 0, trace)
+        rid = 0
         target.outstanding += 1
         try:
+            if len(pending) >= self.options.max_in_flight:
+                raise Overloaded(
+                    f"{len(pending)} requests already in flight from this node (max_in_flight)",
+                    node=self.node_id,
+                )
+            budget_ms = min(MAX_BUDGET_MS, max(1, int((deadline - self.loop.time()) * 1000)))
+            rid, fut = pending.open(target, idempotent, deadline, name)
+            header = encode_header(_REQ, rid, name, self.options.node_id, budget_ms, 0, trace)
             try:
                 self.transport.send_request(target.endpoint, header, payload)
             except TransportFailed as exc:
@@ -600,16 +653,17 @@ class Node:
         except (TransportFailed, RequestTimeout):
             self._record_failure(target)
             raise
-        except asyncio.CancelledError:
+        except BaseException:
             if target.breaker is not None:
-                target.breaker.release()  # a cancelled probe proves nothing either way
+                target.breaker.release()  # no verdict on the node (cancelled, or never sent)
             raise
         finally:
             target.outstanding -= 1
-            pending.close(rid)  # on every way out: reply, error, timeout, cancellation
-            # The future holds the exception, whose traceback holds this frame: without
-            # this, every timeout leaves a cycle (and the request) to the cyclic GC.
-            del fut
+            if rid:
+                pending.close(rid)  # on every way out: reply, error, timeout, cancellation
+                # The future holds the exception, whose traceback holds this frame:
+                # without this, every timeout leaves a cycle (and the request) to the GC.
+                del fut
         if target.breaker is not None:
             target.breaker.success()
         if kind == _REP:
@@ -642,7 +696,7 @@ class Node:
         """A peer turned SUSPECT, FAULTED or LEFT: fail over what is in flight to it."""
         if peer.status is NodeStatus.LEFT:
             # It drained before its BYE: its last replies may still be on the way.
-            self.loop.call_later(LEFT_GRACE, self._fail_in_flight, peer, "left", False)
+            self.loop.call_later(LEFT_GRACE, self._fail_in_flight_if_left, peer)
         elif peer.status is NodeStatus.SUSPECT:
             # Maybe only slow: re-send only what may safely run twice.
             self._fail_in_flight(peer, "went silent", True)
@@ -654,6 +708,10 @@ class Node:
         for peer in list(self.membership.peers.values()):
             if peer.endpoint == endpoint:
                 self._fail_in_flight(peer, "dropped the connection", False)
+
+    def _fail_in_flight_if_left(self, peer: Peer) -> None:
+        if peer.status is NodeStatus.LEFT:  # not if it came back meanwhile
+            self._fail_in_flight(peer, "left", False)
 
     def _fail_in_flight(self, peer: Peer, why: str, idempotent_only: bool) -> None:
         if self.state is State.CLOSED:
@@ -674,17 +732,22 @@ class Node:
             )
         ctx = Context(name, self.node_id, self.node_id, 0, trace, deadline)
         self._running += 1
+        scope = asyncio.timeout_at(deadline)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with scope:
                 return await entry.call(message, ctx)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"{name} did not finish before its deadline", node=self.node_id
-            ) from None
+        except TimeoutError as exc:
+            if scope.expired():
+                raise RequestTimeout(
+                    f"{name} did not finish before its deadline", node=self.node_id
+                ) from None
+            raise _ran(exc, self.node_id) from exc
+        except _NOT_RUN as exc:
+            raise _ran(exc, self.node_id) from exc
         except CatgaError:
             raise
         except Exception as exc:
-            raise HandlerError(str(exc), error_type=type(exc).__name__, node=self.node_id) from exc
+            raise _ran(exc, self.node_id) from exc
         finally:
             self._running -= 1
 
@@ -807,46 +870,41 @@ class Node:
     ) -> None:
         if ctx.trace_id:
             current_trace.set(ctx.trace_id)
+        rid = ctx.request_id
         try:
-            result = await call(message, ctx)
-            body = self.codec.encode(result)
+            try:
+                result = await call(message, ctx)
+            except _NOT_RUN as exc:
+                # Raised by the handler's own code (a nested send, say): the request
+                # did run here, so it must not read as "not run, try another node".
+                raise _ran(exc, self.node_id) from exc
+            try:
+                body = self.codec.encode(result)
+            except (TypeError, msgspec.EncodeError) as exc:
+                raise SerializationFailed(
+                    f"the reply to {ctx.type_name} could not be encoded: {exc}"
+                ) from None
             if len(body) > self.options.max_message_size:
                 raise SerializationFailed(
                     f"the reply to {ctx.type_name} is {len(body)} bytes, over max_message_size "
                     f"{self.options.max_message_size}"
                 )
             self.stats["requests_handled"] += 1
-            self.transport.reply(
-                (ident, encode_header(_REP, ctx.request_id, "", self.options.node_id), body)
-            )
+            self.transport.reply((ident, encode_header(_REP, rid, "", self.options.node_id), body))
+        except HandlerError as exc:
+            self.stats["requests_failed"] += 1
+            self._answer(ident, rid, exc.code, exc.message, exc.error_type, exc.retryable)
         except CatgaError as exc:
             self.stats["requests_failed"] += 1
-            self._answer(ident, ctx.request_id, exc.code, exc.message, "", exc.retryable)
-        except (TypeError, msgspec.EncodeError) as exc:
-            self.stats["requests_failed"] += 1
-            self._answer(
-                ident,
-                ctx.request_id,
-                SerializationFailed.code,
-                f"the reply to {ctx.type_name} could not be encoded: {exc}",
-                "",
-                False,
-            )
+            self._answer(ident, rid, exc.code, exc.message, "", exc.retryable)
         except asyncio.CancelledError:
-            self._answer(
-                ident,
-                ctx.request_id,
-                "CANCELLED",
-                f"node {self.node_id} shut down before finishing",
-                "",
-                True,
-            )
+            # It may have done part of its work: not retryable.
+            why = f"node {self.node_id} shut down before the handler finished"
+            self._answer(ident, rid, Cancelled.code, why, "", False)
             raise
         except Exception as exc:
             self.stats["requests_failed"] += 1
-            self._answer(
-                ident, ctx.request_id, HandlerError.code, str(exc), type(exc).__name__, False
-            )
+            self._answer(ident, rid, HandlerError.code, str(exc), type(exc).__name__, False)
         finally:
             self._running -= 1
             # Cheaper than a done-callback, which costs a loop iteration of its own.
@@ -1044,13 +1102,19 @@ class Node:
         if peer.status is NodeStatus.LEFT and self.state is not State.CLOSED:
             # Replies overtaken by its BYE are still on the way to its DEALER: keep the
             # sockets until in-flight requests have had their grace.
-            self.loop.call_later(2 * LEFT_GRACE, self._drop_sockets, peer)
+            self.loop.call_later(2 * LEFT_GRACE, self._drop_sockets_if_left, peer)
         else:
+            self._drop_sockets(peer)
+
+    def _drop_sockets_if_left(self, peer: Peer) -> None:
+        if peer.status is NodeStatus.LEFT:  # not if it came back meanwhile
             self._drop_sockets(peer)
 
     def _drop_sockets(self, peer: Peer) -> None:
         if self.state is State.CLOSED:
             return
+        for key in [k for k in self._seen_seq if k[0] == peer.node_id]:
+            del self._seen_seq[key]
         still_used = any(
             p is not peer and p.endpoint == peer.endpoint and p.status is not NodeStatus.LEFT
             for p in self.membership.peers.values()
@@ -1235,6 +1299,17 @@ class Node:
             late_replies=self.pending.late_replies,
             members=counts,
         )
+
+
+#: Errors that tell a caller "this request did not run here" (or "nobody can run it"):
+#: raised by a handler's own code, they are the handler's failure instead.
+_NOT_RUN: Final = (Overloaded, HandlerNotFound, TransportFailed, NoNodes)
+
+
+def _ran(exc: BaseException, node_id: str) -> HandlerError:
+    """The handler ran and raised ``exc``: report it as the handler's failure."""
+    message = exc.message if isinstance(exc, CatgaError) else str(exc)
+    return HandlerError(message, error_type=type(exc).__name__, node=node_id)
 
 
 def _make_discovery(opts: NodeOptions) -> Discovery | None:

@@ -211,6 +211,7 @@ class Mediator:
         )
 
     def add_behavior(self, behavior: Behavior) -> None:
+        """Add a behaviour; the last added runs innermost, closest to the handler."""
         self.behaviors.append(behavior)
         for entry in self.handlers.values():
             entry.call = self._compose(entry)
@@ -273,9 +274,14 @@ class Mediator:
         finally:
             sub.worker = None
 
-    async def idle(self, timeout: float) -> None:
+    async def idle(self, timeout: float, exclude: asyncio.Task[Any] | None = None) -> None:
         """Wait (up to ``timeout`` s) until every subscriber has finished its queue."""
-        workers = [s.worker for subs in self.subscribers.values() for s in subs if s.worker]
+        workers = [
+            s.worker
+            for subs in self.subscribers.values()
+            for s in subs
+            if s.worker is not None and s.worker is not exclude
+        ]
         if workers:
             await asyncio.wait(workers, timeout=timeout)
 

@@ -84,7 +84,7 @@ class NodeRecovered(MembershipEvent):
     """A SUSPECT or FAULTED node was heard from again."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: a restarted node is another Peer
 class Peer:
     """The mutable record behind a ``ClusterNode``."""
 

@@ -119,8 +119,9 @@ def encode_header(
     flags: int = 0,
     trace_id: str = "",
 ) -> bytes:
+    # A tuple encodes to the same msgpack array as the array-like Header, at half the cost.
     return _header_encoder.encode(
-        Header(PROTOCOL_VERSION, kind, request_id, type_name, source, budget_ms, flags, trace_id)
+        (PROTOCOL_VERSION, kind, request_id, type_name, source, budget_ms, flags, trace_id)
     )
 
 

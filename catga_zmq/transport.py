@@ -428,6 +428,7 @@ class PendingMap:
                     RequestTimeout(
                         f"no reply to {entry[3]} from {node_id} before its deadline",
                         node=node_id,
+                        retryable=entry[2],  # sent again, a non-idempotent one may run twice
                     )
                 )
         if heap:
@@ -465,7 +466,11 @@ class PendingMap:
                 fut.set_exception(
                     TransportFailed(
                         f"node {node_id} {why} while the request was in flight; "
-                        + ("sent elsewhere" if idempotent else "it may or may not have run"),
+                        + (
+                            "it may go to another node"
+                            if idempotent
+                            else "it may or may not have run"
+                        ),
                         node=node_id,
                         retryable=idempotent,
                         delivered=True,

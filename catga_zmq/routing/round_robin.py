@@ -16,7 +16,5 @@ class RoundRobinRouter(Router):
         self._counter = 0
 
     def select(self, candidates: Sequence[Peer], message: Any, key: str | None) -> Peer:
-        # One counter for all types: with a candidate list that changes only on
-        # membership change, each type still spreads evenly.
         self._counter += 1
         return candidates[self._counter % len(candidates)]
