@@ -51,6 +51,7 @@ from .protocol import (
     decode_heartbeat,
     encode_error,
     encode_header,
+    header_decoder,
     topic_for,
 )
 from .resilience import CircuitBreaker
@@ -92,7 +93,6 @@ _EVT: Final = int(Kind.EVT)
 _HB: Final = int(Kind.HB)
 _BYE: Final = int(Kind.BYE)
 
-_header_decoder: Final = msgspec.msgpack.Decoder(Header)
 
 current_trace: contextvars.ContextVar[str] = contextvars.ContextVar("catga_trace", default="")
 
@@ -795,7 +795,7 @@ class Node:
             return
         ident, raw_header, payload = frames
         try:
-            header = _header_decoder.decode(raw_header)
+            header = header_decoder.decode(raw_header)
         except DECODE_ERRORS as exc:
             self._reject(ident.hex(), "header", f"header does not decode: {exc}")
             return
@@ -935,7 +935,7 @@ class Node:
             self._reject("?", "reply-frames", f"a reply of {len(frames)} frames, expected 2")
             return
         try:
-            header = _header_decoder.decode(frames[0])
+            header = header_decoder.decode(frames[0])
         except DECODE_ERRORS as exc:
             self._reject("?", "reply-header", f"reply header does not decode: {exc}")
             return
@@ -956,7 +956,7 @@ class Node:
             return
         _topic, raw_header, payload = frames
         try:
-            header = _header_decoder.decode(raw_header)
+            header = header_decoder.decode(raw_header)
         except DECODE_ERRORS as exc:
             self._reject("?", "pub-header", f"broadcast header does not decode: {exc}")
             return

@@ -179,7 +179,6 @@ class Mediator:
         self.handlers: dict[str, HandlerEntry] = {}
         self.subscribers: dict[str, list[SubscriberEntry]] = {}
         self.behaviors: list[Behavior] = [LoggingBehavior(), DeadlineBehavior()]
-        self._frozen = False
         self._decoders: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
 
     # registration ---------------------------------------------------------------

@@ -103,7 +103,6 @@ class Peer:
     subscribes: frozenset[str] = frozenset()
     metadata: dict[str, str] = field(default_factory=dict)
     local: bool = False
-    faulted_at: float = 0.0
     outstanding: int = 0  # this node's requests in flight to it (least connections)
     breaker: CircuitBreaker | None = None  # created on the first failure
     detector: PhiAccrual | None = None
@@ -324,7 +323,6 @@ class Membership:
                 silent > self.faulted_after or self.phi(peer, now) >= self.phi_threshold
             ):
                 peer.status = NodeStatus.FAULTED
-                peer.faulted_at = now
                 changed = True
                 lost.append(peer)
                 log.warning(

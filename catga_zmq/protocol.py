@@ -103,7 +103,8 @@ class HeartbeatBody(msgspec.Struct, array_like=True, gc=False):
 DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 
 _header_encoder: Final = msgspec.msgpack.Encoder()
-_header_decoder: Final = msgspec.msgpack.Decoder(Header)
+#: Decodes a header without checking version or kind (the node answers those itself).
+header_decoder: Final = msgspec.msgpack.Decoder(Header)
 _error_decoder: Final = msgspec.msgpack.Decoder(ErrorBody)
 _heartbeat_decoder: Final = msgspec.msgpack.Decoder(HeartbeatBody)
 
@@ -128,7 +129,7 @@ def encode_header(
 def decode_header(data: bytes | memoryview) -> Header:
     """Decode and check a header; ``ProtocolError`` says what is wrong with it."""
     try:
-        header = _header_decoder.decode(data)
+        header = header_decoder.decode(data)
     except DECODE_ERRORS as exc:
         raise ProtocolError(f"header does not decode: {exc}") from None
     if header.version != PROTOCOL_VERSION:

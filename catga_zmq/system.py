@@ -69,6 +69,3 @@ class NodeStats(msgspec.Struct):
 
 class Stats(Request[NodeStats]):
     __wire_name__ = "catga.Stats"
-
-
-BUILTIN_TYPES = (Ping, Info, Stats)

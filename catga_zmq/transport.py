@@ -24,7 +24,7 @@ from typing import Final
 
 import zmq
 
-from .errors import CatgaError, ProtocolError, RequestTimeout, TransportFailed
+from .errors import CatgaError, RequestTimeout, TransportFailed
 from .membership import Peer
 
 log = logging.getLogger("catga_zmq.transport")
@@ -493,4 +493,4 @@ class PendingMap:
                 fut.set_exception(exc_factory())
 
 
-__all__ = ["PendingMap", "ProtocolError", "Reader", "Transport"]
+__all__ = ["Dealer", "PendingMap", "Reader", "Transport"]

@@ -279,10 +279,6 @@ async def test_router_answers_an_unknown_type(
     assert describe(loop_errors) == []
 
 
-_header_decoder = msgspec.msgpack.Decoder(Header)
-_gsay_decoder = msgspec.msgpack.Decoder(GSay)
-
-
 async def test_router_survives_random_multipart_noise(
     make_node: MakeNode,
     dealer_to: Callable[[Node], zmq.Socket[bytes]],
