@@ -145,13 +145,20 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[rank - 1]
 
 
-async def measure_latency(
+@dataclass(frozen=True, slots=True)
+class LatencySamples:
+    samples_ns: list[int]  # one per round trip, in the order they were made
+    seconds: float  # wall time of the measured round trips
+    cpu_seconds: float  # this process's CPU time over the same span
+
+
+async def sample_latency(
     call: Call,
     *,
     count: int = 5_000,
     warmup: int = 500,
     max_seconds: float = 3.0,
-) -> LatencyResult:
+) -> LatencySamples:
     """Sequential round trips: one request in flight, ``count`` at most, ``max_seconds`` at most."""
     if count < 1:
         raise ValueError("count must be >= 1")
@@ -163,6 +170,7 @@ async def measure_latency(
                 payload = payload_for(seq)
                 check_reply(await call(payload), payload)
             gc.collect()
+            cpu0 = time.process_time()
             start = perf()
             deadline = start + int(max_seconds * 1e9)
             for seq in range(warmup, warmup + count):
@@ -175,12 +183,24 @@ async def measure_latency(
                 if t1 > deadline:
                     break
             elapsed = (perf() - start) / 1e9
+            cpu = time.process_time() - cpu0
     except TimeoutError:
         raise Stalled(f"latency run stalled after {len(samples)} round trips") from None
-    samples.sort()
-    us = [s / 1000.0 for s in samples]
+    return LatencySamples(samples, elapsed, cpu)
+
+
+async def measure_latency(
+    call: Call,
+    *,
+    count: int = 5_000,
+    warmup: int = 500,
+    max_seconds: float = 3.0,
+) -> LatencyResult:
+    """p50/p99 of ``sample_latency``."""
+    run = await sample_latency(call, count=count, warmup=warmup, max_seconds=max_seconds)
+    us = sorted(s / 1000.0 for s in run.samples_ns)
     return LatencyResult(
-        p50_us=percentile(us, 50), p99_us=percentile(us, 99), count=len(us), seconds=elapsed
+        p50_us=percentile(us, 50), p99_us=percentile(us, 99), count=len(us), seconds=run.seconds
     )
 
 

@@ -29,8 +29,6 @@ rounds. Results: a markdown report, JSON and two PNG charts in ``benchmarks/resu
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import ipaddress
 import json
 import os
@@ -50,17 +48,14 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks._common import (
     REPO_ROOT,
-    STALL_GRACE,
     BenchError,
     Call,
-    Stalled,
     _dist_version,
-    check_reply,
     environment,
     format_environment,
     measure_throughput,
-    payload_for,
     run_uvloop,
+    sample_latency,
 )
 from benchmarks.peers._measure import PERCENTILES, pkey, summarize_latency
 
@@ -292,33 +287,10 @@ def format_load(load: dict[str, float] | None) -> str:
 async def latency_run(
     call: Call, *, count: int, warmup: int, max_seconds: float
 ) -> dict[str, float]:
-    """``_common.measure_latency`` that keeps every sample (for the percentile chart)."""
-    perf = time.perf_counter_ns
-    samples: list[int] = []
-    try:
-        async with asyncio.timeout(max_seconds * 2 + STALL_GRACE):
-            for seq in range(warmup):
-                payload = payload_for(seq)
-                check_reply(await call(payload), payload)
-            gc.collect()
-            cpu0 = time.process_time()
-            start = perf()
-            deadline = start + int(max_seconds * 1e9)
-            for seq in range(warmup, warmup + count):
-                payload = payload_for(seq)
-                t0 = perf()
-                reply = await call(payload)
-                t1 = perf()
-                check_reply(reply, payload)
-                samples.append(t1 - t0)
-                if t1 > deadline:
-                    break
-            elapsed = (perf() - start) / 1e9
-            cpu = time.process_time() - cpu0
-    except TimeoutError:
-        raise Stalled(f"latency run stalled after {len(samples)} round trips") from None
-    result = summarize_latency(samples, elapsed)
-    result["client_cpu_s"] = cpu
+    """``_common.sample_latency`` summarized with every percentile (for the chart)."""
+    run = await sample_latency(call, count=count, warmup=warmup, max_seconds=max_seconds)
+    result = summarize_latency(run.samples_ns, run.seconds)
+    result["client_cpu_s"] = run.cpu_seconds
     return result
 
 
