@@ -47,11 +47,13 @@ from .protocol import (
     Header,
     HeartbeatBody,
     Kind,
+    batch_decoder,
     decode_error,
     decode_heartbeat,
     encode_error,
     encode_header,
     header_decoder,
+    raw_batch_decoder,
     topic_for,
 )
 from .resilience import CircuitBreaker
@@ -282,6 +284,7 @@ class Node:
             on_broadcast=self._on_broadcast,
             on_reply=self._on_reply,
             on_disconnect=self._on_disconnect,
+            on_unsent=self.pending.fail_unsent,
         )
         try:
             self.transport.bind(opts.bind, opts.port, opts.pub_port, opts.advertise)
@@ -643,7 +646,7 @@ class Node:
             rid, fut = pending.open(target, idempotent, deadline, name)
             header = encode_header(_REQ, rid, name, self.options.node_id, budget_ms, 0, trace)
             try:
-                self.transport.send_request(target.endpoint, header, payload)
+                self.transport.send_request(target.endpoint, header, payload, rid)
             except TransportFailed as exc:
                 pending.forget(rid)
                 exc.node = target.node_id
@@ -788,9 +791,14 @@ class Node:
             log.warning("rejected a frame from %s: %s (logged once per peer)", peer, detail)
 
     def _on_request(self, frames: list[bytes]) -> None:
+        if len(frames) == 2:
+            self._on_request_batch(frames[0], frames[1])
+            return
         if len(frames) != 3:
             self._reject(
-                frames[0].hex() if frames else "?", "frames", f"{len(frames)} frames, expected 3"
+                frames[0].hex() if frames else "?",
+                "frames",
+                f"{len(frames)} frames, expected 3 (or 2 for a batch)",
             )
             return
         ident, raw_header, payload = frames
@@ -799,6 +807,33 @@ class Node:
         except DECODE_ERRORS as exc:
             self._reject(ident.hex(), "header", f"header does not decode: {exc}")
             return
+        self._request(ident, header, payload)
+
+    def _on_request_batch(self, ident: bytes, frame: bytes) -> None:
+        try:
+            records = batch_decoder.decode(frame)
+        except DECODE_ERRORS:
+            # One bad header must not cost the others their answer: decode one by one.
+            self._on_request_records(ident, frame)
+            return
+        for header, payload in records:
+            self._request(ident, header, payload)
+
+    def _on_request_records(self, ident: bytes, frame: bytes) -> None:
+        try:
+            raw_records = raw_batch_decoder.decode(frame)
+        except DECODE_ERRORS as exc:
+            self._reject(ident.hex(), "batch", f"batch frame does not decode: {exc}")
+            return
+        for raw_header, payload in raw_records:
+            try:
+                header = header_decoder.decode(raw_header)
+            except DECODE_ERRORS as exc:
+                self._reject(ident.hex(), "header", f"header in a batch does not decode: {exc}")
+                continue
+            self._request(ident, header, payload)
+
+    def _request(self, ident: bytes, header: Header, payload: bytes | msgspec.Raw) -> None:
         if header.version != PROTOCOL_VERSION or header.kind != _REQ:
             if header.version != PROTOCOL_VERSION:
                 problem = (
@@ -890,7 +925,7 @@ class Node:
                     f"{self.options.max_message_size}"
                 )
             self.stats["requests_handled"] += 1
-            self.transport.reply((ident, encode_header(_REP, rid, "", self.options.node_id), body))
+            self.transport.reply(ident, encode_header(_REP, rid, "", self.options.node_id), body)
         except HandlerError as exc:
             self.stats["requests_failed"] += 1
             self._answer(ident, rid, exc.code, exc.message, exc.error_type, exc.retryable)
@@ -923,14 +958,15 @@ class Node:
         retryable: bool,
     ) -> None:
         self.transport.reply(
-            (
-                ident,
-                encode_header(_ERR, request_id, "", self.options.node_id),
-                encode_error(code, message, error_type, retryable),
-            )
+            ident,
+            encode_header(_ERR, request_id, "", self.options.node_id),
+            encode_error(code, message, error_type, retryable),
         )
 
     def _on_reply(self, frames: list[bytes]) -> None:
+        if len(frames) == 1:
+            self._on_reply_batch(frames[0])
+            return
         if len(frames) != 2:
             self._reject("?", "reply-frames", f"a reply of {len(frames)} frames, expected 2")
             return
@@ -939,6 +975,29 @@ class Node:
         except DECODE_ERRORS as exc:
             self._reject("?", "reply-header", f"reply header does not decode: {exc}")
             return
+        self._reply(header, frames[1])
+
+    def _on_reply_batch(self, frame: bytes) -> None:
+        try:
+            records = batch_decoder.decode(frame)
+        except DECODE_ERRORS:
+            try:
+                raw_records = raw_batch_decoder.decode(frame)
+            except DECODE_ERRORS as exc:
+                self._reject("?", "reply-batch", f"reply batch does not decode: {exc}")
+                return
+            for raw_header, body in raw_records:
+                try:
+                    header = header_decoder.decode(raw_header)
+                except DECODE_ERRORS as exc:
+                    self._reject("?", "reply-header", f"reply header does not decode: {exc}")
+                    continue
+                self._reply(header, body)
+            return
+        for header, body in records:
+            self._reply(header, body)
+
+    def _reply(self, header: Header, body: bytes | msgspec.Raw) -> None:
         if header.version != PROTOCOL_VERSION:
             problem = f"{header.source} speaks protocol version {header.version}, this node {PROTOCOL_VERSION}"
             self._reject(header.source, "version", problem)
@@ -948,7 +1007,7 @@ class Node:
             self._reject(header.source, "kind", f"frame kind {header.kind} as a reply")
             return
         self.membership.on_traffic(header.source, self.loop.time())
-        self.pending.resolve(header.request_id, (header.kind, frames[1], header.source))
+        self.pending.resolve(header.request_id, (header.kind, body, header.source))
 
     def _on_broadcast(self, frames: list[bytes]) -> None:
         if len(frames) != 3:

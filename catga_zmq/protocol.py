@@ -1,7 +1,9 @@
 """The wire: frame layout, envelope structs, encode and decode.
 
 Requests, replies and errors travel DEALER -> ROUTER -> DEALER as ZMTP multipart
-``[header, payload]`` (the ROUTER adds and strips the peer identity frame). Events and
+``[header, payload]`` (the ROUTER adds and strips the peer identity frame), or, several
+to one peer at once, as a single batch frame: a msgpack array of ``[header, payload]``
+records, with each payload embedded as its own msgpack value (see ``transport``). Events and
 heartbeats travel PUB -> SUB as ``[topic, header, payload]``; the topic is the event's
 wire name plus a NUL, so ZeroMQ's prefix filter at the publisher cannot confuse
 ``shop.Order`` with ``shop.OrderLine``.
@@ -24,7 +26,7 @@ import msgspec
 from .errors import ProtocolError
 
 #: Bumped on any incompatible change of the header or of a built-in body.
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 
 #: Topic of heartbeat and BYE frames on the PUB socket. Wire names cannot start with "!".
 HEARTBEAT_TOPIC: Final = b"!hb\x00"
@@ -109,6 +111,16 @@ _error_decoder: Final = msgspec.msgpack.Decoder(ErrorBody)
 _heartbeat_decoder: Final = msgspec.msgpack.Decoder(HeartbeatBody)
 
 encode = _header_encoder.encode
+
+#: A batch frame, decoded in one call; payloads stay undecoded views into the frame.
+batch_decoder: Final = msgspec.msgpack.Decoder(list[tuple[Header, msgspec.Raw]])
+#: The same, when one header in it does not decode: the good records are still served.
+raw_batch_decoder: Final = msgspec.msgpack.Decoder(list[tuple[msgspec.Raw, msgspec.Raw]])
+
+
+def encode_batch(records: list[tuple[msgspec.Raw, msgspec.Raw]]) -> bytes:
+    """A batch frame from ``(header, payload)`` records, both already msgpack."""
+    return _header_encoder.encode(records)
 
 
 def encode_header(

@@ -9,6 +9,12 @@ until ``EVENTS`` has no ``POLLIN``.
 ZeroMQ's FD is edge-triggered and any operation on the socket (a send included) may
 consume the edge. So after a send we schedule one more drain of that socket (once per
 loop iteration, however many sends) rather than wait for an edge that already went.
+
+Batching (write coalescing, as NATS and HTTP/2 clients do): the first request (or
+reply) to a peer in a loop iteration is sent at once, so a lone request waits for
+nothing; the ones that follow it to the same peer in the same iteration are packed into
+one batch frame, sent at the end of the iteration. A ZeroMQ message costs more than the
+rest of a small request's path, so under load one message carries tens of requests.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
+import msgspec
 import zmq
 
 from .errors import CatgaError, RequestTimeout, TransportFailed
 from .membership import Peer
+from .protocol import encode_batch
 
 log = logging.getLogger("catga_zmq.transport")
 
@@ -129,7 +137,49 @@ class Reader:
             self.sock.close(LINGER)
 
 
-Reply = tuple[int, bytes, str]  # (kind, payload, source node id)
+Reply = tuple[int, "bytes | msgspec.Raw", str]  # (kind, payload, source node id)
+
+#: Bytes a batch spends on one record beyond its header and payload (msgpack array and
+#: bin headers), and on the batch itself: a bound, used to keep batches under the limit.
+RECORD_OVERHEAD: Final = 16
+#: Records per batch frame: a full batch goes at once rather than at the end of the
+#: iteration, so the peer starts on it while this side still works (pipelining). At 64
+#: requests in flight, 16-32 measured best (about 1.4x as many requests/s as one
+#: batch per iteration, which leaves each side idle while the other works).
+BATCH_RECORDS: Final = 16
+
+
+class Outbox:
+    """Records waiting for the end of the loop iteration, for one destination.
+
+    Its existence means a message to that destination already went out in this
+    iteration (the next ones are batched); ``records`` may be empty.
+    """
+
+    __slots__ = ("records", "rids", "size")
+
+    def __init__(self) -> None:
+        self.records: list[tuple[msgspec.Raw, msgspec.Raw]] = []
+        self.rids: list[int] = []
+        self.size = 0
+
+    def add(self, header: bytes, payload: bytes, limit: int, rid: int = 0) -> bool:
+        """Queue a record; False when it would take the batch over ``limit`` bytes."""
+        size = self.size + len(header) + len(payload) + RECORD_OVERHEAD
+        if size > limit:
+            return False
+        self.size = size
+        self.records.append((msgspec.Raw(header), msgspec.Raw(payload)))
+        if rid:
+            self.rids.append(rid)
+        return True
+
+    def take(self) -> tuple[bytes, list[int]]:
+        """The batch frame and its request ids; leaves the box empty (still corked)."""
+        frame = encode_batch(self.records)
+        rids = self.rids
+        self.records, self.rids, self.size = [], [], 0
+        return frame, rids
 
 
 class Dealer:
@@ -140,7 +190,7 @@ class Dealer:
     can be failed over (or failed) at once instead of at the failure detector's pace.
     """
 
-    __slots__ = ("endpoint", "monitor", "reader", "sock", "transport")
+    __slots__ = ("endpoint", "monitor", "outbox", "reader", "sock", "transport")
 
     def __init__(self, transport: Transport, endpoint: str) -> None:
         self.transport = transport
@@ -150,6 +200,8 @@ class Dealer:
         # once (EAGAIN) and the request goes to another node, never run late or twice.
         sock.setsockopt(zmq.IMMEDIATE, 1)
         self.monitor: Reader | None = None
+        #: Set once a request went out in this loop iteration (see the module docstring).
+        self.outbox: Outbox | None = None
         try:
             if transport._on_disconnect is not None:
                 mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -194,6 +246,7 @@ class Transport:
         on_broadcast: Callable[[list[bytes]], None],
         on_reply: Callable[[list[bytes]], None],
         on_disconnect: Callable[[str], None] | None = None,
+        on_unsent: Callable[[list[int], TransportFailed], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
@@ -204,6 +257,14 @@ class Transport:
         self._on_broadcast = on_broadcast
         self._on_reply = on_reply
         self._on_disconnect = on_disconnect
+        self._on_unsent = on_unsent
+        # Destinations written to in this loop iteration, flushed at its end.
+        self._corked: list[Dealer] = []
+        self._reply_boxes: dict[bytes, Outbox] = {}
+        self._flush_scheduled = False
+        #: A batch stays under this: the receiver's MAXMSGSIZE would drop the connection.
+        self.batch_limit = max_message_size
+        self.batches_sent = 0
         self.router: zmq.Socket[bytes] | None = None
         self.pub: zmq.Socket[bytes] | None = None
         self.sub: zmq.Socket[bytes] | None = None
@@ -273,12 +334,23 @@ class Transport:
             found = self.dealers[endpoint] = Dealer(self, endpoint)
         return found
 
-    def send_request(self, endpoint: str, header: bytes, payload: bytes) -> None:
-        """Hand a request to the peer's DEALER, or raise ``TransportFailed`` (not sent)."""
+    def send_request(self, endpoint: str, header: bytes, payload: bytes, rid: int) -> None:
+        """Hand a request to the peer's DEALER, or raise ``TransportFailed`` (not sent).
+
+        A request that joins a batch is sent at the end of the loop iteration; if that
+        send fails, ``on_unsent`` gets its ``rid`` instead of this raising.
+        """
         found = self.dealers.get(endpoint)
         if found is None:
             found = self.dealer(endpoint)
-        sock, reader = found.sock, found.reader
+        box = found.outbox
+        if box is not None:
+            if box.add(header, payload, self.batch_limit, rid):
+                if len(box.records) >= BATCH_RECORDS:
+                    self._flush_dealer(found)
+                return
+            self._flush_dealer(found)  # full: send what it holds, then this one alone
+        sock = found.sock
         try:
             send_frames(sock, (header, payload))
         except zmq.Again:
@@ -287,7 +359,47 @@ class Transport:
             ) from None
         except zmq.ZMQError as exc:
             raise TransportFailed(f"sending to {endpoint} failed: {exc}") from None
-        reader.kick()
+        found.reader.kick()
+        if box is None:
+            found.outbox = Outbox()
+            self._corked.append(found)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self.flush)
+
+    def _flush_dealer(self, dealer: Dealer) -> None:
+        box = dealer.outbox
+        if box is None or not box.records:
+            return
+        frame, rids = box.take()
+        try:
+            if dealer.sock.closed:
+                raise zmq.ZMQError(zmq.ENOTSOCK)
+            _send(dealer.sock, frame, _NOBLOCK)
+        except zmq.ZMQError as exc:
+            why = (
+                f"no connection to {dealer.endpoint}, or its queue is full ({self.hwm} messages)"
+                if exc.errno == zmq.EAGAIN
+                else f"sending to {dealer.endpoint} failed: {exc}"
+            )
+            if self._on_unsent is not None:
+                self._on_unsent(rids, TransportFailed(why))
+            return
+        self.batches_sent += 1
+        dealer.reader.kick()
+
+    def flush(self) -> None:
+        """Send every batch that waits for the end of this loop iteration."""
+        self._flush_scheduled = False
+        corked, self._corked = self._corked, []
+        for dealer in corked:
+            self._flush_dealer(dealer)
+            dealer.outbox = None
+        boxes, self._reply_boxes = self._reply_boxes, {}
+        for ident, box in boxes.items():
+            if box.records:
+                count = len(box.records)
+                self._send_reply(ident, box.take()[0], count)
 
     def drop_peer(self, endpoint: str, pub_endpoint: str) -> None:
         found = self.dealers.pop(endpoint, None)
@@ -308,20 +420,55 @@ class Transport:
         assert self._router_reader is not None
         return self._router_reader.batch_started
 
-    def reply(self, frames: tuple[bytes, bytes, bytes] | list[bytes]) -> bool:
-        """Send ``[identity, header, payload]`` back; False when the caller is gone."""
+    def reply(self, ident: bytes, header: bytes, payload: bytes) -> bool:
+        """Send ``[identity, header, payload]`` back; False when the caller is gone.
+
+        A reply that joins a batch returns True; a batch that cannot go is counted
+        with the other undelivered replies.
+        """
+        box = self._reply_boxes.get(ident)
+        if box is not None:
+            if box.add(header, payload, self.batch_limit):
+                if len(box.records) >= BATCH_RECORDS:
+                    self._send_reply(ident, box.take()[0], BATCH_RECORDS)
+                return True
+            count = len(box.records)
+            if count:
+                self._send_reply(ident, box.take()[0], count)
         assert self.router is not None and self._router_reader is not None
         try:
-            send_frames(self.router, frames)
+            send_frames(self.router, (ident, header, payload))
         except zmq.ZMQError as exc:
-            # EHOSTUNREACH: the caller disconnected; EAGAIN: its queue is full.
-            self.dropped_replies += 1
-            if self.dropped_replies == 1 or self.dropped_replies % 1000 == 0:
-                log.warning("reply not delivered (%s); %d so far", exc, self.dropped_replies)
+            self._undelivered(exc, 1)
             return False
         finally:
             self._router_reader.kick()
+        if box is None:
+            self._reply_boxes[ident] = Outbox()
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self.flush)
         return True
+
+    def _send_reply(self, ident: bytes, frame: bytes, count: int) -> None:
+        if self.router is None or self.router.closed:
+            self._undelivered(zmq.ZMQError(zmq.ENOTSOCK), count)
+            return
+        try:
+            send_frames(self.router, (ident, frame))
+        except zmq.ZMQError as exc:
+            self._undelivered(exc, count)
+            return
+        self.batches_sent += 1
+        if self._router_reader is not None:
+            self._router_reader.kick()
+
+    def _undelivered(self, exc: zmq.ZMQError, count: int) -> None:
+        # EHOSTUNREACH: the caller disconnected; EAGAIN: its queue is full.
+        before = self.dropped_replies
+        self.dropped_replies += count
+        if before == 0 or before // 1000 != self.dropped_replies // 1000:
+            log.warning("reply not delivered (%s); %d so far", exc, self.dropped_replies)
 
     # PUB/SUB ------------------------------------------------------------------------------
 
@@ -351,6 +498,7 @@ class Transport:
     # shutdown -----------------------------------------------------------------------------
 
     def close(self) -> None:
+        self.flush()  # best effort: LINGER=0 drops what the I/O thread has not sent
         for dealer in self.dealers.values():
             dealer.close()
         self.dealers.clear()
@@ -451,6 +599,15 @@ class PendingMap:
         entry = self._entries.pop(request_id, None)
         if entry is not None:
             entry[0].cancel()
+
+    def fail_unsent(self, request_ids: list[int], exc: TransportFailed) -> None:
+        """Requests of a batch that could not be sent: never delivered, safe elsewhere."""
+        for rid in request_ids:
+            entry = self._entries.pop(rid, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(
+                    TransportFailed(exc.message, node=entry[1].node_id, retryable=True)
+                )
 
     def fail_node(self, peer: Peer, why: str, *, idempotent_only: bool) -> int:
         """Fail the requests in flight to ``peer`` (this incarnation); returns how many."""

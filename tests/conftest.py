@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from catga_zmq import MemoryDiscovery, MemoryHub, Node
+from catga_zmq.protocol import raw_batch_decoder
 
 #: Timings that make failure detection take well under a second (s).
 FAST: dict[str, Any] = {
@@ -20,6 +21,17 @@ FAST: dict[str, Any] = {
     "faulted_after": 0.6,
     "drain_timeout": 0.5,
 }
+
+
+def unbatch(frames: list[bytes]) -> list[list[bytes]]:
+    """A reply message read from a raw DEALER as ``[header, body]`` records.
+
+    A node sends several replies to one caller in one loop iteration as one batch
+    frame; a single reply is ``[header, body]``.
+    """
+    if len(frames) != 1:
+        return [frames]
+    return [[bytes(h), bytes(b)] for h, b in raw_batch_decoder.decode(frames[0])]
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from conftest import wait_until
+from conftest import unbatch, wait_until
 
 from catga_zmq import (
     Candidate,
@@ -151,7 +151,7 @@ async def replies(sock: zmq.Socket[bytes], count: int, timeout: float = 3.0) -> 
     async with asyncio.timeout(timeout):
         while len(got) < count:
             if sock.poll(0):
-                got.append(sock.recv_multipart())
+                got.extend(unbatch(sock.recv_multipart()))
             else:
                 await asyncio.sleep(0.005)
     return got

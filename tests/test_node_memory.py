@@ -10,7 +10,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 import zmq
-from conftest import wait_until
+from conftest import unbatch, wait_until
 
 from catga_zmq import (
     CatgaError,
@@ -259,8 +259,11 @@ async def test_remote_node_does_not_start_expired_work(make_node: MakeNode) -> N
         async with asyncio.timeout(5):
             while len(replies) < 3:
                 if dealer.poll(0):
-                    header, body = dealer.recv_multipart()
-                    replies[decode_header(header).request_id] = (decode_header(header).kind, body)
+                    for header, body in unbatch(dealer.recv_multipart()):
+                        replies[decode_header(header).request_id] = (
+                            decode_header(header).kind,
+                            body,
+                        )
                 else:
                     await asyncio.sleep(0.01)
     finally:

@@ -1,0 +1,218 @@
+"""Batching: several requests (or replies) to one peer in one loop iteration share a frame.
+
+Real sockets throughout. What must hold: every request gets its own answer, a bad
+record in a batch costs only itself, a batch never exceeds ``max_message_size`` (the
+receiver's ZeroMQ would drop the connection), and requests of a batch that could not
+be sent fail as "not delivered" so they may go elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import msgspec
+import pytest
+import zmq
+from conftest import unbatch
+
+from catga_zmq import Node, Request, TransportFailed
+from catga_zmq.membership import Peer
+from catga_zmq.protocol import (
+    Kind,
+    decode_error,
+    decode_header,
+    encode_batch,
+    encode_header,
+)
+from catga_zmq.transport import BATCH_RECORDS, PendingMap, Transport
+
+MakeNode = Callable[..., Node]
+
+
+class Doubled(msgspec.Struct):
+    n: int
+    by: str
+
+
+class Double(Request[Doubled]):
+    n: int
+    pad: bytes = b""
+
+
+def serve_double(node: Node) -> None:
+    @node.handler
+    async def double(req: Double) -> Doubled:
+        return Doubled(req.n * 2, node.node_id)
+
+
+async def meet(caller: Node, *servers: Node) -> None:
+    for node in (caller, *servers):
+        await node.start()
+    await caller.wait_for_peers(len(servers), handles=Double, timeout=5)
+
+
+async def test_concurrent_requests_travel_in_batches_and_each_gets_its_own_reply(
+    make_node: MakeNode,
+) -> None:
+    a, c = make_node("a"), make_node("c")
+    serve_double(a)
+    await meet(c, a)
+    before_c, before_a = c.transport.batches_sent, a.transport.batches_sent
+
+    replies = await asyncio.gather(*(c.send(Double(i)) for i in range(500)))
+
+    assert [r.n for r in replies] == [2 * i for i in range(500)]
+    assert {r.by for r in replies} == {"a"}
+    # 500 sends in one iteration: one goes at once, the rest in full batches.
+    assert c.transport.batches_sent - before_c >= 499 // BATCH_RECORDS
+    assert a.transport.batches_sent > before_a  # replies were batched too
+    assert len(c.pending) == 0
+    assert a.stats["requests_handled"] >= 500
+
+
+async def test_batches_stay_under_max_message_size(make_node: MakeNode) -> None:
+    # Each request is about 1 KiB; a batch of 16 would be 16 KiB, over the 4 KiB limit.
+    # A batch over the limit would make the receiver's ZeroMQ drop the connection.
+    a, c = make_node("a", max_message_size=4096), make_node("c", max_message_size=4096)
+    serve_double(a)
+    await meet(c, a)
+
+    replies = await asyncio.gather(*(c.send(Double(i, b"x" * 1000), timeout=5) for i in range(64)))
+
+    assert [r.n for r in replies] == [2 * i for i in range(64)]
+    assert c.transport.batches_sent > 0
+
+
+@pytest.fixture
+def raw_dealer() -> Callable[[Node], zmq.Socket[bytes]]:
+    ctx = zmq.Context()
+    made: list[zmq.Socket[bytes]] = []
+
+    def connect(node: Node) -> zmq.Socket[bytes]:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(node.transport.endpoint)
+        made.append(sock)
+        return sock
+
+    yield connect
+    for sock in made:
+        sock.close(0)
+    ctx.term()
+
+
+async def read_replies(sock: zmq.Socket[bytes], count: int) -> dict[int, tuple[int, bytes]]:
+    got: dict[int, tuple[int, bytes]] = {}
+    async with asyncio.timeout(5):
+        while len(got) < count:
+            if sock.poll(0):
+                for raw_header, body in unbatch(sock.recv_multipart()):
+                    header = decode_header(raw_header)
+                    got[header.request_id] = (header.kind, body)
+            else:
+                await asyncio.sleep(0.005)
+    return got
+
+
+def record(rid: int, type_name: str, payload: bytes) -> tuple[msgspec.Raw, msgspec.Raw]:
+    header = encode_header(int(Kind.REQ), rid, type_name, "raw", 5000)
+    return msgspec.Raw(header), msgspec.Raw(payload)
+
+
+async def test_a_bad_record_in_a_batch_costs_only_itself(
+    make_node: MakeNode, raw_dealer: Callable[[Node], zmq.Socket[bytes]]
+) -> None:
+    a = make_node("a")
+    serve_double(a)
+    await a.start()
+    sock = raw_dealer(a)
+    enc = msgspec.msgpack.encode
+    name = Double.__wire_name__
+    rejected = a.stats["frames_rejected"]
+    batch = encode_batch(
+        [
+            record(1, name, enc(Double(21))),
+            (msgspec.Raw(enc(["not", "a", "header"])), msgspec.Raw(enc(Double(1)))),
+            record(3, "nobody.Handles", enc(Double(1))),
+            record(4, name, enc({"n": "not an int"})),
+            record(5, name, enc(Double(50))),
+        ]
+    )
+    sock.send_multipart([batch])
+
+    got = await read_replies(sock, 4)
+
+    assert got[1][0] == Kind.REP and msgspec.msgpack.decode(got[1][1], type=Doubled).n == 42
+    assert got[3][0] == Kind.ERR and decode_error(got[3][1]).code == "HANDLER_NOT_FOUND"
+    assert got[4][0] == Kind.ERR and decode_error(got[4][1]).code == "VALIDATION_FAILED"
+    assert got[5][0] == Kind.REP and msgspec.msgpack.decode(got[5][1], type=Doubled).n == 100
+    assert a.stats["frames_rejected"] >= rejected + 2  # the bad header and the bad payload
+
+
+async def test_a_batch_that_does_not_decode_is_rejected_and_the_node_serves_on(
+    make_node: MakeNode, raw_dealer: Callable[[Node], zmq.Socket[bytes]]
+) -> None:
+    a, c = make_node("a"), make_node("c")
+    serve_double(a)
+    await meet(c, a)
+    sock = raw_dealer(a)
+    rejected = a.stats["frames_rejected"]
+
+    for junk in (b"", b"\xc1", b"\x92\x01", msgspec.msgpack.encode([[1, 2, 3]])):
+        sock.send_multipart([junk])
+
+    await asyncio.sleep(0.2)
+    assert a.stats["frames_rejected"] >= rejected + 4
+    assert not sock.poll(0)  # nothing to answer: no request id could be read
+    assert (await c.send(Double(4))).n == 8
+
+
+async def test_requests_of_a_batch_that_cannot_be_sent_fail_as_not_delivered() -> None:
+    loop = asyncio.get_running_loop()
+    pending = PendingMap(loop)
+    transport = Transport(
+        "t",
+        max_message_size=1 << 20,
+        hwm=1000,
+        on_request=lambda frames: None,
+        on_broadcast=lambda frames: None,
+        on_reply=lambda frames: None,
+        on_unsent=pending.fail_unsent,
+    )
+    ctx = zmq.Context()
+    server = ctx.socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    endpoint = f"tcp://127.0.0.1:{port}"
+    try:
+        peer = Peer("srv", endpoint, "", 1)
+        transport.dealer(endpoint)
+        async with asyncio.timeout(5):
+            while not server.poll(0):  # connected once a probe gets through (IMMEDIATE)
+                with contextlib.suppress(TransportFailed):
+                    transport.send_request(endpoint, b"probe", b"", 0)
+                await asyncio.sleep(0.01)  # also a new loop iteration: the batch is flushed
+        while server.poll(0):
+            server.recv_multipart()
+        futures = []
+        for _ in range(4):
+            rid, fut = pending.open(peer, False, loop.time() + 5, "t.Req")
+            transport.send_request(endpoint, b"h", b"p", rid)
+            futures.append(fut)
+        # The first went at once; the other three wait for the end of the iteration.
+        # Their DEALER goes away first (as when the peer is dropped).
+        transport.dealers[endpoint].close()
+        transport.flush()
+
+        assert not futures[0].done()
+        for fut in futures[1:]:
+            exc = fut.exception()
+            assert isinstance(exc, TransportFailed)
+            assert exc.delivered is False and exc.retryable is True and exc.node == "srv"
+        assert len(pending) == 1
+    finally:
+        transport.close()
+        server.close(0)
+        ctx.term()
