@@ -646,7 +646,10 @@ class Node:
             rid, fut = pending.open(target, idempotent, deadline, name)
             header = encode_header(_REQ, rid, name, self.options.node_id, budget_ms, 0, trace)
             try:
-                self.transport.send_request(target.endpoint, header, payload, rid)
+                # Alone in flight to that node: now. Else it joins the node's batch.
+                self.transport.send_request(
+                    target.endpoint, header, payload, rid, target.outstanding == 1
+                )
             except TransportFailed as exc:
                 pending.forget(rid)
                 exc.node = target.node_id
@@ -925,7 +928,12 @@ class Node:
                     f"{self.options.max_message_size}"
                 )
             self.stats["requests_handled"] += 1
-            self.transport.reply(ident, encode_header(_REP, rid, "", self.options.node_id), body)
+            self.transport.reply(
+                ident,
+                encode_header(_REP, rid, "", self.options.node_id),
+                body,
+                self._running == 1,  # the only handler running: now, else batched
+            )
         except HandlerError as exc:
             self.stats["requests_failed"] += 1
             self._answer(ident, rid, exc.code, exc.message, exc.error_type, exc.retryable)
@@ -961,6 +969,7 @@ class Node:
             ident,
             encode_header(_ERR, request_id, "", self.options.node_id),
             encode_error(code, message, error_type, retryable),
+            self._running <= 1,
         )
 
     def _on_reply(self, frames: list[bytes]) -> None:

@@ -10,11 +10,13 @@ ZeroMQ's FD is edge-triggered and any operation on the socket (a send included) 
 consume the edge. So after a send we schedule one more drain of that socket (once per
 loop iteration, however many sends) rather than wait for an edge that already went.
 
-Batching (write coalescing, as NATS and HTTP/2 clients do): the first request (or
-reply) to a peer in a loop iteration is sent at once, so a lone request waits for
-nothing; the ones that follow it to the same peer in the same iteration are packed into
-one batch frame, sent at the end of the iteration. A ZeroMQ message costs more than the
-rest of a small request's path, so under load one message carries tens of requests.
+Batching (write coalescing, as NATS and HTTP/2 clients do): a request (or reply) to a
+peer that has nothing else of ours in flight is sent at once, so a lone request waits
+for nothing. Under load (others in flight), it waits for the end of the loop iteration
+in the peer's outbox, and the outbox goes as one batch frame, or as soon as it holds
+``BATCH_RECORDS``. Like Nagle's algorithm, but it never waits for an acknowledgement:
+at most for the rest of the current iteration. A ZeroMQ message costs more than the
+rest of a small request's path, so under load one message carries many requests.
 """
 
 from __future__ import annotations
@@ -334,25 +336,31 @@ class Transport:
             found = self.dealers[endpoint] = Dealer(self, endpoint)
         return found
 
-    def send_request(self, endpoint: str, header: bytes, payload: bytes, rid: int) -> None:
+    def send_request(
+        self, endpoint: str, header: bytes, payload: bytes, rid: int, now: bool = True
+    ) -> None:
         """Hand a request to the peer's DEALER, or raise ``TransportFailed`` (not sent).
 
-        A request that joins a batch is sent at the end of the loop iteration; if that
-        send fails, ``on_unsent`` gets its ``rid`` instead of this raising.
+        ``now``: send at once (nothing else is in flight to that peer); otherwise the
+        request joins the peer's batch, sent at the end of the loop iteration, and if
+        that send fails ``on_unsent`` gets its ``rid`` instead of this raising.
         """
         found = self.dealers.get(endpoint)
         if found is None:
             found = self.dealer(endpoint)
         box = found.outbox
+        if box is None and not now:
+            box = found.outbox = Outbox()
+            self._corked.append(found)
+            self._schedule_flush()
         if box is not None:
             if box.add(header, payload, self.batch_limit, rid):
                 if len(box.records) >= BATCH_RECORDS:
                     self._flush_dealer(found)
                 return
             self._flush_dealer(found)  # full: send what it holds, then this one alone
-        sock = found.sock
         try:
-            send_frames(sock, (header, payload))
+            send_frames(found.sock, (header, payload))
         except zmq.Again:
             raise TransportFailed(
                 f"no connection to {endpoint}, or its queue is full ({self.hwm} messages)"
@@ -360,12 +368,11 @@ class Transport:
         except zmq.ZMQError as exc:
             raise TransportFailed(f"sending to {endpoint} failed: {exc}") from None
         found.reader.kick()
-        if box is None:
-            found.outbox = Outbox()
-            self._corked.append(found)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self.loop.call_soon(self.flush)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
 
     def _flush_dealer(self, dealer: Dealer) -> None:
         box = dealer.outbox
@@ -420,13 +427,16 @@ class Transport:
         assert self._router_reader is not None
         return self._router_reader.batch_started
 
-    def reply(self, ident: bytes, header: bytes, payload: bytes) -> bool:
+    def reply(self, ident: bytes, header: bytes, payload: bytes, now: bool = True) -> bool:
         """Send ``[identity, header, payload]`` back; False when the caller is gone.
 
-        A reply that joins a batch returns True; a batch that cannot go is counted
-        with the other undelivered replies.
+        ``now`` as for ``send_request``. A reply that joins a batch returns True; a
+        batch that cannot go is counted with the other undelivered replies.
         """
         box = self._reply_boxes.get(ident)
+        if box is None and not now:
+            box = self._reply_boxes[ident] = Outbox()
+            self._schedule_flush()
         if box is not None:
             if box.add(header, payload, self.batch_limit):
                 if len(box.records) >= BATCH_RECORDS:
@@ -443,11 +453,6 @@ class Transport:
             return False
         finally:
             self._router_reader.kick()
-        if box is None:
-            self._reply_boxes[ident] = Outbox()
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self.loop.call_soon(self.flush)
         return True
 
     def _send_reply(self, ident: bytes, frame: bytes, count: int) -> None:

@@ -72,6 +72,22 @@ async def test_concurrent_requests_travel_in_batches_and_each_gets_its_own_reply
     assert a.stats["requests_handled"] >= 500
 
 
+async def test_a_lone_request_is_sent_at_once_not_batched(make_node: MakeNode) -> None:
+    a, c = make_node("a"), make_node("c")
+    serve_double(a)
+    await meet(c, a)
+    await c.send(Double(0))  # connections up, greetings done
+    before_c, before_a = c.transport.batches_sent, a.transport.batches_sent
+
+    for i in range(20):
+        assert (await c.send(Double(i))).n == 2 * i
+
+    # One at a time: each request and each reply went alone, without waiting for the
+    # end of a loop iteration.
+    assert c.transport.batches_sent == before_c
+    assert a.transport.batches_sent == before_a
+
+
 async def test_batches_stay_under_max_message_size(make_node: MakeNode) -> None:
     # Each request is about 1 KiB; a batch of 16 would be 16 KiB, over the 4 KiB limit.
     # A batch over the limit would make the receiver's ZeroMQ drop the connection.
@@ -197,11 +213,12 @@ async def test_requests_of_a_batch_that_cannot_be_sent_fail_as_not_delivered() -
         while server.poll(0):
             server.recv_multipart()
         futures = []
-        for _ in range(4):
+        for i in range(4):
             rid, fut = pending.open(peer, False, loop.time() + 5, "t.Req")
-            transport.send_request(endpoint, b"h", b"p", rid)
+            transport.send_request(endpoint, b"h", b"p", rid, now=i == 0)
             futures.append(fut)
-        # The first went at once; the other three wait for the end of the iteration.
+        # The first (alone in flight) went at once; the other three wait for the end of
+        # the iteration.
         # Their DEALER goes away first (as when the peer is dropped).
         transport.dealers[endpoint].close()
         transport.flush()
