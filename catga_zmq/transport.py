@@ -176,6 +176,12 @@ class Outbox:
             self.rids.append(rid)
         return True
 
+    def clear(self) -> list[int]:
+        """Drop the records; returns their request ids (never sent)."""
+        rids = self.rids
+        self.records, self.rids, self.size = [], [], 0
+        return rids
+
     def take(self) -> tuple[bytes, list[int]]:
         """The batch frame and its request ids; leaves the box empty (still corked)."""
         frame = encode_batch(self.records)
@@ -223,8 +229,10 @@ class Dealer:
             return
         event = int.from_bytes(frames[0][:2], "little")
         if event == _EVENT_DISCONNECTED and self.transport._on_disconnect is not None:
-            # Replies that came in before the connection went are read first.
+            # Replies that came in before the connection went are read first, and
+            # requests still in the outbox were never sent: they may go elsewhere.
             self.reader.drain()
+            self.transport.unsend(self, "dropped the connection before they were sent")
             self.transport._on_disconnect(self.endpoint)
 
     def close(self) -> None:
@@ -373,6 +381,14 @@ class Transport:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
+
+    def unsend(self, dealer: Dealer, why: str) -> None:
+        """Fail the requests waiting in ``dealer``'s outbox as not delivered."""
+        box = dealer.outbox
+        if box is not None and box.records:
+            rids = box.clear()
+            if self._on_unsent is not None:
+                self._on_unsent(rids, TransportFailed(f"{dealer.endpoint} {why}"))
 
     def _flush_dealer(self, dealer: Dealer) -> None:
         box = dealer.outbox

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import struct
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import pytest
@@ -185,9 +188,27 @@ async def test_a_batch_that_does_not_decode_is_rejected_and_the_node_serves_on(
     assert (await c.send(Double(4))).n == 8
 
 
-async def test_requests_of_a_batch_that_cannot_be_sent_fail_as_not_delivered() -> None:
-    loop = asyncio.get_running_loop()
-    pending = PendingMap(loop)
+@dataclass
+class Wired:
+    """A bare ``Transport`` with a DEALER connected to a raw ROUTER ``server``."""
+
+    transport: Transport
+    pending: PendingMap
+    server: zmq.Socket[bytes]
+    endpoint: str
+    peer: Peer
+    disconnected: list[str]
+
+    def open(self, count: int) -> list[tuple[int, asyncio.Future[Any]]]:
+        """``count`` pending requests to ``peer``: (request id, future of the reply)."""
+        deadline = asyncio.get_running_loop().time() + 5
+        return [self.pending.open(self.peer, False, deadline, "t.Req") for _ in range(count)]
+
+
+@pytest.fixture
+async def wired() -> AsyncIterator[Wired]:
+    pending = PendingMap(asyncio.get_running_loop())
+    disconnected: list[str] = []
     transport = Transport(
         "t",
         max_message_size=1 << 20,
@@ -195,15 +216,14 @@ async def test_requests_of_a_batch_that_cannot_be_sent_fail_as_not_delivered() -
         on_request=lambda frames: None,
         on_broadcast=lambda frames: None,
         on_reply=lambda frames: None,
+        on_disconnect=disconnected.append,
         on_unsent=pending.fail_unsent,
     )
     ctx = zmq.Context()
     server = ctx.socket(zmq.ROUTER)
     server.setsockopt(zmq.LINGER, 0)
-    port = server.bind_to_random_port("tcp://127.0.0.1")
-    endpoint = f"tcp://127.0.0.1:{port}"
+    endpoint = f"tcp://127.0.0.1:{server.bind_to_random_port('tcp://127.0.0.1')}"
     try:
-        peer = Peer("srv", endpoint, "", 1)
         transport.dealer(endpoint)
         async with asyncio.timeout(5):
             while not server.poll(0):  # connected once a probe gets through (IMMEDIATE)
@@ -212,24 +232,55 @@ async def test_requests_of_a_batch_that_cannot_be_sent_fail_as_not_delivered() -
                 await asyncio.sleep(0.01)  # also a new loop iteration: the batch is flushed
         while server.poll(0):
             server.recv_multipart()
-        futures = []
-        for i in range(4):
-            rid, fut = pending.open(peer, False, loop.time() + 5, "t.Req")
-            transport.send_request(endpoint, b"h", b"p", rid, now=i == 0)
-            futures.append(fut)
-        # The first (alone in flight) went at once; the other three wait for the end of
-        # the iteration.
-        # Their DEALER goes away first (as when the peer is dropped).
-        transport.dealers[endpoint].close()
-        transport.flush()
-
-        assert not futures[0].done()
-        for fut in futures[1:]:
-            exc = fut.exception()
-            assert isinstance(exc, TransportFailed)
-            assert exc.delivered is False and exc.retryable is True and exc.node == "srv"
-        assert len(pending) == 1
+        yield Wired(
+            transport, pending, server, endpoint, Peer("srv", endpoint, "", 1), disconnected
+        )
     finally:
         transport.close()
         server.close(0)
         ctx.term()
+
+
+def assert_not_delivered(futures: list[asyncio.Future[Any]]) -> list[TransportFailed]:
+    errors = []
+    for fut in futures:
+        exc = fut.exception()
+        assert isinstance(exc, TransportFailed)
+        assert exc.delivered is False and exc.retryable is True and exc.node == "srv"
+        errors.append(exc)
+    return errors
+
+
+async def test_requests_of_a_batch_that_cannot_be_sent_fail_as_not_delivered(
+    wired: Wired,
+) -> None:
+    opened = wired.open(4)
+    for i, (rid, _) in enumerate(opened):
+        wired.transport.send_request(wired.endpoint, b"h", b"p", rid, now=i == 0)
+    futures = [fut for _, fut in opened]
+    # The first (alone in flight) went at once; the other three wait for the end of the
+    # iteration. Their DEALER goes away first (as when the peer is dropped).
+    wired.transport.dealers[wired.endpoint].close()
+    wired.transport.flush()
+
+    assert not futures[0].done()
+    assert_not_delivered(futures[1:])
+    assert len(wired.pending) == 1
+
+
+async def test_requests_still_in_the_outbox_when_the_connection_drops_are_not_delivered(
+    wired: Wired,
+) -> None:
+    opened = wired.open(3)
+    for rid, _ in opened:
+        wired.transport.send_request(wired.endpoint, b"h", b"p", rid, now=False)
+    futures = [fut for _, fut in opened]
+    # What the connection monitor reports when the peer's process dies.
+    event = struct.pack("<HI", int(zmq.EVENT_DISCONNECTED), 0)
+    wired.transport.dealers[wired.endpoint]._on_monitor([event, wired.endpoint.encode()])
+
+    assert wired.disconnected == [wired.endpoint]
+    errors = assert_not_delivered(futures)
+    assert all("before they were sent" in e.message for e in errors)
+    assert len(wired.pending) == 0
+    wired.transport.flush()  # nothing left to send, nothing fails twice
