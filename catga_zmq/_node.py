@@ -160,6 +160,7 @@ class Node:
         #: weighted credits) shared across types would let alternating types each stick
         #: to one node. Made on a type's first send, or by route().
         self._routers: dict[str, Router] = {}
+        self._reply_decoders: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._serving: set[asyncio.Task[Any]] = set()
         self._running = 0
@@ -562,7 +563,7 @@ class Node:
                             target.breaker.release()
                         raise
                 reply: T = await self._call_remote(
-                    target, name, payload, deadline, trace, response_type(cls), idempotent
+                    target, name, payload, deadline, trace, self._reply_decoder(cls), idempotent
                 )
                 return reply
             except TransportFailed as exc:
@@ -611,6 +612,13 @@ class Node:
             candidates = tuple(p for p in candidates if p is not target)
         return None
 
+    def _reply_decoder(self, cls: type[Request[Any]]) -> msgspec.msgpack.Decoder[Any]:
+        try:
+            return self._reply_decoders[cls]
+        except KeyError:
+            found = self._reply_decoders[cls] = self.codec.decoder(response_type(cls))
+            return found
+
     def _encode(self, message: Message, name: str) -> bytes:
         try:
             payload = self.codec.encode(message)
@@ -630,7 +638,7 @@ class Node:
         payload: bytes,
         deadline: float,
         trace: str,
-        rtype: Any,
+        decoder: msgspec.msgpack.Decoder[Any],
         idempotent: bool = False,
     ) -> Any:
         pending = self.pending
@@ -674,11 +682,11 @@ class Node:
             target.breaker.success()
         if kind == _REP:
             try:
-                return self.codec.decoder(rtype).decode(body)
+                return decoder.decode(body)
             except DECODE_ERRORS as exc:
                 raise SerializationFailed(
                     f"the reply to {name} from {source} is not a "
-                    f"{getattr(rtype, '__qualname__', rtype)}: {exc}",
+                    f"{getattr(decoder.type, '__qualname__', decoder.type)}: {exc}",
                     node=source,
                 ) from None
         err = decode_error(body)
@@ -810,31 +818,36 @@ class Node:
         except DECODE_ERRORS as exc:
             self._reject(ident.hex(), "header", f"header does not decode: {exc}")
             return
+        self.membership.on_traffic(header.source, self.loop.time())
         self._request(ident, header, payload)
 
     def _on_request_batch(self, ident: bytes, frame: bytes) -> None:
-        try:
-            records = batch_decoder.decode(frame)
-        except DECODE_ERRORS:
-            # One bad header must not cost the others their answer: decode one by one.
-            self._on_request_records(ident, frame)
-            return
-        for header, payload in records:
+        last = ""
+        for header, payload in self._decode_batch(frame, ident.hex(), "request"):
+            if header.source != last:  # one proof of life per caller and batch
+                last = header.source
+                self.membership.on_traffic(last, self.loop.time())
             self._request(ident, header, payload)
 
-    def _on_request_records(self, ident: bytes, frame: bytes) -> None:
+    def _decode_batch(self, frame: bytes, peer: str, what: str) -> list[tuple[Header, msgspec.Raw]]:
+        """The records of a batch frame; a record whose header does not decode is
+        rejected, and the others are still served (or resolved)."""
+        try:
+            return batch_decoder.decode(frame)
+        except DECODE_ERRORS:
+            pass
         try:
             raw_records = raw_batch_decoder.decode(frame)
         except DECODE_ERRORS as exc:
-            self._reject(ident.hex(), "batch", f"batch frame does not decode: {exc}")
-            return
+            self._reject(peer, f"{what}-batch", f"a {what} batch does not decode: {exc}")
+            return []
+        good = []
         for raw_header, payload in raw_records:
             try:
-                header = header_decoder.decode(raw_header)
+                good.append((header_decoder.decode(raw_header), payload))
             except DECODE_ERRORS as exc:
-                self._reject(ident.hex(), "header", f"header in a batch does not decode: {exc}")
-                continue
-            self._request(ident, header, payload)
+                self._reject(peer, f"{what}-header", f"a {what} header does not decode: {exc}")
+        return good
 
     def _request(self, ident: bytes, header: Header, payload: bytes | msgspec.Raw) -> None:
         if header.version != PROTOCOL_VERSION or header.kind != _REQ:
@@ -848,7 +861,6 @@ class Node:
             else:
                 self._reject(header.source, "kind", f"frame kind {header.kind} sent to a ROUTER")
             return
-        self.membership.on_traffic(header.source, self.loop.time())
         entry = self.mediator.handlers.get(header.type_name)
         if entry is None:
             self._answer_error(
@@ -984,26 +996,15 @@ class Node:
         except DECODE_ERRORS as exc:
             self._reject("?", "reply-header", f"reply header does not decode: {exc}")
             return
+        self.membership.on_traffic(header.source, self.loop.time())
         self._reply(header, frames[1])
 
     def _on_reply_batch(self, frame: bytes) -> None:
-        try:
-            records = batch_decoder.decode(frame)
-        except DECODE_ERRORS:
-            try:
-                raw_records = raw_batch_decoder.decode(frame)
-            except DECODE_ERRORS as exc:
-                self._reject("?", "reply-batch", f"reply batch does not decode: {exc}")
-                return
-            for raw_header, body in raw_records:
-                try:
-                    header = header_decoder.decode(raw_header)
-                except DECODE_ERRORS as exc:
-                    self._reject("?", "reply-header", f"reply header does not decode: {exc}")
-                    continue
-                self._reply(header, body)
-            return
-        for header, body in records:
+        last = ""
+        for header, body in self._decode_batch(frame, "?", "reply"):
+            if header.source != last:
+                last = header.source
+                self.membership.on_traffic(last, self.loop.time())
             self._reply(header, body)
 
     def _reply(self, header: Header, body: bytes | msgspec.Raw) -> None:
@@ -1015,7 +1016,6 @@ class Node:
         if header.kind != _REP and header.kind != _ERR:
             self._reject(header.source, "kind", f"frame kind {header.kind} as a reply")
             return
-        self.membership.on_traffic(header.source, self.loop.time())
         self.pending.resolve(header.request_id, (header.kind, body, header.source))
 
     def _on_broadcast(self, frames: list[bytes]) -> None:
@@ -1269,7 +1269,7 @@ class Node:
                 deadline = self.loop.time() + GREETING_TIMEOUT
                 try:
                     info: NodeInfo = await self._call_remote(
-                        target, Info.__wire_name__, payload, deadline, "", NodeInfo
+                        target, Info.__wire_name__, payload, deadline, "", self._reply_decoder(Info)
                     )
                 except TransportFailed:
                     # Not connected yet (or not listening): TCP connects in milliseconds.
