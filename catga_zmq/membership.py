@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -131,6 +132,46 @@ _ROUTABLE = (NodeStatus.ALIVE,)
 _SILENT = frozenset((NodeStatus.SUSPECT, NodeStatus.FAULTED))
 
 
+class Watcher:
+    """What ``watch()`` returns: an async iterator of membership changes.
+
+    Holds at most ``WATCH_QUEUE_LIMIT`` unread events (a slow reader loses the oldest:
+    it wants the present state). Ends when the node closes or on ``aclose()``.
+    """
+
+    __slots__ = ("__weakref__", "_closed", "_queue")
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[MembershipEvent | None] = asyncio.Queue()
+        self._closed = False
+
+    def put(self, event: MembershipEvent | None) -> None:
+        if self._closed:
+            return
+        q = self._queue
+        if event is not None and q.qsize() >= WATCH_QUEUE_LIMIT:
+            q.get_nowait()
+        q.put_nowait(event)
+
+    def __aiter__(self) -> Watcher:
+        return self
+
+    async def __anext__(self) -> MembershipEvent:
+        if self._closed:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            self._closed = True
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        """Stop watching; a reader waiting in ``__anext__`` ends too."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put_nowait(None)
+
+
 class Membership:
     """The peer table of one node, with its failure detector and ``watch()`` fan-out."""
 
@@ -153,7 +194,8 @@ class Membership:
         self.min_std = min_std
         self.forget_after = forget_after
         self.peers: dict[str, Peer] = {}
-        self._watchers: list[asyncio.Queue[MembershipEvent | None]] = []
+        # Weakly held: an iterator that is dropped, even unread, unsubscribes itself.
+        self._watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
         self._routes: dict[str, tuple[Peer, ...]] = {}
         self._all_live: tuple[Peer, ...] = ()
         #: Called with a peer that left or was forgotten, so its sockets can go.
@@ -347,27 +389,15 @@ class Membership:
     # watch ------------------------------------------------------------------------
 
     def _emit(self, event: MembershipEvent) -> None:
-        for q in self._watchers:
-            if q.qsize() >= WATCH_QUEUE_LIMIT:
-                q.get_nowait()  # drop the oldest: a watcher wants the present state
-            q.put_nowait(event)
+        for watcher in self._watchers:
+            watcher.put(event)
 
     def watch(self) -> AsyncIterator[MembershipEvent]:
         # Subscribed now, not at the first iteration: no change is lost in between.
-        q: asyncio.Queue[MembershipEvent | None] = asyncio.Queue()
-        self._watchers.append(q)
-        return self._iterate(q)
-
-    async def _iterate(
-        self, q: asyncio.Queue[MembershipEvent | None]
-    ) -> AsyncIterator[MembershipEvent]:
-        try:
-            while (event := await q.get()) is not None:
-                yield event
-        finally:
-            if q in self._watchers:
-                self._watchers.remove(q)
+        watcher = Watcher()
+        self._watchers.add(watcher)
+        return watcher
 
     def close_watchers(self) -> None:
-        for q in self._watchers:
-            q.put_nowait(None)
+        for watcher in self._watchers:
+            watcher.put(None)

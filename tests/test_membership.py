@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -398,3 +399,29 @@ async def test_watch_sees_events_from_when_it_was_called(m: Membership) -> None:
     finally:
         await events.aclose()
     assert isinstance(event, NodeJoined)
+
+
+async def test_a_watch_dropped_unread_unsubscribes_itself(m: Membership) -> None:
+    kept = m.watch()
+    for _ in range(100):
+        m.watch()  # never iterated, never closed
+    gc.collect()
+    for i in range(5):
+        m.on_heartbeat(hb(f"n{i}"), now=0.0)
+
+    assert len(m._watchers) == 1  # only the one still referenced
+    async with asyncio.timeout(1):
+        assert (await anext(kept)).node.node_id == "n0"
+
+
+async def test_a_closed_watch_ends_and_takes_no_more_events(m: Membership) -> None:
+    it = m.watch()
+    waiting = asyncio.ensure_future(anext(it))
+    await asyncio.sleep(0)
+    await it.aclose()  # wakes the reader
+    async with asyncio.timeout(1):
+        with pytest.raises(StopAsyncIteration):
+            await waiting
+    m.on_heartbeat(hb("late"), now=0.0)
+    with pytest.raises(StopAsyncIteration):
+        await anext(it)
