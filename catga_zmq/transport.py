@@ -90,7 +90,7 @@ def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
 class Reader:
     """Drains one socket from the event loop; ``handle`` gets each multipart message."""
 
-    __slots__ = ("_draining", "_loop", "_scheduled", "batch_started", "handle", "sock")
+    __slots__ = ("_busy", "_draining", "_loop", "_scheduled", "batch_started", "handle", "sock")
 
     def __init__(
         self,
@@ -103,6 +103,7 @@ class Reader:
         self.handle = handle
         self._scheduled = False
         self._draining = False
+        self._busy = False
         #: When the current batch began to be read: the arrival time of its messages,
         #: even when a handler run in the batch holds the loop for a while.
         self.batch_started = 0.0
@@ -129,13 +130,16 @@ class Reader:
         sock, handle = self.sock, self.handle
         self.batch_started = time.monotonic()
         self._draining = True
+        # Two ways to know when to stop, both of which re-arm the FD's edge: ask EVENTS
+        # before each message, or receive until EAGAIN. EVENTS costs about a third of
+        # a failed receive (pyzmq builds an exception object for EAGAIN), so it wins
+        # when a read finds one message or none: a lone request, or a batch. A socket
+        # whose last read found several (a subscriber in a burst) reads until EAGAIN.
+        busy = self._busy
+        count = 0
         try:
-            # While EVENTS says POLLIN; reading EVENTS also re-arms the FD's edge. It
-            # costs about a third of a receive that fails with EAGAIN (pyzmq builds
-            # an exception object), and most reads find one message or none: under
-            # load one message carries a batch.
-            for _ in range(DRAIN_BATCH):
-                if not _get(sock, _EVENTS) & _POLLIN:
+            for count in range(DRAIN_BATCH):  # noqa: B007 - count is read in finally
+                if not busy and not _get(sock, _EVENTS) & _POLLIN:
                     return
                 frames = recv_frames(sock)
                 try:
@@ -144,6 +148,7 @@ class Reader:
                     # A frame the handler did not expect must not stop the reading of
                     # the rest (nor reach the loop's exception handler as if fatal).
                     log.exception("a frame on %s could not be handled; dropped", self.sock)
+            count = DRAIN_BATCH
         except zmq.Again:
             return
         except zmq.ZMQError as exc:
@@ -152,6 +157,7 @@ class Reader:
             raise
         finally:
             self._draining = False
+            self._busy = count >= 2
         self.kick()  # more may be waiting: continue on the next loop iteration
 
     def close(self) -> None:
