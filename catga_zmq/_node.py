@@ -1301,8 +1301,19 @@ class Node:
                         greet=True,
                     )
                 return
+            if self.state is State.RUNNING:
+                self._forget_address(endpoint)
         finally:
             self._greeting.discard(endpoint)
+
+    def _forget_address(self, endpoint: str) -> None:
+        """A gossiped address that never answered its greetings and never joined: stop
+        reconnecting to it, and stop passing it on to others."""
+        if any(p.endpoint == endpoint for p in self.membership.peers.values()):
+            return  # it joined after all (heartbeats, not greetings, decide that)
+        address = self._addresses.pop(endpoint, None)
+        self.transport.drop_peer(endpoint, address.pub_endpoint if address else "")
+        log.info("%s did not answer; forgot it", endpoint)
 
     # built-in requests -----------------------------------------------------------------------------
 

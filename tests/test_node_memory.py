@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import zmq
 from conftest import unbatch, wait_until
 
 from catga_zmq import (
+    Candidate,
     CatgaError,
     Context,
     Event,
@@ -32,7 +34,13 @@ from catga_zmq import (
     StaticDiscovery,
     Stats,
 )
-from catga_zmq.protocol import Kind, decode_error, decode_header, encode_header
+from catga_zmq.protocol import (
+    PROTOCOL_VERSION,
+    Kind,
+    decode_error,
+    decode_header,
+    encode_header,
+)
 
 MakeNode = Callable[..., Node]
 
@@ -512,6 +520,36 @@ async def test_aclose_fails_requests_in_flight(make_node: MakeNode) -> None:
 
 
 # static discovery ----------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_gossiped_address_that_never_answers_is_forgotten(make_node: MakeNode) -> None:
+    a = make_node("a", discovery=None)
+    serve_say(a)
+    await a.start()
+    # The seed knows an address where nothing listens (a stale discovery record, say);
+    # it passes it on in its Info reply.
+    ghost = f"tcp://127.0.0.1:{_closed_port()}"
+    ghost_pub = f"tcp://127.0.0.1:{_closed_port()}"
+    a._add_candidate(
+        Candidate(ghost, "ghost", ghost_pub, a.options.cluster, PROTOCOL_VERSION), greet=False
+    )
+    b = make_node("b", discovery=StaticDiscovery([a.transport.endpoint]))
+    await b.start()
+    await wait_until(lambda: ghost in b.transport.dealers, timeout=5)
+    assert ghost_pub in b.transport.subscribed
+
+    # Five greetings of a second each, unanswered: b stops reconnecting to it.
+    await wait_until(lambda: ghost not in b.transport.dealers, timeout=10)
+    assert ghost_pub not in b.transport.subscribed
+    assert ghost not in b._addresses  # and no longer passes it on
+    assert "ghost" not in {m.node_id for m in b.members()}
+    assert (await b.send(Say("x"), node="a", timeout=2)).by == "a"
 
 
 async def test_static_seeds_find_each_other(make_node: MakeNode) -> None:
