@@ -1200,14 +1200,13 @@ class Node:
             c = change.candidate
             if change.kind is ChangeKind.ADDED:
                 self._add_candidate(c, greet=self._gossip)
-            elif c.node_id is not None:
-                peer = self.membership.peers.get(c.node_id)
-                if (
-                    peer is not None
-                    and peer.endpoint == c.endpoint
-                    and peer.status is not NodeStatus.LEFT
-                ):
+                continue
+            peer = self.membership.peers.get(c.node_id) if c.node_id is not None else None
+            if peer is not None and peer.endpoint == c.endpoint:
+                if peer.status is not NodeStatus.LEFT:
                     self.membership.mark_left(peer)
+            else:
+                self._forget_address(c.endpoint)  # a record that never became a member
 
     def _usable(self, who: str, *endpoints: str | None) -> bool:
         """Are these endpoints something a socket can connect to? Rejects the frame if not."""
@@ -1307,8 +1306,8 @@ class Node:
             self._greeting.discard(endpoint)
 
     def _forget_address(self, endpoint: str) -> None:
-        """A gossiped address that never answered its greetings and never joined: stop
-        reconnecting to it, and stop passing it on to others."""
+        """An address that never joined (unanswered greetings, or its discovery record
+        went away): stop reconnecting to it, and stop passing it on to others."""
         if any(p.endpoint == endpoint for p in self.membership.peers.values()):
             return  # it joined after all (heartbeats, not greetings, decide that)
         address = self._addresses.pop(endpoint, None)

@@ -21,6 +21,8 @@ from catga_zmq import (
     HandlerError,
     HandlerNotFound,
     Info,
+    MemoryDiscovery,
+    MemoryHub,
     Node,
     NodeInfo,
     NodeLeft,
@@ -550,6 +552,26 @@ async def test_a_gossiped_address_that_never_answers_is_forgotten(make_node: Mak
     assert ghost not in b._addresses  # and no longer passes it on
     assert "ghost" not in {m.node_id for m in b.members()}
     assert (await b.send(Say("x"), node="a", timeout=2)).by == "a"
+
+
+async def test_a_discovery_record_that_goes_away_before_joining_is_forgotten(
+    make_node: MakeNode, hub: MemoryHub
+) -> None:
+    c = make_node("c")
+    await c.start()
+    ghost = f"tcp://127.0.0.1:{_closed_port()}"
+    ghost_pub = f"tcp://127.0.0.1:{_closed_port()}"
+    record = MemoryDiscovery(hub)
+    await record.register(Candidate(ghost, "ghost", ghost_pub, c.options.cluster, PROTOCOL_VERSION))
+    try:
+        await wait_until(lambda: ghost in c.transport.dealers, timeout=5)
+        await record.unregister()
+        # At once, not after the greetings give up (five of a second each).
+        await wait_until(lambda: ghost not in c.transport.dealers, timeout=2)
+        assert ghost_pub not in c.transport.subscribed
+        assert ghost not in c._addresses
+    finally:
+        await record.aclose()
 
 
 async def test_static_seeds_find_each_other(make_node: MakeNode) -> None:
