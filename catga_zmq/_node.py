@@ -160,7 +160,6 @@ class Node:
         #: weighted credits) shared across types would let alternating types each stick
         #: to one node. Made on a type's first send, or by route().
         self._routers: dict[str, Router] = {}
-        self._reply_decoders: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._serving: set[asyncio.Task[Any]] = set()
         self._running = 0
@@ -563,7 +562,13 @@ class Node:
                             target.breaker.release()
                         raise
                 reply: T = await self._call_remote(
-                    target, name, payload, deadline, trace, self._reply_decoder(cls), idempotent
+                    target,
+                    name,
+                    payload,
+                    deadline,
+                    trace,
+                    self.codec.decoder(response_type(cls)),
+                    idempotent,
                 )
                 return reply
             except TransportFailed as exc:
@@ -611,13 +616,6 @@ class Node:
             # Isolated by its circuit breaker: choose among the others.
             candidates = tuple(p for p in candidates if p is not target)
         return None
-
-    def _reply_decoder(self, cls: type[Request[Any]]) -> msgspec.msgpack.Decoder[Any]:
-        try:
-            return self._reply_decoders[cls]
-        except KeyError:
-            found = self._reply_decoders[cls] = self.codec.decoder(response_type(cls))
-            return found
 
     def _encode(self, message: Message, name: str) -> bytes:
         try:
@@ -822,20 +820,27 @@ class Node:
         self._request(ident, header, payload)
 
     def _on_request_batch(self, ident: bytes, frame: bytes) -> None:
-        last = ""
         for header, payload in self._decode_batch(frame, ident.hex(), "request"):
-            if header.source != last:  # one proof of life per caller and batch
-                last = header.source
-                self.membership.on_traffic(last, self.loop.time())
             self._request(ident, header, payload)
 
     def _decode_batch(self, frame: bytes, peer: str, what: str) -> list[tuple[Header, msgspec.Raw]]:
-        """The records of a batch frame; a record whose header does not decode is
-        rejected, and the others are still served (or resolved)."""
+        """The records of a batch frame, each sender's traffic noted once; a record
+        whose header does not decode is rejected, and the others are still served (or
+        resolved)."""
         try:
-            return batch_decoder.decode(frame)
+            records = batch_decoder.decode(frame)
         except DECODE_ERRORS:
-            pass
+            records = self._decode_records(frame, peer, what)
+        last = ""
+        for header, _ in records:
+            if header.source != last:  # one proof of life per sender and batch
+                last = header.source
+                self.membership.on_traffic(last, self.loop.time())
+        return records
+
+    def _decode_records(
+        self, frame: bytes, peer: str, what: str
+    ) -> list[tuple[Header, msgspec.Raw]]:
         try:
             raw_records = raw_batch_decoder.decode(frame)
         except DECODE_ERRORS as exc:
@@ -1000,11 +1005,7 @@ class Node:
         self._reply(header, frames[1])
 
     def _on_reply_batch(self, frame: bytes) -> None:
-        last = ""
         for header, body in self._decode_batch(frame, "?", "reply"):
-            if header.source != last:
-                last = header.source
-                self.membership.on_traffic(last, self.loop.time())
             self._reply(header, body)
 
     def _reply(self, header: Header, body: bytes | msgspec.Raw) -> None:
@@ -1268,7 +1269,12 @@ class Node:
                 deadline = self.loop.time() + GREETING_TIMEOUT
                 try:
                     info: NodeInfo = await self._call_remote(
-                        target, Info.__wire_name__, payload, deadline, "", self._reply_decoder(Info)
+                        target,
+                        Info.__wire_name__,
+                        payload,
+                        deadline,
+                        "",
+                        self.codec.decoder(NodeInfo),
                     )
                 except TransportFailed:
                     # Not connected yet (or not listening): TCP connects in milliseconds.
@@ -1312,7 +1318,7 @@ class Node:
             return  # it joined after all (heartbeats, not greetings, decide that)
         address = self._addresses.pop(endpoint, None)
         self.transport.drop_peer(endpoint, address.pub_endpoint if address else "")
-        log.info("%s did not answer; forgot it", endpoint)
+        log.info("forgot %s: it never joined", endpoint)
 
     # built-in requests -----------------------------------------------------------------------------
 

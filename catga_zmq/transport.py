@@ -120,7 +120,7 @@ class Reader:
 
         At once rather than on the next loop iteration (one iteration less per round
         trip). Inside a drain (a reply sent by a handler of the message being read)
-        nothing is needed: that drain reads on until EAGAIN.
+        nothing is needed: that drain reads on until nothing is left.
         """
         if not self._draining:
             self.drain()
@@ -212,9 +212,7 @@ class Outbox:
     def take(self) -> tuple[bytes, list[int]]:
         """The batch frame and its request ids; leaves the box empty (still corked)."""
         frame = encode_batch(self.records)
-        rids = self.rids
-        self.records, self.rids, self.size = [], [], 0
-        return frame, rids
+        return frame, self.clear()
 
 
 class Dealer:
@@ -283,7 +281,7 @@ class Transport:
         on_broadcast: Callable[[list[bytes]], None],
         on_reply: Callable[[list[bytes]], None],
         on_disconnect: Callable[[str], None] | None = None,
-        on_unsent: Callable[[list[int], TransportFailed], None] | None = None,
+        on_unsent: Callable[[list[int], str], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
@@ -396,13 +394,14 @@ class Transport:
             self._flush_dealer(found)  # full: send what it holds, then this one alone
         try:
             send_frames(found.sock, (header, payload))
-        except zmq.Again:
-            raise TransportFailed(
-                f"no connection to {endpoint}, or its queue is full ({self.hwm} messages)"
-            ) from None
         except zmq.ZMQError as exc:
-            raise TransportFailed(f"sending to {endpoint} failed: {exc}") from None
+            raise TransportFailed(self._not_sent(endpoint, exc)) from None
         found.reader.after_send()
+
+    def _not_sent(self, endpoint: str, exc: zmq.ZMQError) -> str:
+        if exc.errno == zmq.EAGAIN:
+            return f"no connection to {endpoint}, or its queue is full ({self.hwm} messages)"
+        return f"sending to {endpoint} failed: {exc}"
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -415,7 +414,7 @@ class Transport:
         if box is not None and box.records:
             rids = box.clear()
             if self._on_unsent is not None:
-                self._on_unsent(rids, TransportFailed(f"{dealer.endpoint} {why}"))
+                self._on_unsent(rids, f"{dealer.endpoint} {why}")
 
     def _flush_dealer(self, dealer: Dealer) -> None:
         box = dealer.outbox
@@ -427,13 +426,8 @@ class Transport:
                 raise zmq.ZMQError(zmq.ENOTSOCK)
             _send(dealer.sock, frame, _NOBLOCK)
         except zmq.ZMQError as exc:
-            why = (
-                f"no connection to {dealer.endpoint}, or its queue is full ({self.hwm} messages)"
-                if exc.errno == zmq.EAGAIN
-                else f"sending to {dealer.endpoint} failed: {exc}"
-            )
             if self._on_unsent is not None:
-                self._on_unsent(rids, TransportFailed(why))
+                self._on_unsent(rids, self._not_sent(dealer.endpoint, exc))
             return
         self.batches_sent += 1
         dealer.reader.after_send()
@@ -447,9 +441,7 @@ class Transport:
             dealer.outbox = None
         boxes, self._reply_boxes = self._reply_boxes, {}
         for ident, box in boxes.items():
-            if box.records:
-                count = len(box.records)
-                self._send_reply(ident, box.take()[0], count)
+            self._flush_reply(ident, box)
 
     def drop_peer(self, endpoint: str, pub_endpoint: str) -> None:
         found = self.dealers.pop(endpoint, None)
@@ -483,11 +475,9 @@ class Transport:
         if box is not None:
             if box.add(header, payload, self.batch_limit):
                 if len(box.records) >= BATCH_RECORDS:
-                    self._send_reply(ident, box.take()[0], BATCH_RECORDS)
+                    self._flush_reply(ident, box)
                 return True
-            count = len(box.records)
-            if count:
-                self._send_reply(ident, box.take()[0], count)
+            self._flush_reply(ident, box)  # full: send what it holds, then this one alone
         assert self.router is not None and self._router_reader is not None
         try:
             send_frames(self.router, (ident, header, payload))
@@ -498,7 +488,11 @@ class Transport:
             self._router_reader.after_send()
         return True
 
-    def _send_reply(self, ident: bytes, frame: bytes, count: int) -> None:
+    def _flush_reply(self, ident: bytes, box: Outbox) -> None:
+        count = len(box.records)
+        if not count:
+            return
+        frame, _ = box.take()
         if self.router is None or self.router.closed:
             self._undelivered(zmq.ZMQError(zmq.ENOTSOCK), count)
             return
@@ -648,14 +642,12 @@ class PendingMap:
         if entry is not None:
             entry[0].cancel()
 
-    def fail_unsent(self, request_ids: list[int], exc: TransportFailed) -> None:
+    def fail_unsent(self, request_ids: list[int], why: str) -> None:
         """Requests of a batch that could not be sent: never delivered, safe elsewhere."""
         for rid in request_ids:
             entry = self._entries.pop(rid, None)
             if entry is not None and not entry[0].done():
-                entry[0].set_exception(
-                    TransportFailed(exc.message, node=entry[1].node_id, retryable=True)
-                )
+                entry[0].set_exception(TransportFailed(why, node=entry[1].node_id, retryable=True))
 
     def fail_node(self, peer: Peer, why: str, *, idempotent_only: bool) -> int:
         """Fail the requests in flight to ``peer`` (this incarnation); returns how many."""

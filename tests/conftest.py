@@ -6,10 +6,11 @@ import asyncio
 import gc
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import zmq
 
 from catga_zmq import MemoryDiscovery, MemoryHub, Node
 from catga_zmq.protocol import raw_batch_decoder
@@ -39,6 +40,31 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
     async with asyncio.timeout(timeout):
         while not predicate():  # noqa: ASYNC110 - polling state no event announces
             await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def dealer_to(
+    zctx: zmq.Context[zmq.Socket[bytes]],
+) -> Iterator[Callable[[Node], zmq.Socket[bytes]]]:
+    made: list[zmq.Socket[bytes]] = []  # held until closed: an unclosed socket blocks term()
+
+    def connect(node: Node) -> zmq.Socket[bytes]:
+        sock = zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(node.transport.endpoint)
+        made.append(sock)
+        return sock
+
+    yield connect
+    for sock in made:
+        sock.close(0)
 
 
 @pytest.fixture

@@ -104,24 +104,6 @@ async def test_batches_stay_under_max_message_size(make_node: MakeNode) -> None:
     assert c.transport.batches_sent > 0
 
 
-@pytest.fixture
-def raw_dealer() -> Callable[[Node], zmq.Socket[bytes]]:
-    ctx = zmq.Context()
-    made: list[zmq.Socket[bytes]] = []
-
-    def connect(node: Node) -> zmq.Socket[bytes]:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(node.transport.endpoint)
-        made.append(sock)
-        return sock
-
-    yield connect
-    for sock in made:
-        sock.close(0)
-    ctx.term()
-
-
 async def read_replies(sock: zmq.Socket[bytes], count: int) -> dict[int, tuple[int, bytes]]:
     got: dict[int, tuple[int, bytes]] = {}
     async with asyncio.timeout(5):
@@ -141,12 +123,12 @@ def record(rid: int, type_name: str, payload: bytes) -> tuple[msgspec.Raw, msgsp
 
 
 async def test_a_bad_record_in_a_batch_costs_only_itself(
-    make_node: MakeNode, raw_dealer: Callable[[Node], zmq.Socket[bytes]]
+    make_node: MakeNode, dealer_to: Callable[[Node], zmq.Socket[bytes]]
 ) -> None:
     a = make_node("a")
     serve_double(a)
     await a.start()
-    sock = raw_dealer(a)
+    sock = dealer_to(a)
     enc = msgspec.msgpack.encode
     name = Double.__wire_name__
     rejected = a.stats["frames_rejected"]
@@ -171,12 +153,12 @@ async def test_a_bad_record_in_a_batch_costs_only_itself(
 
 
 async def test_a_batch_that_does_not_decode_is_rejected_and_the_node_serves_on(
-    make_node: MakeNode, raw_dealer: Callable[[Node], zmq.Socket[bytes]]
+    make_node: MakeNode, dealer_to: Callable[[Node], zmq.Socket[bytes]]
 ) -> None:
     a, c = make_node("a"), make_node("c")
     serve_double(a)
     await meet(c, a)
-    sock = raw_dealer(a)
+    sock = dealer_to(a)
     rejected = a.stats["frames_rejected"]
 
     for junk in (b"", b"\xc1", b"\x92\x01", msgspec.msgpack.encode([[1, 2, 3]])):

@@ -11,7 +11,7 @@ import contextlib
 import gc
 import random
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -95,31 +95,6 @@ async def still_serves(a: Node, c: Node) -> None:
     assert reply == GEcho("still there?", by="a")
     assert a.state == "running"
     assert {m.node_id: m.status for m in c.members()}["a"] is NodeStatus.ALIVE
-
-
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-@pytest.fixture
-def dealer_to(
-    zctx: zmq.Context[zmq.Socket[bytes]],
-) -> Iterator[Callable[[Node], zmq.Socket[bytes]]]:
-    made: list[zmq.Socket[bytes]] = []  # held until closed: an unclosed socket blocks term()
-
-    def connect(node: Node) -> zmq.Socket[bytes]:
-        sock = zctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(node.transport.endpoint)
-        made.append(sock)
-        return sock
-
-    yield connect
-    for sock in made:
-        sock.close(0)
 
 
 @pytest.fixture
