@@ -7,9 +7,8 @@ Users import from here only::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from ._node import Node
+from ._version import __version__
 from .config import NodeOptions
 from .discovery import Candidate, Discovery, MemoryDiscovery, MemoryHub, StaticDiscovery
 from .errors import (

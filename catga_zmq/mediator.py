@@ -250,11 +250,11 @@ class Mediator:
             sub.queue.append((event, ctx))
             if sub.worker is None:
                 sub.worker = asyncio.get_running_loop().create_task(
-                    self._drain(sub), name=f"catga-subscriber-{_describe(sub.fn)}"
+                    self._run_subscriber(sub), name=f"catga-{self.node_id}-subscriber"
                 )
         return len(subs)
 
-    async def _drain(self, sub: SubscriberEntry) -> None:
+    async def _run_subscriber(self, sub: SubscriberEntry) -> None:
         # One worker per subscriber keeps each subscriber's events in publish order and
         # costs one task per burst, not one per event.
         try:

@@ -94,6 +94,9 @@ class Peer:
     pub_endpoint: str
     incarnation: int
     status: NodeStatus = NodeStatus.ALIVE
+    #: What the node last said of itself (ALIVE or DRAINING): silence makes it SUSPECT,
+    #: and traffic after the silence restores this, not ALIVE.
+    announced: NodeStatus = NodeStatus.ALIVE
     last_seen: float = 0.0  # loop.time() of the last frame from it
     last_heartbeat: float = 0.0  # time.time() of the same
     seq: int = -1
@@ -107,6 +110,7 @@ class Peer:
     outstanding: int = 0  # this node's requests in flight to it (least connections)
     breaker: CircuitBreaker | None = None  # created on the first failure
     detector: PhiAccrual | None = None
+    max_message_size: int = 0  # the largest message it takes (0: not advertised)
 
     def snapshot(self) -> ClusterNode:
         return ClusterNode(
@@ -278,6 +282,7 @@ class Membership:
         peer.endpoint, peer.pub_endpoint = hb.endpoint, hb.pub_endpoint
         peer.seq, peer.load, peer.in_flight = hb.seq, hb.load, hb.in_flight
         peer.weight, peer.metadata = hb.weight, hb.metadata
+        peer.announced, peer.max_message_size = status, hb.max_message_size
         peer.last_seen, peer.last_heartbeat = now, time.time()
         if peer.detector is not None:
             peer.detector.heartbeat(now)
@@ -306,8 +311,8 @@ class Membership:
         peer.last_seen = now
         if peer.status in _SILENT:
             previous = peer.status
-            peer.status = NodeStatus.ALIVE
-            log.info("node %s is alive again (was %s)", node_id, previous.value)
+            peer.status = peer.announced  # a DRAINING node stays out of routing
+            log.info("node %s is %s again (was %s)", node_id, peer.status.value, previous.value)
             self.rebuild()
             self._emit(NodeRecovered(peer.snapshot()))
 

@@ -6,9 +6,9 @@ this module is the command's entry point, kept apart so that ``-m`` runs it fres
 
 from __future__ import annotations
 
-from ._node import Node, main
+from ._cli import run_node as main
 
-__all__ = ["Node", "main"]
+__all__ = ["main"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

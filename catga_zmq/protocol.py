@@ -98,6 +98,9 @@ class HeartbeatBody(msgspec.Struct, array_like=True, gc=False):
     handles: list[str] = []
     subscribes: list[str] = []
     metadata: dict[str, str] = {}
+    #: The largest message this node takes (its MAXMSGSIZE): a caller refuses a larger
+    #: request before sending it, since libzmq would drop the whole connection.
+    max_message_size: int = 0
 
 
 #: What decoding untrusted bytes may raise: msgspec reports bad UTF-8 in a str field

@@ -65,6 +65,9 @@ class NodeStats(msgspec.Struct):
     replies_dropped: int
     late_replies: int
     members: dict[str, int]  # status -> count
+    batches_sent: int = 0  # frames that carried several requests or replies
+    healthy: bool = True  # every background loop of the node runs
+    problems: list[str] = []  # what is wrong when it is not healthy
 
 
 class Stats(Request[NodeStats]):

@@ -1,13 +1,15 @@
-"""Sockets and the hot path: ROUTER in, one DEALER per peer out, PUB/SUB, pending map.
+"""Sockets only: ROUTER in, one DEALER per peer out, PUB/SUB, batching.
+
+It knows frames, not message types, and nothing of membership.
 
 Why not ``zmq.asyncio``: its per-call futures and poller cost about five times the
 throughput of plain sockets read from the event loop (measured: ~7k vs ~37k requests/s
 echo at 64 in flight on 2 cores). So every socket here is a plain ``zmq.Socket``; the
-loop watches its ``FD`` with ``add_reader``, and a reader drains it with ``NOBLOCK``
+loop watches its ``FD`` with ``add_reader``, and a reader reads it with ``NOBLOCK``
 until ``EVENTS`` has no ``POLLIN``.
 
 ZeroMQ's FD is edge-triggered and any operation on the socket (a send included) may
-consume the edge. So after a send we read that socket again at once (unless a drain of
+consume the edge. So after a send we read that socket again at once (unless a pass over
 it is already under way), rather than wait for an edge that already went.
 
 Batching (write coalescing, as NATS and HTTP/2 clients do): a request (or reply) to a
@@ -23,9 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -33,15 +33,16 @@ from typing import Final
 import msgspec
 import zmq
 
-from .errors import CatgaError, RequestTimeout, TransportFailed
-from .membership import Peer
+from .errors import TransportFailed
 from .protocol import encode_batch
 
 log = logging.getLogger("catga_zmq.transport")
 
-#: Messages read per drain before yielding to the loop, so one busy socket cannot
+#: Messages read per pass before yielding to the loop, so one busy socket cannot
 #: starve the others (or the timers).
-DRAIN_BATCH: Final = 256
+READ_BATCH: Final = 256
+#: Passes over one socket per loop callback (a pass that sent replies reads again).
+READ_PASSES: Final = 4
 RECONNECT_IVL: Final = 100  # ms, libzmq's first reconnect delay
 RECONNECT_IVL_MAX: Final = 2000  # ms, the most it backs off to
 LINGER: Final = 0  # ms: unsent frames of a closing node are dropped, not flushed
@@ -88,48 +89,81 @@ def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
 
 
 class Reader:
-    """Drains one socket from the event loop; ``handle`` gets each multipart message."""
+    """Reads one socket from the event loop; ``handle`` gets each multipart message.
 
-    __slots__ = ("_busy", "_draining", "_loop", "_scheduled", "batch_started", "handle", "sock")
+    ``after_pass``, if set, runs after each pass over the socket and returns whether it
+    sent something on it (which may have consumed the FD's edge: the socket is then
+    read again, a bounded number of times per callback).
+    """
+
+    __slots__ = (
+        "_busy",
+        "_loop",
+        "_reading",
+        "_scheduled",
+        "after_pass",
+        "batch_started",
+        "handle",
+        "sock",
+    )
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         sock: zmq.Socket[bytes],
         handle: Callable[[list[bytes]], None],
+        after_pass: Callable[[], bool] | None = None,
     ) -> None:
         self._loop = loop
         self.sock = sock
         self.handle = handle
+        self.after_pass = after_pass
         self._scheduled = False
-        self._draining = False
+        self._reading = False
         self._busy = False
         #: When the current batch began to be read: the arrival time of its messages,
         #: even when a handler run in the batch holds the loop for a while.
         self.batch_started = 0.0
-        loop.add_reader(sock.FD, self.drain)
+        loop.add_reader(sock.FD, self.read)
         self.kick()
+
+    @property
+    def reading(self) -> bool:
+        """True while a pass over the socket is under way (inside ``handle``)."""
+        return self._reading
 
     def kick(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self.drain)
+            self._loop.call_soon(self.read)
 
     def after_send(self) -> None:
         """Read what waits now: a send may have consumed the FD's edge.
 
         At once rather than on the next loop iteration (one iteration less per round
-        trip). Inside a drain (a reply sent by a handler of the message being read)
-        nothing is needed: that drain reads on until nothing is left.
+        trip). Inside a pass (a reply sent by a handler of the message being read)
+        nothing is needed: that pass reads on until nothing is left.
         """
-        if not self._draining:
-            self.drain()
+        if not self._reading:
+            self.read()
 
-    def drain(self) -> None:
+    def read(self) -> None:
         self._scheduled = False
+        after_pass = self.after_pass
+        for _ in range(READ_PASSES):
+            full = self._pass()
+            sent = after_pass is not None and after_pass()
+            if full:
+                break  # more may be waiting: go on in the next loop iteration
+            if not sent:
+                return
+        self.kick()
+
+    def _pass(self) -> bool:
+        """Read until nothing waits, or ``READ_BATCH`` messages; True in the latter case."""
         sock, handle = self.sock, self.handle
         self.batch_started = time.monotonic()
-        self._draining = True
+        self._reading = True
         # Two ways to know when to stop, both of which re-arm the FD's edge: ask EVENTS
         # before each message, or receive until EAGAIN. EVENTS costs about a third of
         # a failed receive (pyzmq builds an exception object for EAGAIN), so it wins
@@ -138,9 +172,9 @@ class Reader:
         busy = self._busy
         count = 0
         try:
-            for count in range(DRAIN_BATCH):  # noqa: B007 - count is read in finally
+            for count in range(READ_BATCH):  # noqa: B007 - count is read in finally
                 if not busy and not _get(sock, _EVENTS) & _POLLIN:
-                    return
+                    return False
                 frames = recv_frames(sock)
                 try:
                     handle(frames)
@@ -148,25 +182,23 @@ class Reader:
                     # A frame the handler did not expect must not stop the reading of
                     # the rest (nor reach the loop's exception handler as if fatal).
                     log.exception("a frame on %s could not be handled; dropped", self.sock)
-            count = DRAIN_BATCH
+            count = READ_BATCH
         except zmq.Again:
-            return
+            return False
         except zmq.ZMQError as exc:
             if exc.errno == zmq.ENOTSOCK or self.sock.closed:
-                return
+                return False
             raise
         finally:
-            self._draining = False
+            self._reading = False
             self._busy = count >= 2
-        self.kick()  # more may be waiting: continue on the next loop iteration
+        return True
 
     def close(self) -> None:
         if not self.sock.closed:
             self._loop.remove_reader(self.sock.FD)
             self.sock.close(LINGER)
 
-
-Reply = tuple[int, "bytes | msgspec.Raw", str]  # (kind, payload, source node id)
 
 #: Bytes a batch spends on one record beyond its header and payload (msgpack array and
 #: bin headers), and on the batch itself: a bound, used to keep batches under the limit.
@@ -223,11 +255,13 @@ class Dealer:
     can be failed over (or failed) at once instead of at the failure detector's pace.
     """
 
-    __slots__ = ("endpoint", "monitor", "outbox", "reader", "sock", "transport")
+    __slots__ = ("endpoint", "limit", "monitor", "outbox", "reader", "sock", "transport")
 
     def __init__(self, transport: Transport, endpoint: str) -> None:
         self.transport = transport
         self.endpoint = endpoint
+        #: A batch to this peer stays under this: its MAXMSGSIZE would drop the connection.
+        self.limit = transport.batch_limit
         sock = self.sock = transport._socket(zmq.DEALER)
         # Queue only on a live connection: to a dead or unreachable peer, send fails at
         # once (EAGAIN) and the request goes to another node, never run late or twice.
@@ -236,7 +270,7 @@ class Dealer:
         #: Set once a request went out in this loop iteration (see the module docstring).
         self.outbox: Outbox | None = None
         try:
-            if transport._on_disconnect is not None:
+            if transport.on_disconnect is not None:
                 mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
                 self.monitor = Reader(transport.loop, mon, self._on_monitor)
             sock.connect(endpoint)
@@ -247,18 +281,18 @@ class Dealer:
                 self.monitor.close()
             sock.close(LINGER)
             raise TransportFailed(f"cannot connect to {endpoint!r}: {exc}") from None
-        self.reader = Reader(transport.loop, sock, transport._on_reply)
+        self.reader = Reader(transport.loop, sock, transport.on_reply)
 
     def _on_monitor(self, frames: list[bytes]) -> None:
         if len(frames) != 2 or len(frames[0]) < 6:
             return
         event = int.from_bytes(frames[0][:2], "little")
-        if event == _EVENT_DISCONNECTED and self.transport._on_disconnect is not None:
+        if event == _EVENT_DISCONNECTED and self.transport.on_disconnect is not None:
             # Replies that came in before the connection went are read first, and
             # requests still in the outbox were never sent: they may go elsewhere.
-            self.reader.drain()
+            self.reader.read()
             self.transport.unsend(self, "dropped the connection before they were sent")
-            self.transport._on_disconnect(self.endpoint)
+            self.transport.on_disconnect(self.endpoint)
 
     def close(self) -> None:
         if self.monitor is not None:
@@ -268,31 +302,27 @@ class Dealer:
         self.reader.close()
 
 
+def _unset(frames: list[bytes]) -> None:
+    raise RuntimeError("a transport's frame handlers are set before bind()")
+
+
 class Transport:
     """The node's sockets. Knows frames, not message types."""
 
-    def __init__(
-        self,
-        node_id: str,
-        *,
-        max_message_size: int,
-        hwm: int,
-        on_request: Callable[[list[bytes]], None],
-        on_broadcast: Callable[[list[bytes]], None],
-        on_reply: Callable[[list[bytes]], None],
-        on_disconnect: Callable[[str], None] | None = None,
-        on_unsent: Callable[[list[int], str], None] | None = None,
-    ) -> None:
+    def __init__(self, node_id: str, *, max_message_size: int, hwm: int) -> None:
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.max_message_size = max_message_size
         self.hwm = hwm
-        self._on_request = on_request
-        self._on_broadcast = on_broadcast
-        self._on_reply = on_reply
-        self._on_disconnect = on_disconnect
-        self._on_unsent = on_unsent
+        #: Where frames go; set before ``bind()``. A reply handler sees replies from
+        #: every DEALER; ``on_disconnect`` gets the endpoint whose connection dropped;
+        #: ``on_unsent`` the request ids of a batch that could not be sent.
+        self.on_request: Callable[[list[bytes]], None] = _unset
+        self.on_broadcast: Callable[[list[bytes]], None] = _unset
+        self.on_reply: Callable[[list[bytes]], None] = _unset
+        self.on_disconnect: Callable[[str], None] | None = None
+        self.on_unsent: Callable[[list[int], str], None] | None = None
         # Destinations written to in this loop iteration, flushed at its end.
         self._corked: list[Dealer] = []
         self._reply_boxes: dict[bytes, Outbox] = {}
@@ -334,8 +364,13 @@ class Transport:
         self.router, self.pub, self.sub = router, pub, sub
         self.endpoint = self._bind(router, host, port, advertise)
         self.pub_endpoint = self._bind(pub, host, pub_port, advertise)
-        self._router_reader = Reader(self.loop, router, self._on_request)
-        self._sub_reader = Reader(self.loop, sub, self._on_broadcast)
+
+    def start_reading(self) -> None:
+        """Hand what the ROUTER and SUB sockets read to ``on_request``/``on_broadcast``
+        (set them first)."""
+        assert self.router is not None and self.sub is not None
+        self._router_reader = Reader(self.loop, self.router, self.on_request, self._flush_replies)
+        self._sub_reader = Reader(self.loop, self.sub, self.on_broadcast)
 
     @staticmethod
     def _bind(sock: zmq.Socket[bytes], host: str, port: int, advertise: str) -> str:
@@ -369,6 +404,10 @@ class Transport:
             found = self.dealers[endpoint] = Dealer(self, endpoint)
         return found
 
+    def set_peer_limit(self, endpoint: str, max_message_size: int) -> None:
+        """The largest message the peer at ``endpoint`` takes (it advertises it)."""
+        self.dealer(endpoint).limit = min(self.batch_limit, max_message_size)
+
     def send_request(
         self, endpoint: str, header: bytes, payload: bytes, rid: int, now: bool = True
     ) -> None:
@@ -387,7 +426,7 @@ class Transport:
             self._corked.append(found)
             self._schedule_flush()
         if box is not None:
-            if box.add(header, payload, self.batch_limit, rid):
+            if box.add(header, payload, found.limit, rid):
                 if len(box.records) >= BATCH_RECORDS:
                     self._flush_dealer(found)
                 return
@@ -413,8 +452,8 @@ class Transport:
         box = dealer.outbox
         if box is not None and box.records:
             rids = box.clear()
-            if self._on_unsent is not None:
-                self._on_unsent(rids, f"{dealer.endpoint} {why}")
+            if self.on_unsent is not None:
+                self.on_unsent(rids, f"{dealer.endpoint} {why}")
 
     def _flush_dealer(self, dealer: Dealer) -> None:
         box = dealer.outbox
@@ -426,8 +465,8 @@ class Transport:
                 raise zmq.ZMQError(zmq.ENOTSOCK)
             _send(dealer.sock, frame, _NOBLOCK)
         except zmq.ZMQError as exc:
-            if self._on_unsent is not None:
-                self._on_unsent(rids, self._not_sent(dealer.endpoint, exc))
+            if self.on_unsent is not None:
+                self.on_unsent(rids, self._not_sent(dealer.endpoint, exc))
             return
         self.batches_sent += 1
         dealer.reader.after_send()
@@ -439,9 +478,8 @@ class Transport:
         for dealer in corked:
             self._flush_dealer(dealer)
             dealer.outbox = None
-        boxes, self._reply_boxes = self._reply_boxes, {}
-        for ident, box in boxes.items():
-            self._flush_reply(ident, box)
+        if self._flush_replies() and self._router_reader is not None:
+            self._router_reader.after_send()
 
     def drop_peer(self, endpoint: str, pub_endpoint: str) -> None:
         found = self.dealers.pop(endpoint, None)
@@ -465,45 +503,61 @@ class Transport:
     def reply(self, ident: bytes, header: bytes, payload: bytes, now: bool = True) -> bool:
         """Send ``[identity, header, payload]`` back; False when the caller is gone.
 
-        ``now`` as for ``send_request``. A reply that joins a batch returns True; a
-        batch that cannot go is counted with the other undelivered replies.
+        ``now`` as for ``send_request``. A reply made while the ROUTER is being read (a
+        handler that finished without waiting, as eager tasks do) joins a batch that
+        goes at the end of that pass: the rest of the pass may answer the same caller.
+        A reply that joins a batch returns True; a batch that cannot go is counted with
+        the other undelivered replies.
         """
+        reader = self._router_reader
+        if reader is None or self.router is None:
+            self._undelivered(zmq.ZMQError(zmq.ENOTSOCK), 1)
+            return False
         box = self._reply_boxes.get(ident)
-        if box is None and not now:
+        if box is None and (not now or reader.reading):
             box = self._reply_boxes[ident] = Outbox()
             self._schedule_flush()
         if box is not None:
             if box.add(header, payload, self.batch_limit):
                 if len(box.records) >= BATCH_RECORDS:
                     self._flush_reply(ident, box)
+                    reader.after_send()
                 return True
             self._flush_reply(ident, box)  # full: send what it holds, then this one alone
-        assert self.router is not None and self._router_reader is not None
         try:
             send_frames(self.router, (ident, header, payload))
         except zmq.ZMQError as exc:
             self._undelivered(exc, 1)
             return False
         finally:
-            self._router_reader.after_send()
+            reader.after_send()
         return True
 
-    def _flush_reply(self, ident: bytes, box: Outbox) -> None:
+    def _flush_replies(self) -> bool:
+        """Send every reply batch now; True if anything was sent."""
+        if not self._reply_boxes:
+            return False
+        boxes, self._reply_boxes = self._reply_boxes, {}
+        sent = False
+        for ident, box in boxes.items():
+            sent = self._flush_reply(ident, box) or sent
+        return sent
+
+    def _flush_reply(self, ident: bytes, box: Outbox) -> bool:
         count = len(box.records)
         if not count:
-            return
+            return False
         frame, _ = box.take()
         if self.router is None or self.router.closed:
             self._undelivered(zmq.ZMQError(zmq.ENOTSOCK), count)
-            return
+            return False
         try:
             send_frames(self.router, (ident, frame))
         except zmq.ZMQError as exc:
             self._undelivered(exc, count)
-            return
+            return False
         self.batches_sent += 1
-        if self._router_reader is not None:
-            self._router_reader.after_send()
+        return True
 
     def _undelivered(self, exc: zmq.ZMQError, count: int) -> None:
         # EHOSTUNREACH: the caller disconnected; EAGAIN: its queue is full.
@@ -555,139 +609,4 @@ class Transport:
         self.ctx.term()
 
 
-class PendingMap:
-    """Request id -> future of its reply; every way out of a wait removes the entry.
-
-    Each entry also names the node the request went to and whether it is idempotent,
-    so that when that node is lost its requests can be failed over at once.
-
-    Deadlines share one timer over a heap instead of one timer per request (a timer
-    costs more than the rest of the bookkeeping). Entries answered in time stay in the
-    heap until it is compacted, which happens once it holds twice what is pending.
-    """
-
-    __slots__ = ("_entries", "_heap", "_loop", "_next_id", "_timer", "_timer_at", "late_replies")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._entries: dict[int, tuple[asyncio.Future[Reply], Peer, bool, str]] = {}
-        self._heap: list[tuple[float, int]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
-        self._next_id = 0
-        self.late_replies = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def open(
-        self, target: Peer, idempotent: bool, deadline: float, type_name: str
-    ) -> tuple[int, asyncio.Future[Reply]]:
-        self._next_id = rid = self._next_id + 1
-        fut: asyncio.Future[Reply] = self._loop.create_future()
-        self._entries[rid] = (fut, target, idempotent, type_name)
-        heap = self._heap
-        if len(heap) > 2 * len(self._entries) + 1024:
-            self._compact()
-        heapq.heappush(heap, (deadline, rid))
-        if deadline < self._timer_at:
-            self._arm(deadline)
-        return rid, fut
-
-    def _arm(self, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._loop.call_at(when, self._expire)
-
-    def _compact(self) -> None:
-        entries = self._entries
-        self._heap = [item for item in self._heap if item[1] in entries]
-        heapq.heapify(self._heap)
-
-    def _expire(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        heap, entries = self._heap, self._entries
-        now = self._loop.time()
-        while heap and heap[0][0] <= now:
-            _, rid = heapq.heappop(heap)
-            entry = entries.pop(rid, None)
-            if entry is not None and not entry[0].done():
-                node_id = entry[1].node_id
-                entry[0].set_exception(
-                    RequestTimeout(
-                        f"no reply to {entry[3]} from {node_id} before its deadline",
-                        node=node_id,
-                        retryable=entry[2],  # sent again, a non-idempotent one may run twice
-                    )
-                )
-        if heap:
-            self._arm(heap[0][0])
-
-    def resolve(self, request_id: int, reply: Reply) -> None:
-        entry = self._entries.pop(request_id, None)
-        if entry is None or entry[0].done():
-            self.late_replies += 1  # after its timeout or cancellation: nobody waits
-            return
-        entry[0].set_result(reply)
-
-    def fail(self, request_id: int, exc: CatgaError) -> None:
-        entry = self._entries.pop(request_id, None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_exception(exc)
-
-    def forget(self, request_id: int) -> None:
-        """Drop an entry nobody will wait for (its request was never sent)."""
-        entry = self._entries.pop(request_id, None)
-        if entry is not None:
-            entry[0].cancel()
-
-    def fail_unsent(self, request_ids: list[int], why: str) -> None:
-        """Requests of a batch that could not be sent: never delivered, safe elsewhere."""
-        for rid in request_ids:
-            entry = self._entries.pop(rid, None)
-            if entry is not None and not entry[0].done():
-                entry[0].set_exception(TransportFailed(why, node=entry[1].node_id, retryable=True))
-
-    def fail_node(self, peer: Peer, why: str, *, idempotent_only: bool) -> int:
-        """Fail the requests in flight to ``peer`` (this incarnation); returns how many."""
-        node_id = peer.node_id
-        lost = [
-            rid
-            for rid, (_, target, idempotent, _) in self._entries.items()
-            if target is peer and (idempotent or not idempotent_only)
-        ]
-        for rid in lost:
-            fut, _, idempotent, _ = self._entries.pop(rid)
-            if not fut.done():
-                fut.set_exception(
-                    TransportFailed(
-                        f"node {node_id} {why} while the request was in flight; "
-                        + (
-                            "it may go to another node"
-                            if idempotent
-                            else "it may or may not have run"
-                        ),
-                        node=node_id,
-                        retryable=idempotent,
-                        delivered=True,
-                    )
-                )
-        return len(lost)
-
-    def close(self, request_id: int) -> None:
-        """Forget a request whose wait ended, however it ended."""
-        self._entries.pop(request_id, None)
-
-    def fail_all(self, exc_factory: Callable[[], CatgaError]) -> None:
-        entries, self._entries = self._entries, {}
-        self._heap.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer, self._timer_at = None, math.inf
-        for fut, _, _, _ in entries.values():
-            if not fut.done():
-                fut.set_exception(exc_factory())
-
-
-__all__ = ["Dealer", "PendingMap", "Reader", "Transport"]
+__all__ = ["Dealer", "Outbox", "Reader", "Transport"]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import zmq
 
-from catga_zmq import MemoryDiscovery, MemoryHub, Node
+from catga_zmq import ClusterNode, MemoryDiscovery, MemoryHub, Node
 from catga_zmq.protocol import raw_batch_decoder
 
 #: Timings that make failure detection take well under a second (s).
@@ -33,6 +33,18 @@ def unbatch(frames: list[bytes]) -> list[list[bytes]]:
     if len(frames) != 1:
         return [frames]
     return [[bytes(h), bytes(b)] for h, b in raw_batch_decoder.decode(frames[0])]
+
+
+def member(node: Node, node_id: str) -> ClusterNode:
+    """``node``'s view of ``node_id`` now (KeyError when it knows no such node)."""
+    return {m.node_id: m for m in node.members()}[node_id]
+
+
+def parts(node: Node) -> Any:
+    """The parts of a started node, for the few tests of a part's own state that no
+    public call shows (sockets held, addresses kept)."""
+    assert node._parts is not None, "the node has not started"
+    return node._parts
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -58,7 +70,7 @@ def dealer_to(
     def connect(node: Node) -> zmq.Socket[bytes]:
         sock = zctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(node.transport.endpoint)
+        sock.connect(node.endpoint)
         made.append(sock)
         return sock
 

@@ -226,7 +226,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             print("ready", flush=True)
             await run.send_all(node)
             report["ended_at"] = time.time()
-            report["client_stats"] = dict(node.stats)  # before the Stats requests below
+            report["client_stats"] = msgspec.structs.asdict(
+                node.stats()
+            )  # before the Stats requests below
             report["stats"] = await run.peer_stats(node, wanted.__wire_name__)
             report["members"] = [
                 {"node": m.node_id, "status": m.status.value, "incarnation": m.incarnation}

@@ -21,6 +21,7 @@ import zmq
 from conftest import unbatch
 
 from catga_zmq import Node, Request, TransportFailed
+from catga_zmq._pending import PendingMap
 from catga_zmq.membership import Peer
 from catga_zmq.protocol import (
     Kind,
@@ -29,7 +30,7 @@ from catga_zmq.protocol import (
     encode_batch,
     encode_header,
 )
-from catga_zmq.transport import BATCH_RECORDS, PendingMap, Transport
+from catga_zmq.transport import BATCH_RECORDS, Transport
 
 MakeNode = Callable[..., Node]
 
@@ -62,17 +63,17 @@ async def test_concurrent_requests_travel_in_batches_and_each_gets_its_own_reply
     a, c = make_node("a"), make_node("c")
     serve_double(a)
     await meet(c, a)
-    before_c, before_a = c.transport.batches_sent, a.transport.batches_sent
+    before_c, before_a = c.stats().batches_sent, a.stats().batches_sent
 
     replies = await asyncio.gather(*(c.send(Double(i)) for i in range(500)))
 
     assert [r.n for r in replies] == [2 * i for i in range(500)]
     assert {r.by for r in replies} == {"a"}
     # 500 sends in one iteration: one goes at once, the rest in full batches.
-    assert c.transport.batches_sent - before_c >= 499 // BATCH_RECORDS
-    assert a.transport.batches_sent > before_a  # replies were batched too
-    assert len(c.pending) == 0
-    assert a.stats["requests_handled"] >= 500
+    assert c.stats().batches_sent - before_c >= 499 // BATCH_RECORDS
+    assert a.stats().batches_sent > before_a  # replies were batched too
+    assert c.stats().pending == 0
+    assert a.stats().requests_handled >= 500
 
 
 async def test_a_lone_request_is_sent_at_once_not_batched(make_node: MakeNode) -> None:
@@ -80,15 +81,15 @@ async def test_a_lone_request_is_sent_at_once_not_batched(make_node: MakeNode) -
     serve_double(a)
     await meet(c, a)
     await c.send(Double(0))  # connections up, greetings done
-    before_c, before_a = c.transport.batches_sent, a.transport.batches_sent
+    before_c, before_a = c.stats().batches_sent, a.stats().batches_sent
 
     for i in range(20):
         assert (await c.send(Double(i))).n == 2 * i
 
     # One at a time: each request and each reply went alone, without waiting for the
     # end of a loop iteration.
-    assert c.transport.batches_sent == before_c
-    assert a.transport.batches_sent == before_a
+    assert c.stats().batches_sent == before_c
+    assert a.stats().batches_sent == before_a
 
 
 async def test_batches_stay_under_max_message_size(make_node: MakeNode) -> None:
@@ -101,7 +102,7 @@ async def test_batches_stay_under_max_message_size(make_node: MakeNode) -> None:
     replies = await asyncio.gather(*(c.send(Double(i, b"x" * 1000), timeout=5) for i in range(64)))
 
     assert [r.n for r in replies] == [2 * i for i in range(64)]
-    assert c.transport.batches_sent > 0
+    assert c.stats().batches_sent > 0
 
 
 async def read_replies(sock: zmq.Socket[bytes], count: int) -> dict[int, tuple[int, bytes]]:
@@ -131,7 +132,7 @@ async def test_a_bad_record_in_a_batch_costs_only_itself(
     sock = dealer_to(a)
     enc = msgspec.msgpack.encode
     name = Double.__wire_name__
-    rejected = a.stats["frames_rejected"]
+    rejected = a.stats().frames_rejected
     batch = encode_batch(
         [
             record(1, name, enc(Double(21))),
@@ -149,7 +150,7 @@ async def test_a_bad_record_in_a_batch_costs_only_itself(
     assert got[3][0] == Kind.ERR and decode_error(got[3][1]).code == "HANDLER_NOT_FOUND"
     assert got[4][0] == Kind.ERR and decode_error(got[4][1]).code == "VALIDATION_FAILED"
     assert got[5][0] == Kind.REP and msgspec.msgpack.decode(got[5][1], type=Doubled).n == 100
-    assert a.stats["frames_rejected"] >= rejected + 2  # the bad header and the bad payload
+    assert a.stats().frames_rejected >= rejected + 2  # the bad header and the bad payload
 
 
 async def test_a_batch_that_does_not_decode_is_rejected_and_the_node_serves_on(
@@ -159,13 +160,13 @@ async def test_a_batch_that_does_not_decode_is_rejected_and_the_node_serves_on(
     serve_double(a)
     await meet(c, a)
     sock = dealer_to(a)
-    rejected = a.stats["frames_rejected"]
+    rejected = a.stats().frames_rejected
 
     for junk in (b"", b"\xc1", b"\x92\x01", msgspec.msgpack.encode([[1, 2, 3]])):
         sock.send_multipart([junk])
 
     await asyncio.sleep(0.2)
-    assert a.stats["frames_rejected"] >= rejected + 4
+    assert a.stats().frames_rejected >= rejected + 4
     assert not sock.poll(0)  # nothing to answer: no request id could be read
     assert (await c.send(Double(4))).n == 8
 
@@ -184,23 +185,19 @@ class Wired:
     def open(self, count: int) -> list[tuple[int, asyncio.Future[Any]]]:
         """``count`` pending requests to ``peer``: (request id, future of the reply)."""
         deadline = asyncio.get_running_loop().time() + 5
-        return [self.pending.open(self.peer, False, deadline, "t.Req") for _ in range(count)]
+        return [
+            self.pending.open(self.peer.node_id, False, deadline, "t.Req") for _ in range(count)
+        ]
 
 
 @pytest.fixture
 async def wired() -> AsyncIterator[Wired]:
     pending = PendingMap(asyncio.get_running_loop())
     disconnected: list[str] = []
-    transport = Transport(
-        "t",
-        max_message_size=1 << 20,
-        hwm=1000,
-        on_request=lambda frames: None,
-        on_broadcast=lambda frames: None,
-        on_reply=lambda frames: None,
-        on_disconnect=disconnected.append,
-        on_unsent=pending.fail_unsent,
-    )
+    transport = Transport("t", max_message_size=1 << 20, hwm=1000)
+    transport.on_reply = lambda frames: None
+    transport.on_disconnect = disconnected.append
+    transport.on_unsent = pending.fail_unsent
     ctx = zmq.Context()
     server = ctx.socket(zmq.ROUTER)
     server.setsockopt(zmq.LINGER, 0)

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import pytest
-from conftest import wait_until
+from conftest import member, wait_until
 
 from catga_zmq import HandlerError, Node, NodeStatus, Request, ValidationFailed
 from catga_zmq._node import State
@@ -95,7 +95,7 @@ async def test_unusable_timeouts_are_refused_and_leave_nothing_pending(
     await a.start()
     with pytest.raises(ValidationFailed, match="timeout"):
         await a.send(TypeA(), timeout=timeout)
-    assert len(a.pending) == 0
+    assert a.stats().pending == 0
 
 
 async def test_a_handler_may_close_its_own_node(make_node: MakeNode) -> None:
@@ -115,7 +115,7 @@ async def test_a_handler_may_close_its_own_node(make_node: MakeNode) -> None:
     async with asyncio.timeout(10):
         await closing[0]
     assert server.state is State.CLOSED
-    await wait_until(lambda: caller.membership.peers["s"].status is NodeStatus.LEFT)
+    await wait_until(lambda: member(caller, "s").status is NodeStatus.LEFT)
 
 
 async def test_a_cancelled_aclose_still_closes_the_node(make_node: MakeNode) -> None:
@@ -131,7 +131,7 @@ async def test_a_cancelled_aclose_still_closes_the_node(make_node: MakeNode) -> 
     await caller.start()
     await caller.wait_for_peers(1, handles=TypeA)
     in_flight = asyncio.create_task(caller.send(TypeA(), timeout=5))
-    await wait_until(lambda: server._running == 1)
+    await wait_until(lambda: server.stats().running == 1)
     closing = asyncio.create_task(server.aclose())
     await asyncio.sleep(0.1)
     closing.cancel()

@@ -225,19 +225,7 @@ class NestedSlow(Request[Answer]):
 MakeNode = Callable[..., Node]
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(
-            "local",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="until Node._call_local re-raises a RequestTimeout it did not cause",
-            ),
-        ),
-        "remote",
-    ],
-)
+@pytest.mark.parametrize("path", ["local", "remote"])
 async def test_nested_timeout_reaches_the_caller_as_a_timeout(
     make_node: MakeNode, path: str
 ) -> None:

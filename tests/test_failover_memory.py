@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_until
+from conftest import member, parts, wait_until
 
 from catga_zmq import (
     CatgaError,
@@ -86,8 +86,8 @@ def crash(node: Node) -> None:
     """Kill ``node`` as a crash would: no DRAINING, no BYE, sockets gone at once."""
     for task in list(node._tasks):  # heartbeats, failure detector, discovery
         task.cancel()
-    node.transport.close()
-    for task in list(node._serving):  # handlers die with the process
+    parts(node).transport.close()
+    for task in list(parts(node).server._serving):  # handlers die with the process
         task.cancel()
     node.state = State.CLOSED  # the fixture's aclose() has nothing left to do
 
@@ -122,8 +122,8 @@ async def test_overloaded_server_sheds_to_the_other(make_node: MakeNode) -> None
     assert by["narrow"] >= 1 and by["wide"] >= 20, by
     # Each ran exactly once, on the node that answered it.
     assert sorted(narrow_t.finished + wide_t.finished) == list(range(40))
-    assert len(caller.pending) == 0
-    assert all(p.outstanding == 0 for p in caller.membership.peers.values())
+    assert caller.stats().pending == 0
+    assert all(m.outstanding == 0 for m in caller.members())
 
 
 async def test_crash_fails_idempotent_requests_over_to_the_other_node(
@@ -159,9 +159,9 @@ async def test_crash_fails_idempotent_requests_over_to_the_other_node(
         assert took < timeout
     # Those in flight on the crashed node ran again on the survivor.
     assert on_doomed <= set(survivor_t.finished)
-    await wait_until(lambda: caller.membership.peers["doomed"].status is NodeStatus.FAULTED)
-    assert len(caller.pending) == 0
-    assert caller.membership.peers["doomed"].outstanding == 0
+    await wait_until(lambda: member(caller, "doomed").status is NodeStatus.FAULTED)
+    assert caller.stats().pending == 0
+    assert member(caller, "doomed").outstanding == 0
 
 
 async def test_crash_with_non_idempotent_requests_in_flight_never_hangs(
@@ -195,8 +195,8 @@ async def test_crash_with_non_idempotent_requests_in_flight_never_hangs(
                 assert r.node == "doomed"
     # Not run twice: what the crashed node had started is not re-sent elsewhere.
     assert not on_doomed & set(survivor_t.started)
-    assert len(caller.pending) == 0
-    assert caller.membership.peers["doomed"].outstanding == 0
+    assert caller.stats().pending == 0
+    assert member(caller, "doomed").outstanding == 0
 
 
 async def test_requests_after_a_crash_go_to_the_survivor(make_node: MakeNode) -> None:
@@ -213,7 +213,7 @@ async def test_requests_after_a_crash_go_to_the_survivor(make_node: MakeNode) ->
             reply = await caller.send(Slow(n=i, seconds=0.0), timeout=3)
             assert reply.by == "survivor"
             await asyncio.sleep(0.01)
-    assert len(caller.pending) == 0
+    assert caller.stats().pending == 0
 
 
 async def test_drain_finishes_in_flight_and_sends_new_work_elsewhere(
@@ -246,8 +246,8 @@ async def test_drain_finishes_in_flight_and_sends_new_work_elsewhere(
     assert set(leaving_t.finished) == in_flight  # it finished what it had, nothing more
     assert not set(range(100, 130)) & set(leaving_t.started)
     assert len(staying_t.finished) >= 30
-    await wait_until(lambda: caller.membership.peers["leaving"].status is NodeStatus.LEFT)
-    assert len(caller.pending) == 0
+    await wait_until(lambda: member(caller, "leaving").status is NodeStatus.LEFT)
+    assert caller.stats().pending == 0
 
 
 async def test_drain_under_steady_load_has_zero_failures(make_node: MakeNode) -> None:
@@ -282,7 +282,7 @@ async def test_drain_under_steady_load_has_zero_failures(make_node: MakeNode) ->
         await asyncio.gather(*workers)
     assert not errors, errors
     assert outcomes["leaving"] > 0 and outcomes["staying"] > 0, outcomes
-    assert len(caller.pending) == 0
+    assert caller.stats().pending == 0
 
 
 # a real process, killed -------------------------------------------------------------------
@@ -339,7 +339,7 @@ async def test_sigkilled_process_fails_idempotent_requests_over(make_node: MakeN
     # The caller is the seed the others greet (static discovery), as in a real deployment.
     caller = make_node("c", discovery=None, **TIMING)
     await caller.start()
-    seed = caller.transport.endpoint
+    seed = caller.endpoint
     survivor = make_node("survivor", discovery=StaticDiscovery([seed]), **TIMING)
 
     @survivor.handler
@@ -377,7 +377,7 @@ async def test_sigkilled_process_fails_idempotent_requests_over(make_node: MakeN
         assert all(isinstance(r, Served) and r.by == "survivor" for r in results), results
         # The caller greets a node when it first hears it (an Info request, 1 s
         # deadline); one to the victim may still be waiting for its timeout.
-        await wait_until(lambda: len(caller.pending) == 0, timeout=3)
+        await wait_until(lambda: caller.stats().pending == 0, timeout=3)
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from conftest import unbatch, wait_until
+from conftest import parts, unbatch, wait_until
 
 from catga_zmq import (
     Candidate,
@@ -168,13 +168,13 @@ async def test_router_drops_malformed_frames_and_counts_each(
         [raw_header()[:-2], good_payload],  # a truncated header
     ]
     dealer = dealer_to(a)
-    before = a.stats["frames_rejected"]
+    before = a.stats().frames_rejected
     for frames in dropped:
         dealer.send_multipart(frames)
-    await wait_until(lambda: a.stats["frames_rejected"] >= before + len(dropped), timeout=5)
+    await wait_until(lambda: a.stats().frames_rejected >= before + len(dropped), timeout=5)
     await no_more_replies(dealer)  # dropped, not answered
-    assert a.stats["frames_rejected"] == before + len(dropped)
-    assert a.stats["requests_handled"] == 0
+    assert a.stats().frames_rejected == before + len(dropped)
+    assert a.stats().requests_handled == 0
     await still_serves(a, c)
     assert describe(loop_errors) == []
 
@@ -186,7 +186,7 @@ async def test_router_answers_a_wrong_version_request(
 ) -> None:
     a, c, _ = await server_and_client(make_node)
     dealer = dealer_to(a)
-    before = a.stats["frames_rejected"]
+    before = a.stats().frames_rejected
     dealer.send_multipart(
         [
             raw_header(
@@ -202,7 +202,7 @@ async def test_router_answers_a_wrong_version_request(
     err = decode_error(reply[1])
     assert err.code == "PROTOCOL_ERROR"
     assert f"version {PROTOCOL_VERSION + 1}" in err.message
-    assert a.stats["frames_rejected"] == before + 1
+    assert a.stats().frames_rejected == before + 1
     await still_serves(a, c)
     assert describe(loop_errors) == []
 
@@ -234,7 +234,7 @@ async def test_router_answers_an_undecodable_payload(
     err = decode_error(reply[1])
     assert err.code == code
     assert GSay.__wire_name__ in err.message
-    assert a.stats["requests_handled"] == 0
+    assert a.stats().requests_handled == 0
     await still_serves(a, c)
     assert describe(loop_errors) == []
 
@@ -262,7 +262,7 @@ async def test_router_survives_random_multipart_noise(
     a, c, _ = await server_and_client(make_node)
     rnd = random.Random(SEED)
     dealer = dealer_to(a)
-    before = a.stats["frames_rejected"]
+    before = a.stats().frames_rejected
     header = raw_header(type_name=GSay.__wire_name__)
     sent = 0
     for _ in range(500):
@@ -281,7 +281,7 @@ async def test_router_survives_random_multipart_noise(
     await asyncio.sleep(0.3)
     while dealer.poll(0):
         dealer.recv_multipart()
-    assert a.stats["frames_rejected"] > before + sent // 2
+    assert a.stats().frames_rejected > before + sent // 2
     await still_serves(a, c)
     assert describe(loop_errors) == []
 
@@ -305,13 +305,13 @@ async def test_router_rejects_invalid_utf8_in_the_header(
     ]
     a, c, _ = await server_and_client(make_node)
     dealer = dealer_to(a)
-    before = a.stats["frames_rejected"]
+    before = a.stats().frames_rejected
     dealer.send_multipart([BAD_UTF8_REQ_HEADER, _enc(GSay("x"))])
     await asyncio.sleep(0.2)
     await still_serves(a, c)
     errors = describe(loop_errors)
     assert errors == []
-    assert a.stats["frames_rejected"] == before + 1
+    assert a.stats().frames_rejected == before + 1
 
 
 async def test_router_invalid_utf8_in_the_payload_is_answered(
@@ -337,10 +337,10 @@ async def test_router_counts_an_undecodable_payload(
 ) -> None:
     a, _, _ = await server_and_client(make_node)
     dealer = dealer_to(a)
-    before = a.stats["frames_rejected"]
+    before = a.stats().frames_rejected
     dealer.send_multipart([raw_header(rid=7, type_name=GSay.__wire_name__), b"\xc1"])
     await replies(dealer, 1)
-    assert a.stats["frames_rejected"] == before + 1
+    assert a.stats().frames_rejected == before + 1
 
 
 # SUB -----------------------------------------------------------------------------------
@@ -391,9 +391,9 @@ class EvilPeer:
         self, node: Node, frames: list[list[bytes]], at_least: int, timeout: float = 5.0
     ) -> None:
         """Publish ``frames`` over and over until ``node`` has rejected ``at_least`` more."""
-        target = node.stats["frames_rejected"] + at_least
+        target = node.stats().frames_rejected + at_least
         async with asyncio.timeout(timeout):
-            while node.stats["frames_rejected"] < target:
+            while node.stats().frames_rejected < target:
                 for f in frames:
                     self.pub.send_multipart(f)
                 await asyncio.sleep(0.02)
@@ -466,7 +466,7 @@ async def test_sub_rejects_garbage_broadcasts(
     await still_serves(a, c)
     assert "evil" not in {m.node_id for m in a.members()}  # nothing valid came from it
     assert got == []  # no event was delivered from garbage
-    assert a.stats["events_received"] == 0
+    assert a.stats().events_received == 0
     assert describe(loop_errors) == []
 
 
@@ -532,7 +532,7 @@ async def test_send_to_an_unreachable_peer_is_transport_failed(
     assert info.value.retryable
     # It backs off and retries while the deadline allows, then says why: not a TIMEOUT.
     assert elapsed < 2.0, elapsed
-    assert len(c.pending) == 0
+    assert c.stats().pending == 0
 
 
 async def test_send_to_an_unreachable_peer_leaves_no_unretrieved_future(
@@ -563,7 +563,7 @@ def reap_leaked_sockets(node: Node) -> int:
     The bug below leaves a half-built DEALER (and its monitor, still registered with the
     loop) behind; left open, they make ``aclose()`` block for ever in ``ctx.term()``.
     """
-    t = node.transport
+    t = parts(node).transport
     known = {id(s) for s in (t.router, t.pub, t.sub) if s is not None}
     for d in t.dealers.values():
         for s in (getattr(d, "sock", None), getattr(getattr(d, "monitor", None), "sock", None)):
@@ -591,7 +591,7 @@ async def test_heartbeat_with_an_unusable_endpoint_is_rejected(
     outcome = "not sent"
     try:
         async with asyncio.timeout(5):
-            while not loop_errors and c.stats["frames_rejected"] == 0:
+            while not loop_errors and c.stats().frames_rejected == 0:
                 peer.pub.send_multipart(
                     [HEARTBEAT_TOPIC, raw_header(kind=int(Kind.HB), source="evil"), body]
                 )
@@ -604,7 +604,7 @@ async def test_heartbeat_with_an_unusable_endpoint_is_rejected(
             except zmq.ZMQError as exc:
                 outcome = f"raw {exc!r}"
         errors = describe(loop_errors)
-        pending = len(c.pending)
+        pending = c.stats().pending
         await still_serves(a, c)
     finally:
         loop_errors.clear()
@@ -614,4 +614,4 @@ async def test_heartbeat_with_an_unusable_endpoint_is_rejected(
     assert outcome in ("NoNodes", "TransportFailed"), outcome
     assert pending == 0
     assert leaked == 0
-    assert c.stats["frames_rejected"] >= 1
+    assert c.stats().frames_rejected >= 1

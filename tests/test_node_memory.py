@@ -11,7 +11,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 import zmq
-from conftest import unbatch, wait_until
+from conftest import parts, unbatch, wait_until
 
 from catga_zmq import (
     Candidate,
@@ -26,6 +26,7 @@ from catga_zmq import (
     Node,
     NodeInfo,
     NodeLeft,
+    NodeNotStarted,
     NodeStats,
     NodeStatus,
     NoNodes,
@@ -122,8 +123,8 @@ async def test_request_response_across_nodes(make_node: MakeNode) -> None:
         reply = await c.send(Say("hello"), timeout=2)
     assert reply == Echo("hello", by="a")
     assert type(reply) is Echo
-    assert c.stats["requests_sent"] == 1 and a.stats["requests_handled"] == 1
-    assert len(c.pending) == 0
+    assert c.stats().requests_sent == 1 and a.stats().requests_handled == 1
+    assert c.stats().pending == 0
 
 
 async def test_local_handler_is_called_directly(make_node: MakeNode) -> None:
@@ -132,7 +133,7 @@ async def test_local_handler_is_called_directly(make_node: MakeNode) -> None:
     await start(a)
     async with asyncio.timeout(5):
         assert await a.send(Say("self")) == Echo("self", by="a")
-    assert a.stats["requests_sent"] == 0  # no socket involved
+    assert a.stats().requests_sent == 0  # no socket involved
 
 
 async def test_handler_error_comes_back_typed(make_node: MakeNode) -> None:
@@ -153,7 +154,7 @@ async def test_handler_error_comes_back_typed(make_node: MakeNode) -> None:
     assert err.message == "bad id 7"
     assert err.node == "a"
     assert err.retryable is False
-    assert a.stats["requests_failed"] == 1
+    assert a.stats().requests_failed == 1
 
 
 async def test_handler_not_found_on_the_named_node(make_node: MakeNode) -> None:
@@ -190,7 +191,7 @@ async def test_no_nodes_at_once(make_node: MakeNode) -> None:
             await c.send(Nobody(), timeout=5)
     assert time.perf_counter() - t0 < 0.1  # not the 5 s timeout
     assert info.value.code == "NO_NODES" and info.value.retryable
-    assert len(c.pending) == 0
+    assert c.stats().pending == 0
 
 
 async def test_timeout_clears_pending(make_node: MakeNode) -> None:
@@ -210,10 +211,13 @@ async def test_timeout_clears_pending(make_node: MakeNode) -> None:
     elapsed = time.perf_counter() - t0
     assert 0.18 <= elapsed < 0.6, elapsed
     assert info.value.code == "TIMEOUT"
-    assert len(c.pending) == 0
-    # The late reply arrives and is counted, not delivered to anyone.
-    await wait_until(lambda: c.pending.late_replies == 1, timeout=3)
-    assert len(c.pending) == 0
+    assert c.stats().pending == 0
+    # The handler's node cancels it at the same deadline: it never finishes, and its
+    # concurrency slot is free again.
+    await wait_until(lambda: a.stats().running == 0, timeout=3)
+    await asyncio.sleep(1.0)
+    assert a.stats().requests_handled == 0 and a.stats().requests_failed == 1
+    assert c.stats().pending == 0
 
 
 async def test_deadline_travels_with_the_request(make_node: MakeNode) -> None:
@@ -252,7 +256,7 @@ async def test_remote_node_does_not_start_expired_work(make_node: MakeNode) -> N
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     try:
-        dealer.connect(a.transport.endpoint)
+        dealer.connect(a.endpoint)
         enc = msgspec.msgpack.encode
         req = int(Kind.REQ)
         dealer.send_multipart(
@@ -297,14 +301,14 @@ async def test_cancelling_a_send_leaves_nothing_pending(make_node: MakeNode) -> 
     await start(a, c)
     await c.wait_for_peers(1, handles=Slow)
     task = asyncio.create_task(c.send(Slow(0.3), timeout=5))
-    await wait_until(lambda: len(c.pending) == 1, timeout=2)
+    await wait_until(lambda: c.stats().pending == 1, timeout=2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         async with asyncio.timeout(2):
             await task
-    assert len(c.pending) == 0
-    await wait_until(lambda: c.pending.late_replies == 1, timeout=3)
-    assert len(c.pending) == 0
+    assert c.stats().pending == 0
+    await wait_until(lambda: c.stats().late_replies == 1, timeout=3)
+    assert c.stats().pending == 0
 
 
 async def test_many_timeouts_leave_pending_empty(make_node: MakeNode) -> None:
@@ -327,12 +331,13 @@ async def test_many_timeouts_leave_pending_empty(make_node: MakeNode) -> None:
         )
     kinds = Counter(type(r).__name__ for r in results)
     assert kinds == {"RequestTimeout": n}, kinds
-    assert len(c.pending) == 0
-    # Every request gets an answer in the end (a reply, or TIMEOUT for those that
-    # arrived expired), all after their callers gave up: counted, nobody waits.
+    assert c.stats().pending == 0
+    # Every request gets an answer in the end: TIMEOUT, whether it arrived expired or
+    # was cancelled at its deadline (none waits for ``release``); nobody waits for it.
+    await wait_until(lambda: a.stats().requests_failed == n, timeout=20)
+    assert a.stats().running == 0 and a.stats().requests_handled == 0
     release.set()
-    await wait_until(lambda: c.pending.late_replies == n, timeout=20)
-    assert len(c.pending) == 0
+    assert c.stats().pending == 0
 
 
 # events ---------------------------------------------------------------------------------
@@ -358,8 +363,8 @@ async def test_publish_reaches_subscribers_on_all_nodes(make_node: MakeNode) -> 
         await wait_until(lambda: all(got[x] for x in "abc"))
     await asyncio.sleep(0.1)  # nothing more arrives
     assert got == {x: [("7", "a")] for x in "abc"}
-    assert nodes[0].stats["events_published"] == 1
-    assert nodes[1].stats["events_received"] == 1 and nodes[2].stats["events_received"] == 1
+    assert nodes[0].stats().events_published == 1
+    assert nodes[1].stats().events_received == 1 and nodes[2].stats().events_received == 1
 
 
 async def test_publish_in_order_without_loss(make_node: MakeNode) -> None:
@@ -377,14 +382,14 @@ async def test_publish_in_order_without_loss(make_node: MakeNode) -> None:
         await a.publish(Renamed(str(i)))
     await wait_until(lambda: len(got) == 500)
     assert got == [str(i) for i in range(500)]
-    assert b.stats["events_lost"] == 0
+    assert b.stats().events_lost == 0
 
 
 async def test_publish_without_subscribers_is_fine(make_node: MakeNode) -> None:
     a = make_node("a")
     await start(a)
     await a.publish(Renamed("1"))
-    assert a.stats["events_published"] == 1
+    assert a.stats().events_published == 1
 
 
 # membership ---------------------------------------------------------------------------------
@@ -399,7 +404,7 @@ async def test_members_show_peers_alive(make_node: MakeNode) -> None:
     view = {m.node_id: m for m in b.members()}
     assert set(view) == {"a", "b"}
     assert view["a"].status is NodeStatus.ALIVE
-    assert view["a"].endpoint == a.transport.endpoint
+    assert view["a"].endpoint == a.endpoint
     assert view["a"].metadata == {"zone": "z1"}
     assert Say.__wire_name__ in view["a"].handles
     assert view["a"].last_heartbeat > time.time() - 5
@@ -444,7 +449,7 @@ async def test_builtins_answer(make_node: MakeNode) -> None:
     assert isinstance(pong, Pong) and pong.node_id == "b"
     assert abs(pong.time - time.time()) < 5
     assert isinstance(info, NodeInfo)
-    assert info.node_id == "b" and info.endpoint == b.transport.endpoint
+    assert info.node_id == "b" and info.endpoint == b.endpoint
     assert info.cluster == b.options.cluster
     assert Say.__wire_name__ in info.handles
     assert "a" in [p.node_id for p in info.peers]
@@ -470,7 +475,7 @@ async def test_round_robin_across_two_servers(make_node: MakeNode) -> None:
 
 async def test_start_twice_and_aclose_idempotent(make_node: MakeNode) -> None:
     a = make_node("a")
-    with pytest.raises(CatgaError, match="use `async with node:` first"):
+    with pytest.raises(NodeNotStarted, match="use `async with node:`"):
         await a.send(Ping())
     await a.start()
     with pytest.raises(CatgaError, match="starts once"):
@@ -513,12 +518,12 @@ async def test_aclose_fails_requests_in_flight(make_node: MakeNode) -> None:
     await start(a, c)
     await c.wait_for_peers(1, handles=Slow)
     task = asyncio.create_task(c.send(Slow(2.0), timeout=5))
-    await wait_until(lambda: len(c.pending) == 1, timeout=2)
+    await wait_until(lambda: c.stats().pending == 1, timeout=2)
     async with asyncio.timeout(3):
         await c.aclose()
         with pytest.raises(CatgaError):
             await task
-    assert len(c.pending) == 0
+    assert c.stats().pending == 0
 
 
 # static discovery ----------------------------------------------------------------------------
@@ -538,18 +543,18 @@ async def test_a_gossiped_address_that_never_answers_is_forgotten(make_node: Mak
     # it passes it on in its Info reply.
     ghost = f"tcp://127.0.0.1:{_closed_port()}"
     ghost_pub = f"tcp://127.0.0.1:{_closed_port()}"
-    a._add_candidate(
+    parts(a).gossip.add_candidate(
         Candidate(ghost, "ghost", ghost_pub, a.options.cluster, PROTOCOL_VERSION), greet=False
     )
-    b = make_node("b", discovery=StaticDiscovery([a.transport.endpoint]))
+    b = make_node("b", discovery=StaticDiscovery([a.endpoint]))
     await b.start()
-    await wait_until(lambda: ghost in b.transport.dealers, timeout=5)
-    assert ghost_pub in b.transport.subscribed
+    await wait_until(lambda: ghost in parts(b).transport.dealers, timeout=5)
+    assert ghost_pub in parts(b).transport.subscribed
 
     # Five greetings of a second each, unanswered: b stops reconnecting to it.
-    await wait_until(lambda: ghost not in b.transport.dealers, timeout=10)
-    assert ghost_pub not in b.transport.subscribed
-    assert ghost not in b._addresses  # and no longer passes it on
+    await wait_until(lambda: ghost not in parts(b).transport.dealers, timeout=10)
+    assert ghost_pub not in parts(b).transport.subscribed
+    assert ghost not in parts(b).gossip.addresses  # and no longer passes it on
     assert "ghost" not in {m.node_id for m in b.members()}
     assert (await b.send(Say("x"), node="a", timeout=2)).by == "a"
 
@@ -564,12 +569,12 @@ async def test_a_discovery_record_that_goes_away_before_joining_is_forgotten(
     record = MemoryDiscovery(hub)
     await record.register(Candidate(ghost, "ghost", ghost_pub, c.options.cluster, PROTOCOL_VERSION))
     try:
-        await wait_until(lambda: ghost in c.transport.dealers, timeout=5)
+        await wait_until(lambda: ghost in parts(c).transport.dealers, timeout=5)
         await record.unregister()
         # At once, not after the greetings give up (five of a second each).
-        await wait_until(lambda: ghost not in c.transport.dealers, timeout=2)
-        assert ghost_pub not in c.transport.subscribed
-        assert ghost not in c._addresses
+        await wait_until(lambda: ghost not in parts(c).transport.dealers, timeout=2)
+        assert ghost_pub not in parts(c).transport.subscribed
+        assert ghost not in parts(c).gossip.addresses
     finally:
         await record.aclose()
 
@@ -578,7 +583,7 @@ async def test_static_seeds_find_each_other(make_node: MakeNode) -> None:
     a = make_node("a", discovery=None)
     serve_say(a)
     await a.start()
-    b = make_node("b", discovery=StaticDiscovery([a.transport.endpoint]))
+    b = make_node("b", discovery=StaticDiscovery([a.endpoint]))
     serve_say(b)
     await b.start()
     async with asyncio.timeout(10):

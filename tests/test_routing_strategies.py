@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_until
+from conftest import member, parts, wait_until
 
 from catga_zmq import HandlerError, Node, Request, RequestTimeout
 from catga_zmq.membership import Peer
@@ -406,7 +406,7 @@ async def test_consistent_hash_routing_key_field_end_to_end(
     owner = {u: next(iter(nodes)) for u, nodes in landed.items()}
     assert len(set(owner.values())) == 3, owner  # and the users are spread over the nodes
     # ...the node a fresh ring over the same members names for it.
-    candidates = callers[0].membership.candidates(GetProfile.__wire_name__)
+    candidates = parts(callers[0]).membership.candidates(GetProfile.__wire_name__)
     reference = ConsistentHashRouter()
     assert owner == {u: reference.select(candidates, None, u).node_id for u in users}
 
@@ -427,7 +427,7 @@ async def test_send_key_overrides_the_routing_key_field(make_node: MakeNode) -> 
     caller.route(GetProfile, "consistent_hash")
     await start(*servers, caller)
     await caller.wait_for_peers(3, handles=GetProfile)
-    candidates = caller.membership.candidates(GetProfile.__wire_name__)
+    candidates = parts(caller).membership.candidates(GetProfile.__wire_name__)
     reference = ConsistentHashRouter()
     async with asyncio.timeout(10):
         for i in range(30):
@@ -458,10 +458,10 @@ async def test_least_connections_outstanding_returns_to_zero(make_node: MakeNode
     caller.route(Hold, "least_connections")
     await start(server, caller)
     await caller.wait_for_peers(1, handles=Hold)
-    remote = caller.membership.peers["s"]
+    remote = member(caller, "s")
 
     def outstanding() -> int:
-        return caller.membership.peers["s"].outstanding
+        return member(caller, "s").outstanding
 
     async with asyncio.timeout(20):
         # In flight: counted (and shown in members()).
@@ -510,8 +510,8 @@ async def test_least_connections_outstanding_returns_to_zero(make_node: MakeNode
             asyncio.CancelledError,
         ], results
         assert outstanding() == 0
-    assert remote is caller.membership.peers["s"]
-    assert len(caller.pending) == 0
+    assert remote.incarnation == member(caller, "s").incarnation  # the same node throughout
+    assert caller.stats().pending == 0
     release.set()
 
 

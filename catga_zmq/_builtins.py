@@ -1,0 +1,106 @@
+"""The handlers of the built-in requests every node serves: ``Ping``, ``Info``, ``Stats``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ._gossip import Gossip
+from ._requester import Requester
+from ._server import RequestServer
+from ._version import __version__
+from .config import NodeOptions
+from .mediator import Mediator
+from .membership import Membership
+from .protocol import PROTOCOL_VERSION
+from .system import Info, NodeInfo, NodeStats, Ping, Pong, Stats
+from .transport import Transport
+
+
+class Builtins:
+    """Answers ``Ping``, ``Info`` (also the greeting of static and gossip discovery)
+    and ``Stats`` from the parts of a running node."""
+
+    def __init__(
+        self,
+        *,
+        options: NodeOptions,
+        membership: Membership,
+        mediator: Mediator,
+        server: RequestServer,
+        requester: Requester,
+        gossip: Gossip,
+        transport: Transport,
+        stats: dict[str, int],
+        problems: Callable[[], list[str]],
+    ) -> None:
+        self.options = options
+        self.membership = membership
+        self.mediator = mediator
+        self.server = server
+        self.requester = requester
+        self.gossip = gossip
+        self.transport = transport
+        self.stats = stats
+        self.problems = problems
+        self.started_at = time.monotonic()
+
+    def register(self) -> None:
+        self.mediator.add_handler(self.ping, Ping)
+        self.mediator.add_handler(self.info, Info)
+        self.mediator.add_handler(self.node_stats, Stats)
+
+    async def ping(self, req: Ping) -> Pong:
+        return Pong(self.membership.me.node_id, time.time())
+
+    async def info(self, req: Info) -> NodeInfo:
+        if req.caller is not None:
+            self.gossip.on_greeting(req.caller)
+        me = self.membership.me
+        return NodeInfo(
+            node_id=me.node_id,
+            cluster=self.options.cluster,
+            version=PROTOCOL_VERSION,
+            library_version=__version__,
+            endpoint=me.endpoint,
+            pub_endpoint=me.pub_endpoint,
+            incarnation=me.incarnation,
+            status=me.status.value,
+            handles=sorted(me.handles),
+            subscribes=sorted(me.subscribes),
+            metadata=dict(self.options.metadata),
+            peers=self.gossip.known_addresses(),
+        )
+
+    async def node_stats(self, req: Stats) -> NodeStats:
+        return self.snapshot()
+
+    def snapshot(self) -> NodeStats:
+        counts: dict[str, int] = {}
+        for p in self.membership.peers.values():
+            counts[p.status.value] = counts.get(p.status.value, 0) + 1
+        stats = self.stats
+        problems = self.problems()
+        return NodeStats(
+            node_id=self.membership.me.node_id,
+            uptime=time.monotonic() - self.started_at,
+            running=self.server.running,
+            pending=len(self.requester.pending),
+            requests_handled=stats["requests_handled"],
+            requests_failed=stats["requests_failed"],
+            requests_refused=stats["requests_refused"],
+            requests_sent=stats["requests_sent"],
+            events_published=stats["events_published"],
+            events_received=stats["events_received"],
+            events_lost=stats["events_lost"],
+            events_dropped=sum(
+                sub.dropped for subs in self.mediator.subscribers.values() for sub in subs
+            ),
+            frames_rejected=stats["frames_rejected"],
+            replies_dropped=self.transport.dropped_replies,
+            late_replies=self.requester.pending.late_replies,
+            members=counts,
+            batches_sent=self.transport.batches_sent,
+            healthy=not problems,
+            problems=problems,
+        )

@@ -1,0 +1,44 @@
+"""Frames read from peers' PUB sockets go to the event bus or to the heartbeats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from ._inbound import Rejections
+from .protocol import DECODE_ERRORS, PROTOCOL_VERSION, Header, Kind, header_decoder
+
+_EVT: Final = int(Kind.EVT)
+_BEATS: Final = (int(Kind.HB), int(Kind.BYE))
+
+Sink = Callable[[Header, bytes], None]
+
+
+def broadcast_dispatcher(
+    reject: Rejections, on_event: Sink, on_beat: Sink
+) -> Callable[[list[bytes]], None]:
+    """The SUB socket's frame handler: checks the frame, then hands it on by kind."""
+
+    def dispatch(frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            reject("?", "pub-frames", f"a broadcast of {len(frames)} frames, expected 3")
+            return
+        try:
+            header = header_decoder.decode(frames[1])
+        except DECODE_ERRORS as exc:
+            reject("?", "pub-header", f"broadcast header does not decode: {exc}")
+            return
+        if header.version != PROTOCOL_VERSION:
+            reject(
+                header.source,
+                "version",
+                f"protocol version {header.version}, this node speaks {PROTOCOL_VERSION}",
+            )
+        elif header.kind == _EVT:
+            on_event(header, frames[2])
+        elif header.kind in _BEATS:
+            on_beat(header, frames[2])
+        else:
+            reject(header.source, "kind", f"frame kind {header.kind} on PUB/SUB")
+
+    return dispatch

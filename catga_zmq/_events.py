@@ -1,0 +1,109 @@
+"""Events: publish, receive, count the sequence gaps, keep the SUB socket's topics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+
+from ._inbound import Rejections
+from .errors import SerializationFailed, ValidationFailed
+from .mediator import Context, Mediator
+from .messages import Event
+from .protocol import DECODE_ERRORS, HEARTBEAT_TOPIC, Codec, Header, Kind, encode_header, topic_for
+from .transport import Transport
+
+#: publish() yields to the event loop once per this many events.
+PUBLISH_YIELD: Final = 64
+
+_EVT: Final = int(Kind.EVT)
+
+
+class EventBus:
+    """This node's side of publish/subscribe, local subscribers included."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        max_message_size: int,
+        mediator: Mediator,
+        codec: Codec,
+        transport: Transport,
+        reject: Rejections,
+        stats: dict[str, int],
+        on_traffic: Callable[[str], None],
+    ) -> None:
+        self.node_id = node_id
+        self.max_message_size = max_message_size
+        self.mediator = mediator
+        self.codec = codec
+        self.transport = transport
+        self.reject = reject
+        self.stats = stats
+        self.on_traffic = on_traffic
+        self._seq: dict[str, int] = {}  # type name -> last sequence number published
+        self._seen: dict[tuple[str, str], int] = {}  # (source, type) -> last received
+        self._topics: set[bytes] = set()
+        self.update_topics()
+
+    async def publish(self, event: Event, trace: str) -> None:
+        if not isinstance(event, Event):
+            raise ValidationFailed(
+                f"publish() takes an Event, got {type(event).__qualname__}; use send() for requests"
+            )
+        name = type(event).__wire_name__
+        try:
+            payload = self.codec.encode(event)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise SerializationFailed(f"{name} could not be encoded: {exc}") from None
+        if len(payload) > self.max_message_size:
+            raise SerializationFailed(
+                f"{name} is {len(payload)} bytes, over max_message_size "
+                f"{self.max_message_size}; publish less or raise it on every node"
+            )
+        seq = self._seq.get(name, 0) + 1
+        self._seq[name] = seq
+        header = encode_header(_EVT, seq, name, self.node_id, 0, 0, trace)
+        self.transport.broadcast(topic_for(name), header, payload)
+        self.stats["events_published"] += 1
+        if name in self.mediator.subscribers:
+            self.mediator.deliver(name, event, Context(name, self.node_id, self.node_id, seq))
+        if self.stats["events_published"] % PUBLISH_YIELD == 0:
+            await asyncio.sleep(0)
+
+    def on_event(self, header: Header, payload: bytes) -> None:
+        name = header.type_name
+        subs = self.mediator.subscribers.get(name)
+        self.on_traffic(header.source)
+        if not subs:
+            return
+        key = (header.source, name)
+        last = self._seen.get(key)
+        if last is not None and header.request_id > last + 1:
+            self.stats["events_lost"] += header.request_id - last - 1
+        self._seen[key] = header.request_id
+        try:
+            event = self.mediator.decoder(subs[0].message_type).decode(payload)
+        except DECODE_ERRORS as exc:
+            self.reject(header.source, f"event:{name}", f"event {name} does not decode: {exc}")
+            return
+        self.stats["events_received"] += 1
+        self.mediator.deliver(
+            name,
+            event,
+            Context(name, self.node_id, header.source, header.request_id, header.trace_id),
+        )
+
+    def forget_source(self, node_id: str) -> None:
+        """A node is gone: its sequence numbers start again if it comes back."""
+        for key in [k for k in self._seen if k[0] == node_id]:
+            del self._seen[key]
+
+    def update_topics(self) -> None:
+        """Subscribe the SUB socket to heartbeats and to the types subscribed here."""
+        topics = {HEARTBEAT_TOPIC} | {topic_for(n) for n in self.mediator.subscribers}
+        self.transport.set_topics(topics, self._topics)
+        self._topics = topics

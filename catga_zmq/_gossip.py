@@ -1,0 +1,270 @@
+"""Greetings, the address book, and the discovery loop: how a node hears of its peers.
+
+Discovery and greetings only find addresses and connect to them; membership is decided
+by heartbeats (see membership.py). So a discovery record that goes away stops the
+greetings to that address, and drops the sockets of an address that never joined,
+but never marks a heartbeating node LEFT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+
+from ._inbound import Rejections
+from ._requester import Requester
+from .config import NodeOptions, parse_endpoint
+from .discovery.base import Candidate, ChangeKind, Discovery
+from .errors import CatgaError, ConfigError, TransportFailed
+from .membership import Membership, NodeStatus, Peer
+from .protocol import PROTOCOL_VERSION, Codec, HeartbeatBody
+from .system import Info, NodeInfo, PeerAddress
+from .transport import Transport
+
+log = logging.getLogger("catga_zmq.node")
+
+#: How long a greeting (``Info``) to a seed or a gossiped peer waits for its answer.
+GREETING_TIMEOUT: Final = 1.0  # s
+#: Pause before greeting again an endpoint that has no connection yet.
+GREETING_RETRY: Final = 0.05  # s
+#: Greetings to an address heard of from another node, before it is forgotten.
+GOSSIP_ATTEMPTS: Final = 5
+#: Greetings to a node whose first heartbeat just arrived (to learn whom it knows).
+FRESH_ATTEMPTS: Final = 3
+#: A peer that said BYE: its sockets stay this long for the replies still on the way.
+LEFT_LINGER: Final = 1.0  # s
+
+
+class Gossip:
+    """Turns discovery records, greetings and ``Info`` answers into connections."""
+
+    def __init__(
+        self,
+        *,
+        me: Peer,
+        options: NodeOptions,
+        membership: Membership,
+        transport: Transport,
+        requester: Requester,
+        codec: Codec,
+        reject: Rejections,
+        spawn: Callable[[Coroutine[Any, Any, None], str], None],
+        forget_source: Callable[[str], None],
+    ) -> None:
+        self.me = me
+        self.options = options
+        self.membership = membership
+        self.transport = transport
+        self.requester = requester
+        self.codec = codec
+        self.reject = reject
+        self.spawn = spawn
+        self.forget_source = forget_source
+        self.loop = asyncio.get_running_loop()
+        #: Static seeds and no discovery: nodes learn of each other by greeting.
+        self.enabled = options.discovery in ("static", "none")
+        self.running = True
+        self._greeting: set[str] = set()  # endpoints being greeted now
+        self._greeted: set[str] = set()  # endpoints that answered a greeting
+        #: Every address heard of (greetings included, before any heartbeat), by
+        #: endpoint: what an ``Info`` answer passes on, so a joiner learns of nodes
+        #: that joined a moment before it, not only of those already ALIVE here.
+        self.addresses: dict[str, PeerAddress] = {}
+
+    def my_address(self) -> PeerAddress:
+        me = self.me
+        return PeerAddress(
+            me.node_id, me.endpoint, me.pub_endpoint, self.options.cluster, PROTOCOL_VERSION
+        )
+
+    # discovery -----------------------------------------------------------------------
+
+    async def follow(self, discovery: Discovery) -> None:
+        """The discovery loop: connect to what it finds; stop greeting what it loses."""
+        async for change in discovery.watch():
+            c = change.candidate
+            if change.kind is ChangeKind.ADDED:
+                self.add_candidate(c, greet=self.enabled)
+            else:
+                self.forget_address(c.endpoint)
+
+    def add_candidate(self, c: Candidate, *, greet: bool) -> None:
+        me = self.me
+        if c.endpoint == me.endpoint:
+            return
+        if not self._usable(c.node_id or c.endpoint, c.endpoint, c.pub_endpoint or None):
+            return
+        if c.cluster is not None and c.cluster != self.options.cluster:
+            log.debug("ignoring %s at %s: cluster %r", c.node_id, c.endpoint, c.cluster)
+            return
+        if c.version is not None and c.version != PROTOCOL_VERSION:
+            self.reject(
+                c.node_id or c.endpoint,
+                "version",
+                f"{c.node_id} at {c.endpoint} speaks protocol version {c.version}, "
+                f"this node {PROTOCOL_VERSION}",
+            )
+            return
+        if c.node_id == me.node_id:
+            # Another node with this node's id: its heartbeats tell which is younger.
+            if c.pub_endpoint:
+                self.transport.subscribe_to(c.pub_endpoint)
+            return
+        if c.pub_endpoint and c.node_id:
+            self.addresses[c.endpoint] = PeerAddress(
+                c.node_id, c.endpoint, c.pub_endpoint, self.options.cluster, PROTOCOL_VERSION
+            )
+            self.transport.subscribe_to(c.pub_endpoint)
+            self.transport.dealer(c.endpoint)
+        if (greet or not c.pub_endpoint) and c.endpoint not in self._greeted:
+            self.greet(c.endpoint, attempts=0 if c.node_id is None else GOSSIP_ATTEMPTS)
+
+    def _usable(self, who: str, *endpoints: str | None) -> bool:
+        for endpoint in endpoints:
+            if endpoint is None:
+                continue
+            try:
+                parse_endpoint(endpoint)
+            except ConfigError as exc:
+                self.reject(who, "endpoint", f"{who} announces {exc.message}")
+                return False
+        return True
+
+    def on_fresh(self, hb: HeartbeatBody) -> None:
+        """A node's first heartbeat (or its new incarnation's): connect now, not on the
+        first request, and ask it whom it knows."""
+        self.transport.dealer(hb.endpoint)
+        if hb.max_message_size:
+            self.transport.set_peer_limit(hb.endpoint, hb.max_message_size)
+        if self.enabled:
+            self.greet(hb.endpoint, attempts=FRESH_ATTEMPTS)
+
+    def on_greeting(self, caller: PeerAddress) -> None:
+        """An ``Info`` request that carried its sender's address."""
+        if caller.cluster == self.options.cluster:
+            self.add_candidate(
+                Candidate(
+                    caller.endpoint,
+                    caller.node_id,
+                    caller.pub_endpoint,
+                    caller.cluster,
+                    caller.version,
+                ),
+                greet=False,
+            )
+
+    def known_addresses(self) -> list[PeerAddress]:
+        """What an ``Info`` answer passes on: every address heard of, less the gone."""
+        gone = {
+            p.endpoint
+            for p in self.membership.peers.values()
+            if p.status in (NodeStatus.LEFT, NodeStatus.FAULTED)
+        }
+        return [a for ep, a in self.addresses.items() if ep not in gone]
+
+    # greetings -----------------------------------------------------------------------
+
+    def greet(self, endpoint: str, attempts: int) -> None:
+        """Exchange ``Info`` with ``endpoint`` (0 attempts: until it answers, for seeds)."""
+        if endpoint in self._greeting or not self.running:
+            return
+        self._greeting.add(endpoint)
+        self.spawn(self._greet(endpoint, attempts), f"greet-{endpoint}")
+
+    async def _greet(self, endpoint: str, attempts: int) -> None:
+        payload = self.codec.encode(Info(caller=self.my_address()))
+        target = Peer(node_id=endpoint, endpoint=endpoint, pub_endpoint="", incarnation=0)
+        give_up = self.loop.time() + attempts * GREETING_TIMEOUT if attempts else math.inf
+        self.transport.dealer(endpoint)
+        try:
+            while self.running and self.loop.time() < give_up:
+                deadline = self.loop.time() + GREETING_TIMEOUT
+                try:
+                    info: NodeInfo = await self.requester.call_remote(
+                        target,
+                        Info.__wire_name__,
+                        payload,
+                        deadline,
+                        "",
+                        self.codec.decoder(NodeInfo),
+                    )
+                except TransportFailed:
+                    # Not connected yet (or not listening): TCP connects in milliseconds.
+                    await asyncio.sleep(GREETING_RETRY)
+                    continue
+                except CatgaError as exc:
+                    log.debug("greeting %s: %s", endpoint, exc)
+                    await asyncio.sleep(max(0.0, deadline - self.loop.time()))
+                    continue
+                self._greeted_by(endpoint, info)
+                return
+            if self.running:
+                self.forget_address(endpoint)
+        finally:
+            self._greeting.discard(endpoint)
+
+    def _greeted_by(self, endpoint: str, info: NodeInfo) -> None:
+        if info.cluster != self.options.cluster:
+            log.warning(
+                "%s at %s is in cluster %r, not %r; ignoring it",
+                info.node_id,
+                endpoint,
+                info.cluster,
+                self.options.cluster,
+            )
+            return
+        self._greeted.add(endpoint)
+        self.add_candidate(
+            Candidate(endpoint, info.node_id, info.pub_endpoint, info.cluster, info.version),
+            greet=False,
+        )
+        for p in info.peers:
+            self.add_candidate(
+                Candidate(p.endpoint, p.node_id, p.pub_endpoint, p.cluster, p.version),
+                greet=True,
+            )
+
+    # forgetting ----------------------------------------------------------------------
+
+    def forget_address(self, endpoint: str) -> None:
+        """An address that never joined (unanswered greetings, or its discovery record
+        went away): stop reconnecting to it, and stop passing it on to others. A node
+        that joined stays: heartbeats, not records or greetings, decide that."""
+        if any(p.endpoint == endpoint for p in self.membership.peers.values()):
+            return
+        address = self.addresses.pop(endpoint, None)
+        self.transport.drop_peer(endpoint, address.pub_endpoint if address else "")
+        log.info("forgot %s: it never joined", endpoint)
+
+    def peer_gone(self, peer: Peer) -> None:
+        """Membership let go of ``peer`` (it left, was forgotten, or restarted elsewhere)."""
+        if peer.status is NodeStatus.LEFT and self.running:
+            # Replies overtaken by its BYE are still on the way to its DEALER: keep the
+            # sockets until in-flight requests have had their grace.
+            self.loop.call_later(LEFT_LINGER, self._drop_if_left, peer)
+        else:
+            self._drop(peer)
+
+    def _drop_if_left(self, peer: Peer) -> None:
+        if peer.status is NodeStatus.LEFT:  # not if it came back meanwhile
+            self._drop(peer)
+
+    def _drop(self, peer: Peer) -> None:
+        if not self.running:
+            return
+        self.forget_source(peer.node_id)
+        still_used = any(
+            p is not peer and p.endpoint == peer.endpoint and p.status is not NodeStatus.LEFT
+            for p in self.membership.peers.values()
+        )
+        if still_used:
+            return
+        self.transport.drop_peer(peer.endpoint, peer.pub_endpoint)
+        self.addresses.pop(peer.endpoint, None)
+        self._greeted.discard(peer.endpoint)
+        if peer.endpoint in self.options.seeds and self.enabled:
+            # A seed that comes back at the same address knows nothing of this node.
+            self.greet(peer.endpoint, attempts=0)

@@ -1,0 +1,184 @@
+"""Heartbeats out, heartbeats and BYEs in, and the failure-detector loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+
+from ._inbound import Rejections
+from .config import NodeOptions, parse_endpoint
+from .errors import ConfigError, ProtocolError
+from .membership import Membership, NodeStatus, Peer
+from .protocol import HEARTBEAT_TOPIC, Header, HeartbeatBody, Kind, decode_heartbeat, encode_header
+from .transport import Transport
+
+log = logging.getLogger("catga_zmq.node")
+
+_BYE: Final = int(Kind.BYE)
+
+
+class Heartbeats:
+    """Says this node is alive (and what it handles), and judges whether peers are."""
+
+    def __init__(
+        self,
+        *,
+        me: Peer,
+        options: NodeOptions,
+        membership: Membership,
+        transport: Transport,
+        reject: Rejections,
+        running: Callable[[], int],
+        on_fresh: Callable[[HeartbeatBody], None],
+        on_duplicate: Callable[[str], None],
+    ) -> None:
+        self.me = me
+        self.options = options
+        self.membership = membership
+        self.transport = transport
+        self.reject = reject
+        self.running = running
+        self.on_fresh = on_fresh
+        self.on_duplicate = on_duplicate
+        self.loop = asyncio.get_running_loop()
+        self._seq = 0
+        self._cpu_mark = (time.monotonic(), time.process_time())
+        self._duplicates: set[tuple[str, int]] = set()
+
+    # out -----------------------------------------------------------------------------
+
+    def body(self) -> HeartbeatBody:
+        me = self.me
+        now, cpu = time.monotonic(), time.process_time()
+        then, cpu_then = self._cpu_mark
+        if now - then >= 0.1:
+            me.load = round((cpu - cpu_then) / (now - then), 3)
+            self._cpu_mark = (now, cpu)
+        me.in_flight = self.running()
+        self._seq += 1
+        return HeartbeatBody(
+            node_id=me.node_id,
+            incarnation=me.incarnation,
+            seq=self._seq,
+            status=me.status.value,
+            cluster=self.options.cluster,
+            endpoint=me.endpoint,
+            pub_endpoint=me.pub_endpoint,
+            load=me.load,
+            in_flight=me.in_flight,
+            weight=self.options.weight,
+            interval_ms=int(self.options.heartbeat_interval * 1000),
+            handles=sorted(me.handles),
+            subscribes=sorted(me.subscribes),
+            metadata=me.metadata,
+            max_message_size=self.options.max_message_size,
+        )
+
+    def send(self, kind: Kind = Kind.HB) -> None:
+        body = msgspec.msgpack.encode(self.body())
+        header = encode_header(int(kind), self._seq, "", self.me.node_id)
+        self.transport.broadcast(HEARTBEAT_TOPIC, header, body)
+        self.me.last_heartbeat = time.time()
+
+    def send_bye(self) -> None:
+        self.me.status = NodeStatus.LEFT
+        self.send(Kind.BYE)
+
+    async def beat(self) -> None:
+        """The heartbeat loop: one heartbeat every ``heartbeat_interval``."""
+        interval = self.options.heartbeat_interval
+        while True:
+            self.send()
+            await asyncio.sleep(interval)
+
+    async def detect(self) -> None:
+        """The failure-detector loop."""
+        # Four checks per heartbeat interval bound the detection lag to a quarter beat.
+        interval = self.options.heartbeat_interval / 4
+        loop = self.loop
+        due = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            now = loop.time()
+            late = now - due
+            due = now + interval
+            if late > self.options.heartbeat_interval:
+                # This node itself stalled (a blocked loop, SIGSTOP, no CPU): the silence
+                # was its own. Excuse the peers and let the readers take in what queued
+                # meanwhile before judging anyone.
+                log.warning("event loop of %s stalled for %.2f s", self.me.node_id, late)
+                self.membership.excuse(late)
+                continue
+            self.membership.check(now)
+
+    # in ------------------------------------------------------------------------------
+
+    def on_beat(self, header: Header, payload: bytes) -> None:
+        """A heartbeat or a BYE read from a peer's PUB socket."""
+        try:
+            hb = decode_heartbeat(payload)
+        except ProtocolError as exc:
+            self.reject(header.source, "heartbeat", str(exc))
+            return
+        if hb.cluster != self.options.cluster:
+            self.reject(
+                hb.node_id,
+                "cluster",
+                f"heartbeat of cluster {hb.cluster!r}, this node is in {self.options.cluster!r}",
+            )
+            return
+        me = self.me
+        if hb.node_id == me.node_id:
+            if hb.incarnation != me.incarnation or hb.endpoint != me.endpoint:
+                self._duplicate(hb)
+            return
+        if header.kind == _BYE:
+            self.membership.on_bye(hb.node_id, hb.incarnation)
+            return
+        known = self.membership.peers.get(hb.node_id)
+        if (
+            known is None or known.endpoint != hb.endpoint or known.pub_endpoint != hb.pub_endpoint
+        ) and not self._usable(hb.node_id, hb.endpoint, hb.pub_endpoint):
+            return
+        fresh = (
+            known is None or known.incarnation != hb.incarnation or known.status is NodeStatus.LEFT
+        )
+        self.membership.on_heartbeat(hb, self.loop.time())
+        if fresh:
+            self.on_fresh(hb)
+
+    def _usable(self, who: str, *endpoints: str) -> bool:
+        """Are these endpoints something a socket can connect to? Rejects the frame if not."""
+        for endpoint in endpoints:
+            try:
+                parse_endpoint(endpoint)
+            except ConfigError as exc:
+                self.reject(who, "endpoint", f"{who} announces {exc.message}")
+                return False
+        return True
+
+    def _duplicate(self, hb: HeartbeatBody) -> None:
+        """Another node runs with this node's id: say so once; the younger one gives way."""
+        key = (hb.endpoint, hb.incarnation)
+        if key in self._duplicates:
+            return
+        self._duplicates.add(key)
+        me = self.me
+        younger = me.incarnation > hb.incarnation
+        problem = (
+            f"two nodes run with node id {me.node_id!r}: this one at {me.endpoint} "
+            f"(started {_started(me.incarnation)}) and another at {hb.endpoint} "
+            f"(started {_started(hb.incarnation)}); give each node its own --id"
+        )
+        log.error("%s", problem)
+        if younger:
+            self.on_duplicate(problem + "; this one, the younger, stops")
+
+
+def _started(incarnation: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(incarnation / 1e9))

@@ -1,0 +1,171 @@
+"""Requests awaiting their replies: request id -> future, with one timer for all deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+from collections.abc import Callable
+from typing import TypeAlias
+
+import msgspec
+
+from .errors import CatgaError, RequestTimeout, TransportFailed
+
+#: (kind, payload, source node id) of a reply or error frame.
+Reply: TypeAlias = tuple[int, "bytes | msgspec.Raw", str]
+
+
+class PendingMap:
+    """Request id -> future of its reply; every way out of a wait removes the entry.
+
+    Each entry also names the node the request went to and whether it is idempotent,
+    so that when that node is lost its requests can be failed over at once.
+
+    Deadlines share one timer over a heap instead of one timer per request (a timer
+    costs more than the rest of the bookkeeping). Entries answered in time stay in the
+    heap until it is compacted, which happens once it holds twice what is pending.
+
+    ``clock`` is the time base of the deadlines (the loop's by default); a test may
+    pass its own.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_entries",
+        "_heap",
+        "_loop",
+        "_next_id",
+        "_timer",
+        "_timer_at",
+        "late_replies",
+    )
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float] | None = None
+    ) -> None:
+        self._loop = loop
+        self._clock = clock or loop.time
+        #: rid -> (future, node id, idempotent, type name)
+        self._entries: dict[int, tuple[asyncio.Future[Reply], str, bool, str]] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._next_id = 0
+        self.late_replies = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def open(
+        self, node_id: str, idempotent: bool, deadline: float, type_name: str
+    ) -> tuple[int, asyncio.Future[Reply]]:
+        self._next_id = rid = self._next_id + 1
+        fut: asyncio.Future[Reply] = self._loop.create_future()
+        self._entries[rid] = (fut, node_id, idempotent, type_name)
+        heap = self._heap
+        if len(heap) > 2 * len(self._entries) + 1024:
+            self._compact()
+        heapq.heappush(heap, (deadline, rid))
+        if deadline < self._timer_at:
+            self._arm(deadline)
+        return rid, fut
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_later(max(0.0, when - self._clock()), self._expire)
+
+    def _compact(self) -> None:
+        entries = self._entries
+        self._heap = [item for item in self._heap if item[1] in entries]
+        heapq.heapify(self._heap)
+
+    def _expire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        heap, entries = self._heap, self._entries
+        now = self._clock()
+        while heap and heap[0][0] <= now:
+            _, rid = heapq.heappop(heap)
+            entry = entries.pop(rid, None)
+            if entry is not None and not entry[0].done():
+                node_id = entry[1]
+                entry[0].set_exception(
+                    RequestTimeout(
+                        f"no reply to {entry[3]} from {node_id} before its deadline",
+                        node=node_id,
+                        retryable=entry[2],  # sent again, a non-idempotent one may run twice
+                    )
+                )
+        if heap:
+            self._arm(heap[0][0])
+
+    def target(self, request_id: int) -> str | None:
+        """The node a pending request was sent to (None: not pending)."""
+        entry = self._entries.get(request_id)
+        return entry[1] if entry is not None else None
+
+    def resolve(self, request_id: int, reply: Reply) -> None:
+        entry = self._entries.pop(request_id, None)
+        if entry is None or entry[0].done():
+            self.late_replies += 1  # after its timeout or cancellation: nobody waits
+            return
+        entry[0].set_result(reply)
+
+    def fail(self, request_id: int, exc: CatgaError) -> None:
+        entry = self._entries.pop(request_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(exc)
+
+    def forget(self, request_id: int) -> None:
+        """Drop an entry nobody will wait for (its request was never sent)."""
+        entry = self._entries.pop(request_id, None)
+        if entry is not None:
+            entry[0].cancel()
+
+    def fail_unsent(self, request_ids: list[int], why: str) -> None:
+        """Requests of a batch that could not be sent: never delivered, safe elsewhere."""
+        for rid in request_ids:
+            entry = self._entries.pop(rid, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(TransportFailed(why, node=entry[1], retryable=True))
+
+    def fail_node(self, node_id: str, why: str, *, idempotent_only: bool) -> int:
+        """Fail the requests in flight to ``node_id``; returns how many."""
+        lost = [
+            rid
+            for rid, (_, target, idempotent, _) in self._entries.items()
+            if target == node_id and (idempotent or not idempotent_only)
+        ]
+        for rid in lost:
+            fut, _, idempotent, _ = self._entries.pop(rid)
+            if not fut.done():
+                fut.set_exception(
+                    TransportFailed(
+                        f"node {node_id} {why} while the request was in flight; "
+                        + (
+                            "it may go to another node"
+                            if idempotent
+                            else "it may or may not have run"
+                        ),
+                        node=node_id,
+                        retryable=idempotent,
+                        delivered=True,
+                    )
+                )
+        return len(lost)
+
+    def close(self, request_id: int) -> None:
+        """Forget a request whose wait ended, however it ended."""
+        self._entries.pop(request_id, None)
+
+    def fail_all(self, exc_factory: Callable[[], CatgaError]) -> None:
+        entries, self._entries = self._entries, {}
+        self._heap.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
+        for fut, _, _, _ in entries.values():
+            if not fut.done():
+                fut.set_exception(exc_factory())

@@ -1,0 +1,400 @@
+"""``send()``: choose a node, encode, send, fail over, back off; the breaker's verdicts;
+the replies that come back; requests in flight to a node that is lost.
+
+Failover policy: a request that did not run (not delivered, ``OVERLOADED``, no handler
+there, too large for that node) goes to the next candidate at once; one that was
+delivered but whose node then died goes elsewhere only when its type is idempotent.
+Every retry stays within the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+
+from ._inbound import Rejections, decode_batch
+from ._pending import PendingMap
+from ._server import DEADLINE_EXPIRED, RequestServer
+from .config import NodeOptions
+from .errors import (
+    CatgaError,
+    HandlerNotFound,
+    NoNodes,
+    Overloaded,
+    ProtocolError,
+    RequestTimeout,
+    SerializationFailed,
+    TransportFailed,
+    ValidationFailed,
+    error_from_code,
+)
+from .membership import Membership, NodeStatus, Peer
+from .messages import Message, Request, response_type
+from .protocol import (
+    DECODE_ERRORS,
+    PROTOCOL_VERSION,
+    Codec,
+    Header,
+    Kind,
+    decode_error,
+    encode_header,
+    header_decoder,
+)
+from .resilience import CircuitBreaker
+from .routing import Router, make_router
+from .transport import Transport
+
+log = logging.getLogger("catga_zmq.node")
+
+#: The longest deadline a request may carry (s): it travels as int32 milliseconds.
+MAX_TIMEOUT: Final = (2**31 - 1) / 1000
+MAX_BUDGET_MS: Final = 2**31 - 1
+#: Sends of one request (the first included), always within its deadline. Rounds of
+#: backoff when every candidate refused it do not count, but end at the deadline.
+MAX_ATTEMPTS: Final = 8
+#: First pause before going round the candidates again when all refused; doubles each time.
+RETRY_BACKOFF: Final = 0.01  # s
+#: A node that said BYE may have replies still on the way: its requests in flight fail
+#: over only after this long (its answers overtaken by the BYE arrive well before).
+LEFT_GRACE: Final = 0.5  # s
+
+_REQ: Final = int(Kind.REQ)
+_REP: Final = int(Kind.REP)
+_ERR: Final = int(Kind.ERR)
+_LIVE: Final = (NodeStatus.ALIVE, NodeStatus.DRAINING, NodeStatus.SUSPECT)
+
+
+class Requester:
+    """Sends this node's requests and matches the replies to them."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        options: NodeOptions,
+        membership: Membership,
+        transport: Transport,
+        server: RequestServer,
+        codec: Codec,
+        reject: Rejections,
+        stats: dict[str, int],
+        routers: dict[str, Router],
+        on_traffic: Callable[[str], None],
+    ) -> None:
+        self.node_id = node_id
+        self.options = options
+        self.membership = membership
+        self.transport = transport
+        self.server = server
+        self.codec = codec
+        self.reject = reject
+        self.stats = stats
+        self.routers = routers
+        self.on_traffic = on_traffic
+        self.loop = asyncio.get_running_loop()
+        self.pending = PendingMap(self.loop)
+        self.closed = False
+
+    # send ----------------------------------------------------------------------------
+
+    async def send(
+        self,
+        message: Request[Any],
+        timeout: float | None,
+        key: str | None,
+        node: str | None,
+        trace: str,
+    ) -> Any:
+        cls = type(message)
+        name: str = getattr(cls, "__wire_name__", "")
+        if not isinstance(message, Request):
+            raise ValidationFailed(
+                f"send() takes a Request, got {cls.__qualname__}; use publish() for events"
+            )
+        budget = self.options.request_timeout if timeout is None else timeout
+        if not 0 < budget <= MAX_TIMEOUT:
+            raise ValidationFailed(
+                f"timeout must be > 0 and at most {MAX_TIMEOUT:.0f} s, got {timeout}"
+            )
+        if len(self.pending) >= self.options.max_in_flight:
+            # The caller's own bound, not any node's: no other node would do better.
+            raise Overloaded(
+                f"{len(self.pending)} requests of this node are already awaiting replies, "
+                f"its max_in_flight ({self.options.max_in_flight}); send fewer at once or "
+                "raise max_in_flight",
+                node=self.node_id,
+                retryable=False,
+            )
+        loop = self.loop
+        deadline = loop.time() + budget
+        if key is None and cls.__routing_key__:
+            key = str(getattr(message, cls.__routing_key__))
+        idempotent = cls.__idempotent__
+        payload: bytes | None = None
+        tried: list[Peer] = []
+        last_error: CatgaError | None = None
+        attempts = rounds = 0
+        while attempts < MAX_ATTEMPTS:
+            target = self._choose(name, message, key, node, tried)
+            if target is None:
+                if last_error is None:
+                    raise self._no_nodes(name, node)
+                # Every candidate refused it without running it (no connection yet,
+                # overloaded): back off a little and go round again, within the deadline.
+                pause = RETRY_BACKOFF * 2**rounds
+                rounds += 1
+                if not last_error.retryable or loop.time() + pause >= deadline:
+                    raise last_error
+                await asyncio.sleep(pause)
+                tried.clear()
+                continue
+            attempts += 1
+            # An explicit node= bypasses the breaker, so it gives the breaker no verdict
+            # either (it could clear another request's half-open probe).
+            judged = node is None and not target.local
+            try:
+                if target.local:
+                    return await self.server.call_local(message, name, deadline, trace)
+                if payload is None:
+                    try:
+                        payload = self._encode(message, name)
+                    except BaseException:
+                        if judged and target.breaker is not None:
+                            target.breaker.release()
+                        raise
+                limit = target.max_message_size
+                if limit and len(payload) > limit:
+                    if judged and target.breaker is not None:
+                        target.breaker.release()
+                    raise SerializationFailed(
+                        f"{name} is {len(payload)} bytes, over node {target.node_id}'s "
+                        f"max_message_size {limit}; send less or raise it on that node",
+                        node=target.node_id,
+                    )
+                reply: Any = await self.call_remote(
+                    target,
+                    name,
+                    payload,
+                    deadline,
+                    trace,
+                    self.codec.decoder(response_type(cls)),
+                    idempotent,
+                    judged,
+                )
+                return reply
+            except TransportFailed as exc:
+                if exc.delivered and not idempotent:
+                    raise  # it may have run there: running it again is not ours to decide
+                last_error = exc
+            except (Overloaded, HandlerNotFound) as exc:
+                last_error = exc  # not run there: another node may take it at once
+            except SerializationFailed as exc:
+                if target.local or not target.max_message_size:
+                    raise
+                last_error = exc  # too large for that node: another may take it
+            tried.append(target)
+            if loop.time() >= deadline:
+                break
+        assert last_error is not None
+        try:
+            raise last_error
+        finally:
+            del last_error  # break the frame <-> traceback cycle (see call_remote)
+
+    def _no_nodes(self, name: str, node: str | None) -> NoNodes:
+        if node is not None:
+            return NoNodes(f"node {node} is not a live member handling {name}")
+        isolated = len(self.membership.candidates(name))
+        if not isolated:
+            return NoNodes(f"no live node handles {name}")
+        return NoNodes(
+            f"every node that handles {name} ({isolated}) is isolated by its circuit "
+            "breaker after repeated failures; it is probed again after breaker_cooldown "
+            f"({self.options.breaker_cooldown} s)"
+        )
+
+    def _choose(
+        self, name: str, message: Any, key: str | None, node: str | None, tried: list[Peer]
+    ) -> Peer | None:
+        membership = self.membership
+        if node is not None:
+            if tried:
+                return None
+            if node == self.node_id:
+                return membership.me if name in self.server.mediator.handlers else None
+            peer = membership.peers.get(node)
+            if peer is None or peer.status not in _LIVE:
+                return None
+            return peer
+        candidates = membership.candidates(name)
+        if tried:
+            candidates = tuple(p for p in candidates if p not in tried)
+        router = self.routers.get(name)
+        if router is None:
+            router = self.routers[name] = make_router(self.options.routing)
+        while candidates:
+            target = router.select(candidates, message, key)
+            breaker = target.breaker
+            if breaker is None or breaker.allow(self.loop.time()):
+                return target
+            # Isolated by its circuit breaker: choose among the others.
+            candidates = tuple(p for p in candidates if p is not target)
+        return None
+
+    def _encode(self, message: Message, name: str) -> bytes:
+        try:
+            payload = self.codec.encode(message)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise SerializationFailed(f"{name} could not be encoded: {exc}") from None
+        if len(payload) > self.options.max_message_size:
+            raise SerializationFailed(
+                f"{name} is {len(payload)} bytes, over max_message_size "
+                f"{self.options.max_message_size}; send less or raise it on every node"
+            )
+        return payload
+
+    async def call_remote(
+        self,
+        target: Peer,
+        name: str,
+        payload: bytes,
+        deadline: float,
+        trace: str,
+        decoder: msgspec.msgpack.Decoder[Any],
+        idempotent: bool = False,
+        judged: bool = True,
+    ) -> Any:
+        """One send to ``target`` and the wait for its answer; ``judged``: the answer (or
+        its absence) counts for or against the target's circuit breaker."""
+        pending = self.pending
+        rid = 0
+        target.outstanding += 1
+        breaker = target.breaker if judged else None
+        try:
+            budget_ms = min(MAX_BUDGET_MS, max(1, int((deadline - self.loop.time()) * 1000)))
+            rid, fut = pending.open(target.node_id, idempotent, deadline, name)
+            header = encode_header(_REQ, rid, name, self.node_id, budget_ms, 0, trace)
+            try:
+                # Alone in flight to that node: now. Else it joins the node's batch.
+                self.transport.send_request(
+                    target.endpoint, header, payload, rid, target.outstanding == 1
+                )
+            except TransportFailed as exc:
+                pending.forget(rid)
+                exc.node = target.node_id
+                raise
+            self.stats["requests_sent"] += 1
+            kind, body, source = await fut
+        except (TransportFailed, RequestTimeout):
+            if judged:
+                self._record_failure(target)
+            raise
+        except BaseException:
+            if breaker is not None:
+                breaker.release()  # no verdict on the node (cancelled, or never sent)
+            raise
+        finally:
+            target.outstanding -= 1
+            if rid:
+                pending.close(rid)  # on every way out: reply, error, timeout, cancellation
+                # The future holds the exception, whose traceback holds this frame:
+                # without this, every timeout leaves a cycle (and the request) to the GC.
+                del fut
+        if kind == _REP:
+            if breaker is not None:
+                breaker.success()
+            try:
+                return decoder.decode(body)
+            except DECODE_ERRORS as exc:
+                raise SerializationFailed(
+                    f"the reply to {name} from {source} is not a "
+                    f"{getattr(decoder.type, '__qualname__', decoder.type)}: {exc}",
+                    node=source,
+                ) from None
+        err = decode_error(body)
+        if err.code == RequestTimeout.code and err.error_type == DEADLINE_EXPIRED:
+            # The handler's node cancelled it at the deadline this side sent: as much a
+            # sign of a node in trouble as no answer at all.
+            if judged:
+                self._record_failure(target)
+            raise RequestTimeout(err.message, node=source, retryable=idempotent)
+        if breaker is not None:
+            breaker.success()
+        raise error_from_code(
+            err.code, err.message, node=source, retryable=err.retryable, error_type=err.error_type
+        )
+
+    def _record_failure(self, target: Peer) -> None:
+        if self.membership.peers.get(target.node_id) is not target:
+            return  # a greeting to a bare address, not a member: nothing to isolate
+        if target.breaker is None:
+            target.breaker = CircuitBreaker(
+                target.node_id, self.options.breaker_threshold, self.options.breaker_cooldown
+            )
+        before = target.breaker.state
+        target.breaker.failure(self.loop.time())
+        if target.breaker.state is not before:
+            self.membership.rebuild()  # members() shows the circuit; watchers wake
+
+    # replies -------------------------------------------------------------------------
+
+    def on_reply(self, frames: list[bytes]) -> None:
+        if len(frames) == 1:
+            for header, body in decode_batch(frames[0], "?", "reply", self.reject, self.on_traffic):
+                self._reply(header, body)
+            return
+        if len(frames) != 2:
+            self.reject("?", "reply-frames", f"a reply of {len(frames)} frames, expected 2")
+            return
+        try:
+            header = header_decoder.decode(frames[0])
+        except DECODE_ERRORS as exc:
+            self.reject("?", "reply-header", f"reply header does not decode: {exc}")
+            return
+        self.on_traffic(header.source)
+        self._reply(header, frames[1])
+
+    def _reply(self, header: Header, body: bytes | msgspec.Raw) -> None:
+        if header.version != PROTOCOL_VERSION:
+            problem = f"{header.source} speaks protocol version {header.version}, this node {PROTOCOL_VERSION}"
+            self.reject(header.source, "version", problem)
+            self.pending.fail(header.request_id, ProtocolError(problem, node=header.source))
+            return
+        if header.kind != _REP and header.kind != _ERR:
+            self.reject(header.source, "kind", f"frame kind {header.kind} as a reply")
+            return
+        self.pending.resolve(header.request_id, (header.kind, body, header.source))
+
+    # lost nodes ----------------------------------------------------------------------
+
+    def peer_lost(self, peer: Peer) -> None:
+        """A peer turned SUSPECT, FAULTED or LEFT: fail over what is in flight to it."""
+        if peer.status is NodeStatus.LEFT:
+            # It drained before its BYE: its last replies may still be on the way.
+            self.loop.call_later(LEFT_GRACE, self._fail_in_flight_if_left, peer)
+        elif peer.status is NodeStatus.SUSPECT:
+            # Maybe only slow: re-send only what may safely run twice.
+            self._fail_in_flight(peer, "went silent", True)
+        else:
+            self._fail_in_flight(peer, f"is {peer.status.value}", False)
+
+    def on_disconnect(self, endpoint: str) -> None:
+        """The connection to ``endpoint`` dropped: replies to what was sent on it are lost."""
+        for peer in list(self.membership.peers.values()):
+            if peer.endpoint == endpoint:
+                self._fail_in_flight(peer, "dropped the connection", False)
+
+    def _fail_in_flight_if_left(self, peer: Peer) -> None:
+        if peer.status is NodeStatus.LEFT:  # not if it came back meanwhile
+            self._fail_in_flight(peer, "left", False)
+
+    def _fail_in_flight(self, peer: Peer, why: str, idempotent_only: bool) -> None:
+        if self.closed:
+            return
+        n = self.pending.fail_node(peer.node_id, why, idempotent_only=idempotent_only)
+        if n:
+            log.info("%d requests in flight to %s failed over (%s)", n, peer.node_id, why)

@@ -1,0 +1,425 @@
+"""Inbound requests: frame checks, the concurrency bound, the deadline, the answer, and
+finishing or cancelling what runs when the node shuts down.
+
+A local call (``send()`` of a type this node handles, routed here) takes the same path
+of checks as a remote one: the handler receives its own copy of the message, decoded
+from its wire form; the caller receives the reply decoded as the response type, so a
+handler that returns the wrong type fails the same way on both paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import inspect
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+
+from ._inbound import Rejections, decode_batch
+from .config import NodeOptions
+from .errors import (
+    Cancelled,
+    CatgaError,
+    HandlerError,
+    HandlerNotFound,
+    NoNodes,
+    Overloaded,
+    ProtocolError,
+    RequestTimeout,
+    SerializationFailed,
+    TransportFailed,
+    ValidationFailed,
+)
+from .mediator import Call, Context, Mediator
+from .messages import Message
+from .protocol import (
+    DECODE_ERRORS,
+    PROTOCOL_VERSION,
+    Codec,
+    Header,
+    Kind,
+    encode_error,
+    encode_header,
+    header_decoder,
+)
+from .transport import Transport
+
+log = logging.getLogger("catga_zmq.node")
+
+_REQ: Final = int(Kind.REQ)
+_REP: Final = int(Kind.REP)
+_ERR: Final = int(Kind.ERR)
+
+#: asyncio.Task(..., eager_start=True) exists from Python 3.12 on.
+_EAGER_TASKS: Final = sys.version_info >= (3, 12)
+
+#: Errors that tell a caller "this request did not run here" (or "nobody can run it"):
+#: raised by a handler's own code, they are the handler's failure instead.
+NOT_RUN: Final = (Overloaded, HandlerNotFound, TransportFailed, NoNodes)
+
+
+#: The ``error_type`` of the TIMEOUT answer a node sends when it cancels a handler at
+#: its caller's deadline (a nested send's timeout inside a handler has none).
+DEADLINE_EXPIRED: Final = "deadline"
+
+
+def ran(exc: BaseException, node_id: str) -> HandlerError:
+    """The handler ran and raised ``exc``: report it as the handler's failure."""
+    message = exc.message if isinstance(exc, CatgaError) else str(exc)
+    return HandlerError(message, error_type=type(exc).__name__, node=node_id)
+
+
+class RequestServer:
+    """Runs this node's handlers for requests read from the ROUTER, and for local calls."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        options: NodeOptions,
+        mediator: Mediator,
+        codec: Codec,
+        transport: Transport,
+        reject: Rejections,
+        stats: dict[str, int],
+        on_traffic: Callable[[str], None],
+    ) -> None:
+        self.node_id = node_id
+        self.options = options
+        self.mediator = mediator
+        self.codec = codec
+        self.transport = transport
+        self.reject = reject
+        self.stats = stats
+        self.on_traffic = on_traffic
+        self.loop = asyncio.get_running_loop()
+        #: Handlers running now (remote and local calls).
+        self.running = 0
+        #: False once the node drains: new requests are refused (OVERLOADED).
+        self.accepting = True
+        self._serving: set[asyncio.Task[None]] = set()
+        #: (deadline, seq, task) of remote handlers still running: one timer cancels
+        #: those that outlive the deadline their caller sent.
+        self._deadlines: list[tuple[float, int, asyncio.Task[None]]] = []
+        self._deadline_seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._timed_out: set[asyncio.Task[None]] = set()
+        #: One name for every handler task of this node: the leak checks find them,
+        #: and a constant costs nothing per request.
+        self._task_name = f"catga-{node_id}-handler"
+
+    # reading -------------------------------------------------------------------------
+
+    def on_request(self, frames: list[bytes]) -> None:
+        if len(frames) == 2:
+            ident = frames[0]
+            for record_header, record in decode_batch(
+                frames[1], ident.hex(), "request", self.reject, self.on_traffic
+            ):
+                self._request(ident, record_header, record)
+            return
+        if len(frames) != 3:
+            self.reject(
+                frames[0].hex() if frames else "?",
+                "frames",
+                f"{len(frames)} frames, expected 3 (or 2 for a batch)",
+            )
+            return
+        ident, raw_header, payload = frames
+        try:
+            header = header_decoder.decode(raw_header)
+        except DECODE_ERRORS as exc:
+            self.reject(ident.hex(), "header", f"header does not decode: {exc}")
+            return
+        self.on_traffic(header.source)
+        self._request(ident, header, payload)
+
+    def _request(self, ident: bytes, header: Header, payload: bytes | msgspec.Raw) -> None:
+        if header.version != PROTOCOL_VERSION or header.kind != _REQ:
+            if header.version != PROTOCOL_VERSION:
+                problem = (
+                    f"protocol version {header.version}, this node speaks {PROTOCOL_VERSION}; "
+                    "run the same catga_zmq protocol on every node"
+                )
+                self.reject(header.source, "version", problem)
+                self._answer_error(ident, header, ProtocolError(problem, node=self.node_id))
+            else:
+                self.reject(header.source, "kind", f"frame kind {header.kind} sent to a ROUTER")
+            return
+        entry = self.mediator.handlers.get(header.type_name)
+        if entry is None:
+            self._answer_error(
+                ident,
+                header,
+                HandlerNotFound(
+                    f"no handler for {header.type_name} on {self.node_id}", node=self.node_id
+                ),
+            )
+            return
+        refused = self._refusal()
+        if refused is not None:
+            self._answer_error(ident, header, refused)
+            return
+        try:
+            message = entry.decoder.decode(payload)
+        except DECODE_ERRORS as exc:
+            err = _undecodable(header.type_name, exc, self.node_id)
+            self.reject(header.source, f"payload:{header.type_name}", err.message)
+            self._answer_error(ident, header, err)
+            return
+        deadline = self.transport.arrival + header.budget_ms / 1000 if header.budget_ms else 0.0
+        ctx = Context(
+            header.type_name,
+            self.node_id,
+            header.source,
+            header.request_id,
+            header.trace_id,
+            deadline,
+        )
+        self.running += 1
+        coro = self._serve(entry.call, message, ctx, ident)
+        if _EAGER_TASKS:
+            # Python 3.12+: the handler runs at once, inside its task (so current_task(),
+            # asyncio.timeout() and TaskGroup work); a handler that does not wait is done
+            # before the next message is read, and never costs a loop iteration.
+            task: asyncio.Task[None] = asyncio.Task(  # type: ignore[call-arg,unused-ignore]
+                coro, loop=self.loop, name=self._task_name, eager_start=True
+            )
+            if task.done():
+                return
+        else:
+            task = self.loop.create_task(coro, name=self._task_name)
+        self._serving.add(task)
+        if deadline:
+            self._watch_deadline(deadline, task)
+
+    def _refusal(self) -> Overloaded | None:
+        """Why a new request is refused now (None: it may run)."""
+        if not self.accepting:
+            self.stats["requests_refused"] += 1
+            return Overloaded(f"node {self.node_id} is draining", node=self.node_id)
+        if self.running >= self.options.max_concurrency:
+            self.stats["requests_refused"] += 1
+            return Overloaded(
+                f"node {self.node_id} runs {self.running} handlers (max_concurrency)",
+                node=self.node_id,
+            )
+        return None
+
+    # running -------------------------------------------------------------------------
+
+    async def _serve(self, call: Call, message: Message, ctx: Context, ident: bytes) -> None:
+        rid = ctx.request_id
+        try:
+            try:
+                result = await call(message, ctx)
+            except NOT_RUN as exc:
+                # Raised by the handler's own code (a nested send, say): the request
+                # did run here, so it must not read as "not run, try another node".
+                raise ran(exc, self.node_id) from exc
+            body = self._encode_reply(ctx.type_name, result)
+            self.stats["requests_handled"] += 1
+            self.transport.reply(
+                ident,
+                encode_header(_REP, rid, "", self.node_id),
+                body,
+                self.running == 1,  # the only handler running: now, else batched
+            )
+        except HandlerError as exc:
+            self.stats["requests_failed"] += 1
+            self._answer(ident, rid, exc.code, exc.message, exc.error_type, exc.retryable)
+        except CatgaError as exc:
+            self.stats["requests_failed"] += 1
+            self._answer(ident, rid, exc.code, exc.message, "", exc.retryable)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task in self._timed_out:
+                # Cancelled by its caller's deadline, not by a shutdown: the caller has
+                # given up already; this answer only tells a late listener why.
+                assert task is not None
+                self._timed_out.discard(task)
+                task.uncancel()
+                self.stats["requests_failed"] += 1
+                why = f"{ctx.type_name} did not finish before its deadline; cancelled"
+                self._answer(ident, rid, RequestTimeout.code, why, DEADLINE_EXPIRED, False)
+                return
+            # It may have done part of its work: not retryable.
+            why = f"node {self.node_id} shut down before the handler finished"
+            self._answer(ident, rid, Cancelled.code, why, "", False)
+            raise
+        except Exception as exc:
+            self.stats["requests_failed"] += 1
+            self._answer(ident, rid, HandlerError.code, str(exc), type(exc).__name__, False)
+        finally:
+            self.running -= 1
+            # Cheaper than a done-callback, which costs a loop iteration of its own.
+            self._serving.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+
+    def _encode_reply(self, type_name: str, result: Any) -> bytes:
+        try:
+            body = self.codec.encode(result)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise SerializationFailed(
+                f"the reply to {type_name} could not be encoded: {exc}", node=self.node_id
+            ) from None
+        if len(body) > self.options.max_message_size:
+            raise SerializationFailed(
+                f"the reply to {type_name} is {len(body)} bytes, over max_message_size "
+                f"{self.options.max_message_size}",
+                node=self.node_id,
+            )
+        return body
+
+    async def call_local(self, message: Message, name: str, deadline: float, trace: str) -> Any:
+        """Run this node's handler of ``name`` for a local ``send()``, as a remote call
+        would: the same refusals, a copy of the message, the reply checked and counted."""
+        entry = self.mediator.handlers.get(name)
+        if entry is None:
+            raise HandlerNotFound(f"no handler for {name} on {self.node_id}", node=self.node_id)
+        refused = self._refusal()
+        if refused is not None:
+            raise refused
+        try:
+            copy = entry.decoder.decode(self.codec.encode(message))
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise SerializationFailed(f"{name} could not be encoded: {exc}") from None
+        except DECODE_ERRORS as exc:
+            raise _undecodable(name, exc, self.node_id) from None
+        ctx = Context(name, self.node_id, self.node_id, 0, trace, deadline)
+        self.running += 1
+        scope = asyncio.timeout_at(deadline)
+        try:
+            try:
+                async with scope:
+                    result = await entry.call(copy, ctx)
+                body = self._encode_reply(name, result)
+            except TimeoutError as exc:
+                if scope.expired():
+                    raise RequestTimeout(
+                        f"{name} did not finish before its deadline", node=self.node_id
+                    ) from None
+                if isinstance(exc, RequestTimeout):
+                    raise  # a nested send's, or the deadline check's: as on the remote path
+                raise ran(exc, self.node_id) from exc
+            except NOT_RUN as exc:
+                raise ran(exc, self.node_id) from exc
+            except CatgaError:
+                raise
+            except Exception as exc:
+                raise ran(exc, self.node_id) from exc
+            try:
+                reply = self.codec.decoder(entry.response_type).decode(body)
+            except DECODE_ERRORS as exc:
+                raise SerializationFailed(
+                    f"the reply to {name} from {self.node_id} is not a "
+                    f"{getattr(entry.response_type, '__qualname__', entry.response_type)}: {exc}",
+                    node=self.node_id,
+                ) from None
+        except CatgaError:
+            self.stats["requests_failed"] += 1
+            raise
+        finally:
+            self.running -= 1
+        self.stats["requests_handled"] += 1
+        return reply
+
+    # answers -------------------------------------------------------------------------
+
+    def _answer_error(self, ident: bytes, header: Header, exc: CatgaError) -> None:
+        self._answer(ident, header.request_id, exc.code, exc.message, "", exc.retryable)
+
+    def _answer(
+        self,
+        ident: bytes,
+        request_id: int,
+        code: str,
+        message: str,
+        error_type: str,
+        retryable: bool,
+    ) -> None:
+        self.transport.reply(
+            ident,
+            encode_header(_ERR, request_id, "", self.node_id),
+            encode_error(code, message, error_type, retryable),
+            self.running <= 1,
+        )
+
+    # deadlines -----------------------------------------------------------------------
+
+    def _watch_deadline(self, deadline: float, task: asyncio.Task[None]) -> None:
+        heap = self._deadlines
+        if len(heap) > 2 * len(self._serving) + 1024:
+            self._deadlines = heap = [d for d in heap if not d[2].done()]
+            heapq.heapify(heap)
+        self._deadline_seq += 1
+        heapq.heappush(heap, (deadline, self._deadline_seq, task))
+        if deadline < self._timer_at:
+            self._arm(deadline)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        # Deadlines are time.monotonic() (see DeadlineBehavior), not the loop's clock.
+        self._timer = self.loop.call_later(max(0.0, when - time.monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        heap = self._deadlines
+        now = time.monotonic()
+        while heap and heap[0][0] <= now:
+            _, _, task = heapq.heappop(heap)
+            # A handler not started yet is left to DeadlineBehavior, which refuses it
+            # with an answer; cancelled before its first step it would never answer.
+            if not task.done() and _started(task):
+                self._timed_out.add(task)
+                task.cancel()
+        if heap:
+            self._arm(heap[0][0])
+
+    # shutdown ------------------------------------------------------------------------
+
+    async def finish(self, timeout: float, exclude: asyncio.Task[Any] | None) -> None:
+        """Wait up to ``timeout`` s for the running handlers, then cancel the rest."""
+        serving = [t for t in self._serving if t is not exclude]
+        if serving:
+            await asyncio.wait(serving, timeout=timeout)
+        left = [t for t in self._serving if t is not exclude and not t.done()]
+        if left:
+            log.warning("%d handlers still running after drain_timeout: cancelled", len(left))
+            await self.cancel_all(exclude)
+
+    async def cancel_all(self, exclude: asyncio.Task[Any] | None = None) -> None:
+        """Cancel every running handler and wait until each has answered CANCELLED."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
+        left = [t for t in self._serving if t is not exclude and not t.done()]
+        if any(not _started(t) for t in left):
+            # Let them take their first step, so that each answers its caller CANCELLED.
+            await asyncio.sleep(0)
+            left = [t for t in left if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            # A second cancellation of the closer must not leave them running.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(asyncio.gather(*left, return_exceptions=True))
+
+
+def _started(task: asyncio.Task[Any]) -> bool:
+    return inspect.getcoroutinestate(task.get_coro()) != inspect.CORO_CREATED  # type: ignore[arg-type]
+
+
+def _undecodable(type_name: str, exc: Exception, node_id: str) -> CatgaError:
+    if isinstance(exc, msgspec.ValidationError):
+        return ValidationFailed(f"{type_name}: {exc}", node=node_id)
+    return SerializationFailed(f"{type_name}: {exc}", node=node_id)
