@@ -7,8 +7,10 @@ Users import from here only::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+# First, on its own: _node.py still reads __version__ from this package while it loads.
+from ._version import __version__
 
+# isort: split
 from ._node import Node
 from .config import NodeOptions
 from .discovery import Candidate, Discovery, MemoryDiscovery, MemoryHub, StaticDiscovery

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from ._version import __version__
 from .config import NodeOptions, options_from_env, options_from_toml
 from .errors import CatgaError
 
@@ -26,12 +27,17 @@ class UsageError(Exception):
     """A bad value given to a command; printed as one line, exit code 2."""
 
 
+def _version(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=f"catga_zmq {__version__}")
+
+
 def _node_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m catga_zmq.node",
         description="Run one catga_zmq node until SIGTERM or Ctrl-C (both drain, then exit 0).",
         epilog="Every flag also reads from CATGA_<NAME> (e.g. CATGA_CLUSTER) and from --config.",
     )
+    _version(p)
     p.add_argument(
         "--app",
         metavar="MODULE:ATTR",
@@ -187,6 +193,7 @@ def _ops_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m catga_zmq", description="catga_zmq operator commands"
     )
+    _version(p)
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (
         ("nodes", "list the cluster's members as a table"),

@@ -18,9 +18,12 @@ import pytest
 from _net import loopback_multicast_problem
 from _proc import Proc, run, start
 
+import catga_zmq
 from catga_zmq import ConfigError, Node, Request, TransportFailed
+from catga_zmq._version import __version__
 
 NODE = [sys.executable, "-m", "catga_zmq.node"]
+OPS = [sys.executable, "-m", "catga_zmq"]
 FAST: dict[str, Any] = {"heartbeat_interval": 0.1, "suspect_after": 0.5, "faulted_after": 2.0}
 
 
@@ -35,6 +38,21 @@ def stopped_at_end(*procs: Proc) -> Iterator[None]:
     finally:
         for proc in procs:
             proc.stop()
+
+
+# --version -------------------------------------------------------------------------------
+
+
+def test_version_lives_in_its_own_module() -> None:
+    assert catga_zmq.__version__ == __version__
+    assert __version__.count(".") >= 2
+
+
+@pytest.mark.parametrize("cmd", [NODE, OPS], ids=["node", "ops"])
+async def test_version_flag(cmd: list[str]) -> None:
+    code, out, err = await run([*cmd, "--version"])
+    assert code == 0, err
+    assert out.strip() == f"catga_zmq {__version__}"
 
 
 # a port in use -----------------------------------------------------------------------------
