@@ -30,6 +30,8 @@ from .config import (
 from .errors import CatgaError
 
 EXIT_USAGE = 2
+#: A second Ctrl-C cut the drain short: 128 + SIGINT, what a shell reports for it.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 #: The settings an operator command takes: those that decide which cluster it sees.
 OBSERVER_SETTINGS = ("cluster", "discovery", "seeds", "bind", "advertise")
@@ -91,7 +93,8 @@ def _flag_settings(args: argparse.Namespace, chosen: Iterable[Setting]) -> dict[
 def _node_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m catga_zmq.node",
-        description="Run one catga_zmq node until SIGTERM or Ctrl-C (both drain, then exit 0).",
+        description="Run one catga_zmq node until SIGTERM or Ctrl-C (both drain, then exit 0; "
+        f"a second Ctrl-C stops at once, exit {EXIT_INTERRUPTED}).",
         epilog="Precedence, lowest first: the app's Node, --config, CATGA_* variables, flags. "
         "A list is comma separated or its flag repeated; a table is KEY=VALUE pairs "
         "(--metadata zone=a --metadata rack=3, CATGA_METADATA=zone=a,rack=3). "
@@ -179,7 +182,7 @@ def _install_loop() -> None:
 
 
 def run_node(argv: list[str] | None = None) -> int:
-    """``python -m catga_zmq.node``: 0 after a drain, 2 for a bad setting."""
+    """``python -m catga_zmq.node``: 0 after a drain, 2 for a bad setting, 130 if cut short."""
     prog = "catga-node"
     try:
         node = build_node(argv)
@@ -189,27 +192,47 @@ def run_node(argv: list[str] | None = None) -> int:
     _setup_logging(node.options.log_level)
     _install_loop()
     try:
-        asyncio.run(_serve(node))
+        return asyncio.run(_serve(node))
     except CatgaError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return 0
 
 
-async def _serve(node: Any) -> None:
+async def _serve(node: Any) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    serving = asyncio.current_task()
+    assert serving is not None
+    forced = False
+
+    def on_signal(sig: signal.Signals) -> None:
+        # As uvicorn: the first signal drains; a second Ctrl-C gives up on the drain.
+        # A second SIGTERM does not: a supervisor that repeats it still wants the drain.
+        nonlocal forced
+        if not stop.is_set():
+            stop.set()
+        elif sig is signal.SIGINT and not forced:
+            forced = True
+            log.warning("second Ctrl-C: stopping %s without finishing the drain", node.node_id)
+            serving.cancel()  # aclose() is safe to cancel: the node still closes
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with node:
-        # One machine-readable line on stdout: scripts and tests wait for it.
-        print(
-            f"ready node={node.node_id} endpoint={node.transport.endpoint} "
-            f"pub={node.transport.pub_endpoint} cluster={node.options.cluster}",
-            flush=True,
-        )
-        await stop.wait()
-        log.info("draining %s", node.node_id)
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        async with node:
+            # One machine-readable line on stdout: scripts and tests wait for it.
+            print(
+                f"ready node={node.node_id} endpoint={node.transport.endpoint} "
+                f"pub={node.transport.pub_endpoint} cluster={node.options.cluster}",
+                flush=True,
+            )
+            await stop.wait()
+            log.info("draining %s (Ctrl-C again to stop at once)", node.node_id)
+    except asyncio.CancelledError:
+        if not forced:
+            raise
+        return EXIT_INTERRUPTED
+    return 0
 
 
 # python -m catga_zmq ---------------------------------------------------------------------
@@ -263,6 +286,8 @@ def ops_main(argv: list[str] | None = None) -> int:
     except CatgaError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 async def _ops(args: argparse.Namespace, options: NodeOptions) -> int:

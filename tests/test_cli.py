@@ -5,10 +5,12 @@ Each process is stopped by its own PID, whatever happens in the test.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from _proc import Proc, run, start
 import catga_zmq
 from catga_zmq import ConfigError, Node, Request, TransportFailed
 from catga_zmq._version import __version__
+from tests.apps.slow_app import Sleep
 
 NODE = [sys.executable, "-m", "catga_zmq.node"]
 OPS = [sys.executable, "-m", "catga_zmq"]
@@ -90,6 +93,50 @@ async def test_node_command_port_in_use_exits_2_with_one_line(flag: str) -> None
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert flag in lines[0] and str(port) in lines[0] and "in use" in lines[0]
+
+
+# Ctrl-C --------------------------------------------------------------------------------------
+
+
+async def test_second_ctrl_c_during_a_drain_exits_at_once(tmp_path: Path) -> None:
+    cluster = _cluster()
+    cmd = [*NODE, "--app", "tests.apps.slow_app:node", "--id", "slow-1", "--cluster", cluster]
+    cmd += ["--discovery", "none", "--drain-timeout", "120"]
+    proc = start("slow-1", cmd, tmp_path)
+    with stopped_at_end(proc):
+        await proc.await_ready()
+        client = Node(
+            "client", cluster=cluster, discovery="static", seeds=[proc.ready["endpoint"]], **FAST
+        )
+        async with client:
+            await client.wait_for_peers(1, handles=Sleep, timeout=20)
+            call = asyncio.create_task(client.send(Sleep(seconds=300), timeout=600))
+            try:
+                await proc.await_text("sleeping 300")
+                proc.send(signal.SIGINT)  # the first drains: it waits for the handler
+                await proc.await_text("draining slow-1")
+                await asyncio.sleep(1.0)
+                assert proc.proc.poll() is None, "the first Ctrl-C did not wait for the handler"
+                began = time.monotonic()
+                proc.send(signal.SIGINT)  # the second ends the drain at once
+                code = await proc.await_exit(timeout=15.0)
+                took = time.monotonic() - began
+            finally:
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError, catga_zmq.CatgaError):
+                    await call
+    assert code == 130, proc.stderr()
+    assert took < 10.0, took
+    assert "second" in proc.stderr().lower()  # it says why it did not finish the drain
+
+
+async def test_one_ctrl_c_drains_and_exits_0(tmp_path: Path) -> None:
+    cmd = [*NODE, "--id", "calm-1", "--cluster", _cluster(), "--discovery", "none"]
+    proc = start("calm-1", cmd, tmp_path)
+    with stopped_at_end(proc):
+        await proc.await_ready()
+        proc.send(signal.SIGINT)
+        assert await proc.await_exit() == 0, proc.stderr()
 
 
 # IPv6 ----------------------------------------------------------------------------------------
