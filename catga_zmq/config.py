@@ -211,7 +211,9 @@ def settings() -> tuple[Setting, ...]:
     hints = typing.get_type_hints(NodeOptions, include_extras=True)
     found = []
     for name in NodeOptions.__struct_fields__:
-        kind, *extras = typing.get_args(hints[name])
+        hint = hints[name]
+        annotated = typing.get_origin(hint) is Annotated
+        kind, *extras = typing.get_args(hint) if annotated else (hint,)
         origin = typing.get_origin(kind)
         choices = tuple(str(c) for c in typing.get_args(kind)) if origin is Literal else ()
         shape: Literal["value", "list", "table"] = (
@@ -232,6 +234,7 @@ def settings() -> tuple[Setting, ...]:
     return tuple(found)
 
 
+@functools.cache
 def _by_name() -> dict[str, Setting]:
     return {s.name: s for s in settings()}
 
@@ -275,9 +278,9 @@ def _explain(msg: str, data: Mapping[str, Any], label: Label) -> str:
     # msgspec says "Invalid enum value 'fast' - at `$.routing`": name the setting instead,
     # as its source names it, and for a choice list the choices.
     m = re.search(r" - at `\$\.(\w+)", msg)
-    if not m or m.group(1) not in _by_name():
+    s = _by_name().get(m.group(1)) if m else None
+    if m is None or s is None:
         return msg
-    s = _by_name()[m.group(1)]
     shown = f"{label(s)}{data[s.name]!r}"
     if s.choices:
         return f"{shown} is not one of {', '.join(s.choices)}"
