@@ -1,7 +1,8 @@
 """The command lines: ``python -m catga_zmq.node`` and ``python -m catga_zmq``.
 
 Every bad value ends the program with one line on stderr saying what is wrong, and exit
-code 2 (as argparse does for a bad flag).
+code 2 (as argparse does for a bad flag). The node command's flags are made from
+``NodeOptions``' fields by ``config.settings()``: one flag per setting, none by hand.
 """
 
 from __future__ import annotations
@@ -14,24 +15,92 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
-from .config import NodeOptions, options_from_env, options_from_toml
+from ._version import __version__
+from .config import (
+    NodeOptions,
+    Setting,
+    options_from_env,
+    options_from_text,
+    options_from_toml,
+    settings,
+)
 from .errors import CatgaError
 
 EXIT_USAGE = 2
+#: A second Ctrl-C cut the drain short: 128 + SIGINT, what a shell reports for it.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+#: The settings an operator command takes: those that decide which cluster it sees.
+OBSERVER_SETTINGS = ("cluster", "discovery", "seeds", "bind", "advertise")
+
+log = logging.getLogger("catga_zmq.node")
 
 
 class UsageError(Exception):
     """A bad value given to a command; printed as one line, exit code 2."""
 
 
+def _version(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=f"catga_zmq {__version__}")
+
+
+def _metavar(s: Setting) -> str:
+    if s.choices:
+        return "{" + ",".join(s.choices) + "}"
+    shown = {"list": "A,B", "table": "KEY=VALUE", "value": s.type_name.upper()}[s.shape]
+    return "TEXT" if shown == "STR" else shown
+
+
+def add_setting_flags(p: argparse.ArgumentParser, chosen: Iterable[Setting]) -> None:
+    """One flag per setting; lists and tables may be repeated (values are checked later)."""
+    group = p.add_argument_group(
+        "settings",
+        "each is also read from the CATGA_* variable its help names, and from --config "
+        "(a key of the same name as the setting: pub_port for --pub-port)",
+    )
+    defaults = NodeOptions()
+    for s in chosen:
+        default = getattr(defaults, s.name)
+        shown = f"default {default!r}; " if default not in ("", [], {}) else ""
+        group.add_argument(
+            *s.flags,
+            dest=s.name,
+            action="store" if s.shape == "value" else "append",
+            metavar=_metavar(s),
+            help=f"{s.help} ({shown}{s.env})".replace("%", "%%"),
+        )
+
+
+def _flag_label(s: Setting) -> str:
+    return f"{s.flags[0]} "
+
+
+def _flag_settings(args: argparse.Namespace, chosen: Iterable[Setting]) -> dict[str, Any]:
+    texts: dict[str, list[str]] = {}
+    for s in chosen:
+        given = getattr(args, s.name, None)
+        if given is not None:
+            texts[s.name] = given if isinstance(given, list) else [given]
+    found = options_from_text(texts, label=_flag_label)
+    if "seeds" in found:  # seeds on the command line mean: use them
+        found.setdefault("discovery", "static")
+    return found
+
+
 def _node_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m catga_zmq.node",
-        description="Run one catga_zmq node until SIGTERM or Ctrl-C (both drain, then exit 0).",
-        epilog="Every flag also reads from CATGA_<NAME> (e.g. CATGA_CLUSTER) and from --config.",
+        description="Run one catga_zmq node until SIGTERM or Ctrl-C (both drain, then exit 0; "
+        f"a second Ctrl-C stops at once, exit {EXIT_INTERRUPTED}).",
+        epilog="Precedence, lowest first: the app's Node, --config, CATGA_* variables, flags. "
+        "A list is comma separated or its flag repeated; a table is KEY=VALUE pairs "
+        "(--metadata zone=a --metadata rack=3, CATGA_METADATA=zone=a,rack=3). "
+        "--seeds implies --discovery static.",
     )
+    _version(p)
     p.add_argument(
         "--app",
         metavar="MODULE:ATTR",
@@ -40,41 +109,13 @@ def _node_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", metavar="FILE", help="TOML file with the settings ([node] table or top level)"
     )
-    p.add_argument("--id", dest="node_id", help="node id (default: host-pid-random)")
-    p.add_argument("--cluster", help="cluster name; nodes of other clusters are ignored")
-    p.add_argument("--bind", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="ROUTER port (default: any free port)")
-    p.add_argument(
-        "--pub-port", dest="pub_port", type=int, help="PUB port (default: any free port)"
-    )
-    p.add_argument("--advertise", help="address peers connect to (default: the bind address)")
-    p.add_argument("--discovery", help="mdns, static, memory or none (default mdns)")
-    p.add_argument("--seeds", help="static seeds, comma separated: tcp://HOST:PORT,...")
-    p.add_argument(
-        "--routing",
-        help="round_robin, weighted, consistent_hash, least_connections or local_first",
-    )
-    p.add_argument("--weight", type=int, help="share of traffic under weighted routing")
-    p.add_argument(
-        "--heartbeat-interval",
-        dest="heartbeat_interval",
-        type=float,
-        help="seconds between heartbeats",
-    )
-    p.add_argument(
-        "--max-concurrency",
-        dest="max_concurrency",
-        type=int,
-        help="handlers running at once; past it: OVERLOADED",
-    )
-    p.add_argument(
-        "--drain-timeout",
-        dest="drain_timeout",
-        type=float,
-        help="seconds to finish in-flight work on shutdown",
-    )
-    p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
+    add_setting_flags(p, settings())
     return p
+
+
+def settings_from_argv(argv: list[str]) -> dict[str, Any]:
+    """The settings the node command's flags give (typed), without building a node."""
+    return _flag_settings(_node_parser().parse_args(argv), settings())
 
 
 def load_app(spec: str) -> Any:
@@ -105,15 +146,8 @@ def load_app(spec: str) -> Any:
     return obj
 
 
-def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("app", "config")}
-    if "seeds" in flags:
-        flags["seeds"] = [s.strip() for s in flags["seeds"].split(",") if s.strip()]
-        flags.setdefault("discovery", "static")
-    return flags
-
-
 def build_node(argv: list[str] | None) -> Any:
+    """The node the command line describes: the app's, with the other settings over it."""
     from ._node import Node
 
     args = _node_parser().parse_args(argv)
@@ -123,7 +157,7 @@ def build_node(argv: list[str] | None) -> Any:
     if args.config:
         changes.update(options_from_toml(args.config))
     changes.update(options_from_env())
-    changes.update(_settings_from_args(args))
+    changes.update(_flag_settings(args, settings()))
     options = base.merged(changes).validated() if changes else base.validated()
     if node is None:
         return Node(options=options)
@@ -148,6 +182,7 @@ def _install_loop() -> None:
 
 
 def run_node(argv: list[str] | None = None) -> int:
+    """``python -m catga_zmq.node``: 0 after a drain, 2 for a bad setting, 130 if cut short."""
     prog = "catga-node"
     try:
         node = build_node(argv)
@@ -157,27 +192,57 @@ def run_node(argv: list[str] | None = None) -> int:
     _setup_logging(node.options.log_level)
     _install_loop()
     try:
-        asyncio.run(_serve(node))
+        return asyncio.run(_serve(node))
     except CatgaError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return 0
 
 
-async def _serve(node: Any) -> None:
+async def _serve(node: Any) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    serving = asyncio.current_task()
+    assert serving is not None
+    forced = False
+
+    def on_signal(sig: signal.Signals) -> None:
+        # As uvicorn: the first signal drains; a second Ctrl-C gives up on the drain.
+        # A second SIGTERM does not: a supervisor that repeats it still wants the drain.
+        nonlocal forced
+        if not stop.is_set():
+            stop.set()
+        elif sig is signal.SIGINT and not forced:
+            forced = True
+            log.warning("second Ctrl-C: stopping %s without finishing the drain", node.node_id)
+            serving.cancel()  # aclose() is safe to cancel: the node still closes
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with node:
-        # One machine-readable line on stdout: scripts and tests wait for it.
-        print(
-            f"ready node={node.node_id} endpoint={node.transport.endpoint} "
-            f"pub={node.transport.pub_endpoint} cluster={node.options.cluster}",
-            flush=True,
-        )
-        await stop.wait()
-        logging.getLogger("catga_zmq.node").info("draining %s", node.node_id)
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        async with node:
+            # One machine-readable line on stdout: scripts and tests wait for it.
+            print(
+                f"ready node={node.node_id} endpoint={node.endpoint} "
+                f"pub={node.pub_endpoint} cluster={node.options.cluster}",
+                flush=True,
+            )
+            # Until a signal, or until the node closes itself (a duplicate node id).
+            waits = [loop.create_task(stop.wait()), loop.create_task(node.wait_closed())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if node.failure is None:
+                log.info("draining %s (Ctrl-C again to stop at once)", node.node_id)
+    except asyncio.CancelledError:
+        if not forced:
+            raise
+        return EXIT_INTERRUPTED
+    if node.failure is not None:
+        print(f"catga-node: error: {node.failure.message}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
 
 
 # python -m catga_zmq ---------------------------------------------------------------------
@@ -185,18 +250,19 @@ async def _serve(node: Any) -> None:
 
 def _ops_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m catga_zmq", description="catga_zmq operator commands"
+        prog="python -m catga_zmq",
+        description="catga_zmq operator commands: each joins the cluster as an observer "
+        "(not a member that serves), listens for --wait seconds, then answers.",
     )
+    _version(p)
     sub = p.add_subparsers(dest="command", required=True)
+    by_name = {s.name: s for s in settings()}
     for name, help_ in (
         ("nodes", "list the cluster's members as a table"),
         ("ping", "ping every member (or --node) and print round-trip times"),
     ):
         c = sub.add_parser(name, help=help_)
-        c.add_argument("--cluster", help="cluster name (default: default, or CATGA_CLUSTER)")
-        c.add_argument("--discovery", help="mdns, static or none (default mdns)")
-        c.add_argument("--seeds", help="static seeds: tcp://HOST:PORT,...")
-        c.add_argument("--bind", help="address to bind the observer to (default 127.0.0.1)")
+        add_setting_flags(c, (by_name[n] for n in OBSERVER_SETTINGS))
         c.add_argument(
             "--wait", type=float, default=3.0, help="seconds to listen before answering (default 3)"
         )
@@ -207,19 +273,15 @@ def _ops_parser() -> argparse.ArgumentParser:
 
 
 def ops_main(argv: list[str] | None = None) -> int:
+    """``python -m catga_zmq``: 0 if it found nodes, 1 if none, 2 for a bad value."""
     args = _ops_parser().parse_args(argv)
     prog = "catga_zmq"
     try:
         changes: dict[str, Any] = options_from_env()
-        for key in ("cluster", "discovery", "bind"):
-            if getattr(args, key):
-                changes[key] = getattr(args, key)
-        if args.seeds:
-            changes["seeds"] = [s.strip() for s in args.seeds.split(",") if s.strip()]
-            changes.setdefault("discovery", "static")
+        changes.update(_flag_settings(args, settings()))
         changes["node_id"] = f"observer-{os.getpid()}"
         changes["metadata"] = {"role": "observer"}
-        changes.pop("port", None)
+        changes.pop("port", None)  # an observer takes any free ports, whatever the env says
         changes.pop("pub_port", None)
         options = NodeOptions().merged(changes).validated()
         if args.wait <= 0:
@@ -234,6 +296,8 @@ def ops_main(argv: list[str] | None = None) -> int:
     except CatgaError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 async def _ops(args: argparse.Namespace, options: NodeOptions) -> int:

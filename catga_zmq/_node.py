@@ -406,6 +406,8 @@ class Node:
         except BaseException:
             self.state = State.DRAINING  # nothing half-started may outlive a failed start
             await self._teardown()
+            if self._parts is None:
+                transport.close()
             raise
         log.info(
             "node %s up: requests %s, heartbeats %s, cluster %s, discovery %s",
@@ -545,7 +547,8 @@ class Node:
             parts.transport.close()
         self._closed.set()
         self._changed.set()
-        log.info("node %s closed", self.node_id)
+        if parts is not None:  # a start that failed said why already
+            log.info("node %s closed", self.node_id)
 
     # supervision -------------------------------------------------------------------------
 

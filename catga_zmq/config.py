@@ -2,20 +2,34 @@
 
 Settings come from, lowest to highest precedence: the defaults below, the ``Node``
 object of the app (``--app``), a TOML file (``--config``; a ``[node]`` table or the top
-level), environment variables (``CATGA_`` + the upper-case name, e.g.
-``CATGA_HEARTBEAT_INTERVAL=0.25``), then command-line flags.
+level), environment variables, then command-line flags.
+
+Each ``NodeOptions`` field is reachable in every one of those places by one rule
+(``settings()`` applies it; nothing else names a flag or a variable):
+
+- TOML key: the field's name (``pub_port = 6001``; lists and tables as TOML has them);
+- environment variable: ``CATGA_`` + the upper-case name (``CATGA_PUB_PORT=6001``);
+- flag: ``--`` + the name with dashes (``--pub-port 6001``).
+
+In a variable or a flag, a list is comma separated (``--seeds tcp://a:1,tcp://b:1``) and
+a table is ``KEY=VALUE`` pairs (``CATGA_METADATA=zone=a,rack=3``); a flag may also be
+repeated (``--metadata zone=a --metadata rack=3``).
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 import re
 import socket
 import tomllib
+import typing
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -27,42 +41,79 @@ RoutingName = Literal[
 ]
 
 ENV_PREFIX = "CATGA_"
+#: Short flags for the settings typed most often, besides the one the rule gives.
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"node_id": ("--id",)}
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _ENDPOINT = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 
+def _doc(text: str) -> msgspec.Meta:
+    # The description travels with the field's type: --help and the docs read it there.
+    return msgspec.Meta(description=text)
+
+
 def default_node_id() -> str:
+    """A node id unique on this machine and likely in the cluster: ``host-pid-random``."""
     return f"{socket.gethostname().split('.')[0][:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    node_id: str = ""  # empty: host-pid-random, chosen at construction
-    cluster: str = "default"  # nodes of another cluster name are ignored
-    bind: str = "127.0.0.1"  # host or IP the ROUTER and PUB sockets bind to
-    port: int = 0  # ROUTER port; 0: a free port
-    pub_port: int = 0  # PUB (heartbeats and events) port; 0: a free port
-    advertise: str = ""  # host peers should connect to; empty: the bind address
-    discovery: DiscoveryName = "mdns"
-    seeds: list[str] = []  # static discovery: ROUTER endpoints, tcp://host:port
-    heartbeat_interval: float = 0.5  # s
-    suspect_after: float = 1.25  # s without traffic from a peer: SUSPECT (out of routing)
-    acceptable_pause: float = (
-        1.5  # s of silence past the usual gap that is no death (GC, busy loop)
+    """Every setting of a node, by group (each field's description says more):
+
+    - Identity: ``node_id``, ``cluster`` (nodes of another cluster are ignored),
+      ``metadata`` (free labels other nodes see).
+    - Sockets: ``bind``, ``port`` (ROUTER, requests), ``pub_port`` (PUB, heartbeats and
+      events), ``advertise`` (the host peers connect to), ``max_message_size``.
+    - Discovery: ``discovery`` (mdns, static, memory or none) and ``seeds`` for static.
+    - Failure detection: ``heartbeat_interval``, ``suspect_after``, ``acceptable_pause``,
+      ``phi_threshold``, ``faulted_after``.
+    - Resilience: ``breaker_threshold``, ``breaker_cooldown``, ``request_timeout``.
+    - Capacity: ``max_concurrency`` (handlers at once), ``max_in_flight`` (own requests).
+    - Routing: ``routing`` (the strategy) and ``weight`` (share under weighted routing).
+    - Lifecycle: ``drain_timeout``, ``log_level``.
+
+    Durations are in seconds, sizes in bytes. ``validated()`` checks the values together.
+    """
+
+    node_id: Annotated[str, _doc("node id; empty: host-pid-random")] = ""
+    cluster: Annotated[str, _doc("cluster name; nodes of another cluster are ignored")] = "default"
+    bind: Annotated[str, _doc("host or IP (v4 or v6) the ROUTER and PUB sockets bind to")] = (
+        "127.0.0.1"
     )
-    phi_threshold: float = 8.0  # phi-accrual suspicion at which a SUSPECT peer is FAULTED
-    faulted_after: float = 5.0  # s without traffic: FAULTED whatever phi says
-    breaker_threshold: int = 5  # consecutive failures that isolate a node (circuit OPEN)
-    breaker_cooldown: float = 5.0  # s before an isolated node gets one probe request
-    request_timeout: float = 5.0  # s, default deadline of send()
-    drain_timeout: float = 10.0  # s to finish in-flight work on shutdown
-    max_message_size: int = 16 * 1024 * 1024  # bytes; larger frames are refused by libzmq
-    max_concurrency: int = 1024  # handlers running at once; past it: OVERLOADED
-    max_in_flight: int = 10_000  # this node's own requests awaiting replies
-    routing: RoutingName = "round_robin"
-    weight: int = 1  # share of traffic under weighted routing; 0: none
-    log_level: str = "INFO"
-    metadata: dict[str, str] = {}
+    port: Annotated[int, _doc("ROUTER (requests) port; 0: any free port")] = 0
+    pub_port: Annotated[int, _doc("PUB (heartbeats and events) port; 0: any free port")] = 0
+    advertise: Annotated[str, _doc("host peers connect to; empty: the bind address")] = ""
+    discovery: Annotated[DiscoveryName, _doc("how nodes find each other")] = "mdns"
+    seeds: Annotated[list[str], _doc("static discovery: ROUTER endpoints, tcp://HOST:PORT")] = []
+    heartbeat_interval: Annotated[float, _doc("s between two heartbeats")] = 0.5
+    suspect_after: Annotated[
+        float, _doc("s without traffic from a peer: SUSPECT (out of routing)")
+    ] = 1.25
+    acceptable_pause: Annotated[
+        float, _doc("s of silence past the usual gap that is no death (GC, busy loop)")
+    ] = 1.5
+    phi_threshold: Annotated[
+        float, _doc("phi-accrual suspicion at which a SUSPECT peer is FAULTED")
+    ] = 8.0
+    faulted_after: Annotated[float, _doc("s without traffic: FAULTED whatever phi says")] = 5.0
+    breaker_threshold: Annotated[
+        int, _doc("consecutive failures that isolate a node (circuit OPEN)")
+    ] = 5
+    breaker_cooldown: Annotated[float, _doc("s before an isolated node gets one probe request")] = (
+        5.0
+    )
+    request_timeout: Annotated[float, _doc("s, the default deadline of send()")] = 5.0
+    drain_timeout: Annotated[float, _doc("s to finish in-flight work on shutdown")] = 10.0
+    max_message_size: Annotated[int, _doc("bytes; larger frames are refused by libzmq")] = (
+        16 * 1024 * 1024
+    )
+    max_concurrency: Annotated[int, _doc("handlers running at once; past it: OVERLOADED")] = 1024
+    max_in_flight: Annotated[int, _doc("this node's own requests awaiting replies")] = 10_000
+    routing: Annotated[RoutingName, _doc("how a request picks among the nodes")] = "round_robin"
+    weight: Annotated[int, _doc("share of traffic under weighted routing; 0: none")] = 1
+    log_level: Annotated[str, _doc("DEBUG, INFO, WARNING, ERROR or CRITICAL")] = "INFO"
+    metadata: Annotated[dict[str, str], _doc("labels other nodes see, KEY=VALUE")] = {}
 
     def validated(self) -> NodeOptions:
         """Return a copy with derived defaults filled in, or raise ``ConfigError``."""
@@ -121,40 +172,158 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             return self
         data = msgspec.structs.asdict(self)
         data.update(changes)
-        return options_from_mapping(data, source="settings")
+        return options_from_mapping(data, source="")
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``tcp://host:port`` -> (host, port), or ``ConfigError`` saying what is wrong."""
+    """``tcp://host:port`` -> (host, port), or ``ConfigError`` saying what is wrong.
+
+    An IPv6 address is written in brackets, ``tcp://[::1]:5555``, and comes back bare.
+    """
     m = _ENDPOINT.match(endpoint.strip())
     if not m or not 0 < int(m.group(2)) <= 65535:
         raise ConfigError(
             f"endpoint {endpoint!r} is not usable; write it as tcp://HOST:PORT "
-            "(for example tcp://127.0.0.1:5555)"
+            "(for example tcp://127.0.0.1:5555, or tcp://[::1]:5555 for IPv6)"
         )
     return m.group(1).strip("[]"), int(m.group(2))
 
 
+# one rule from a field to its TOML key, variable and flag ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One ``NodeOptions`` field, as each source of settings names it."""
+
+    name: str  # the field, and its TOML key
+    env: str  # CATGA_PUB_PORT
+    flags: tuple[str, ...]  # --pub-port (and any alias)
+    shape: Literal["value", "list", "table"]  # how a flag or variable writes it
+    choices: tuple[str, ...]  # a Literal's values; () for any value of the type
+    type_name: str  # for --help: int, float, str...
+    help: str
+
+
+@functools.cache
+def settings() -> tuple[Setting, ...]:
+    """Every setting, in the order of ``NodeOptions``' fields."""
+    hints = typing.get_type_hints(NodeOptions, include_extras=True)
+    found = []
+    for name in NodeOptions.__struct_fields__:
+        hint = hints[name]
+        annotated = typing.get_origin(hint) is Annotated
+        kind, *extras = typing.get_args(hint) if annotated else (hint,)
+        origin = typing.get_origin(kind)
+        choices = tuple(str(c) for c in typing.get_args(kind)) if origin is Literal else ()
+        shape: Literal["value", "list", "table"] = (
+            "list" if origin is list else "table" if origin is dict else "value"
+        )
+        flag = "--" + name.replace("_", "-")
+        found.append(
+            Setting(
+                name=name,
+                env=ENV_PREFIX + name.upper(),
+                flags=(flag, *FLAG_ALIASES.get(name, ())),
+                shape=shape,
+                choices=choices,
+                type_name=getattr(origin or kind, "__name__", "str"),
+                help=next((m.description or "" for m in extras if isinstance(m, msgspec.Meta)), ""),
+            )
+        )
+    return tuple(found)
+
+
+@functools.cache
+def _by_name() -> dict[str, Setting]:
+    return {s.name: s for s in settings()}
+
+
+def _suggest(word: str, names: Sequence[str]) -> str | None:
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+# loading ------------------------------------------------------------------------------------
+
+#: How an error names a setting: ``port=`` (a mapping), ``CATGA_PORT=``, ``--port ``.
+Label = Callable[[Setting], str]
+
+
+def _key_label(s: Setting) -> str:
+    return f"{s.name}="
+
+
 def options_from_mapping(
-    data: Mapping[str, Any], *, source: str, strict: bool = True
+    data: Mapping[str, Any], *, source: str, strict: bool = True, label: Label = _key_label
 ) -> NodeOptions:
     """Convert a mapping to ``NodeOptions``; errors name the setting and the source."""
+    prefix = f"{source}: " if source else ""
+    unknown = sorted(set(data) - set(NodeOptions.__struct_fields__))
+    if unknown:
+        meant = _suggest(unknown[0], NodeOptions.__struct_fields__)
+        hint = (
+            f"did you mean {meant!r}?"
+            if meant
+            else "python -m catga_zmq.node --help lists the settings"
+        )
+        raise ConfigError(f"{prefix}unknown setting {unknown[0]!r}; {hint}")
     try:
         return msgspec.convert(dict(data), NodeOptions, strict=strict)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_plain(str(exc))}") from None
+        raise ConfigError(prefix + _explain(str(exc), data, label)) from None
 
 
-def _plain(msg: str) -> str:
-    # msgspec says "Expected `int`, got `str` - at `$.port`"; name the setting instead.
-    m = re.search(r" - at `\$\.(\w+)`", msg)
-    if m:
-        return f"{m.group(1)}: {msg[: m.start()]}"
-    return msg
+def _explain(msg: str, data: Mapping[str, Any], label: Label) -> str:
+    # msgspec says "Invalid enum value 'fast' - at `$.routing`": name the setting instead,
+    # as its source names it, and for a choice list the choices.
+    m = re.search(r" - at `\$\.(\w+)", msg)
+    s = _by_name().get(m.group(1)) if m else None
+    if m is None or s is None:
+        return msg
+    shown = f"{label(s)}{data[s.name]!r}"
+    if s.choices:
+        return f"{shown} is not one of {', '.join(s.choices)}"
+    return f"{shown}: {msg[: m.start()]}"
+
+
+def options_from_text(
+    values: Mapping[str, Sequence[str]], *, label: Label, source: str = ""
+) -> dict[str, Any]:
+    """Typed settings from text, as flags and variables give them: name -> its texts.
+
+    A plain setting takes its last text; a list joins every text's comma-separated items;
+    a table every text's ``KEY=VALUE`` items.
+    """
+    by_name = _by_name()
+    found: dict[str, Any] = {}
+    for name, texts in values.items():
+        s = by_name[name]
+        items = [i.strip() for text in texts for i in text.split(",") if i.strip()]
+        if s.shape == "list":
+            found[name] = items
+        elif s.shape == "table":
+            found[name] = _pairs(items, s, label)
+        elif texts:
+            found[name] = texts[-1]
+    if found:
+        typed = options_from_mapping(found, source=source, strict=False, label=label)
+        found = {name: getattr(typed, name) for name in found}
+    return found
+
+
+def _pairs(items: list[str], s: Setting, label: Label) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"{label(s)}{item!r} is not KEY=VALUE; write zone=a or zone=a,rack=3")
+        pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def options_from_toml(path: str | Path) -> dict[str, Any]:
-    """The settings in a TOML file (its ``[node]`` table, or its top level)."""
+    """The settings in a TOML file (its ``[node]`` table, or its top level), type-checked."""
     p = Path(path)
     try:
         with p.open("rb") as f:
@@ -170,19 +339,26 @@ def options_from_toml(path: str | Path) -> dict[str, Any]:
     return table
 
 
-_FIELDS = NodeOptions.__struct_fields__
+def _env_label(s: Setting) -> str:
+    return f"{s.env}="
 
 
 def options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Settings from ``CATGA_*`` variables; lists (seeds) are comma separated."""
+    """Settings from ``CATGA_*`` variables (``os.environ`` by default), typed.
+
+    A variable whose name is close to a setting's (``CATGA_HEARTBEAT_INTERVALL``) is a
+    ``ConfigError``: a typo silently ignored would leave the default in force. Other
+    ``CATGA_*`` names are left alone, for other tools to use.
+    """
     env = os.environ if environ is None else environ
-    found: dict[str, Any] = {}
-    for name in _FIELDS:
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw is None or name == "metadata":
-            continue
-        found[name] = [s.strip() for s in raw.split(",") if s.strip()] if name == "seeds" else raw
-    if found:
-        typed = options_from_mapping(found, source="environment (CATGA_*)", strict=False)
-        found = {name: getattr(typed, name) for name in found}
-    return found
+    by_env = {s.env: s.name for s in settings()}
+    texts = {by_env[key]: [raw] for key, raw in env.items() if key in by_env}
+    for key in env:
+        if key.startswith(ENV_PREFIX) and key not in by_env:
+            meant = _suggest(key.removeprefix(ENV_PREFIX).lower(), NodeOptions.__struct_fields__)
+            if meant is not None:
+                raise ConfigError(
+                    f"{key} is not a setting; did you mean {ENV_PREFIX}{meant.upper()}? "
+                    "Rename it, or unset it"
+                )
+    return options_from_text(texts, label=_env_label)

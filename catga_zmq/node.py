@@ -6,9 +6,15 @@ this module is the command's entry point, kept apart so that ``-m`` runs it fres
 
 from __future__ import annotations
 
-from ._cli import run_node as main
-
 __all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one node until SIGTERM or Ctrl-C; the exit code says how it ended."""
+    from ._cli import run_node
+
+    return run_node(argv)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

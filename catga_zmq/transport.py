@@ -33,7 +33,7 @@ from typing import Final
 import msgspec
 import zmq
 
-from .errors import TransportFailed
+from .errors import ConfigError, TransportFailed
 from .protocol import encode_batch
 
 log = logging.getLogger("catga_zmq.transport")
@@ -354,7 +354,16 @@ class Transport:
         return sock
 
     def bind(self, host: str, port: int, pub_port: int, advertise: str) -> None:
-        """Bind ROUTER and PUB; raises ``TransportFailed`` naming the address in use."""
+        """Bind ROUTER and PUB; a port in use or a bad address is a ``ConfigError``.
+
+        A node bound to an IPv6 address gets IPv6 on every socket it makes (the
+        context's default), so its DEALERs and SUB reach IPv6 peers too; such sockets
+        are dual-stack and still reach IPv4 peers. IPv4 nodes keep IPv4-only sockets:
+        with IPv6 on, libzmq resolves host names to IPv6 addresses first.
+        """
+        host = host.strip("[]")
+        if ":" in host:
+            self.ctx.setsockopt(zmq.IPV6, 1)
         router = self._socket(zmq.ROUTER)
         # Unroutable replies (the caller is gone) raise instead of vanishing silently,
         # and a full queue raises EAGAIN instead of dropping: both are counted.
@@ -362,8 +371,10 @@ class Transport:
         pub = self._socket(zmq.PUB)
         sub = self._socket(zmq.SUB)
         self.router, self.pub, self.sub = router, pub, sub
-        self.endpoint = self._bind(router, host, port, advertise)
-        self.pub_endpoint = self._bind(pub, host, pub_port, advertise)
+        self.endpoint = self._bind(router, host, port, advertise, "--port", "ROUTER (requests)")
+        self.pub_endpoint = self._bind(
+            pub, host, pub_port, advertise, "--pub-port", "PUB (heartbeats and events)"
+        )
 
     def start_reading(self) -> None:
         """Hand what the ROUTER and SUB sockets read to ``on_request``/``on_broadcast``
@@ -373,24 +384,29 @@ class Transport:
         self._sub_reader = Reader(self.loop, self.sub, self.on_broadcast)
 
     @staticmethod
-    def _bind(sock: zmq.Socket[bytes], host: str, port: int, advertise: str) -> str:
+    def _bind(
+        sock: zmq.Socket[bytes], host: str, port: int, advertise: str, flag: str, what: str
+    ) -> str:
+        # Not retryable: the same settings fail the same way, so the message names the
+        # setting to change (as the node command's flag; the setting has the same name).
         addr = f"[{host}]" if ":" in host else host
         try:
-            if port:
-                sock.bind(f"tcp://{addr}:{port}")
-            else:
-                sock.bind(f"tcp://{addr}:*")
+            sock.bind(f"tcp://{addr}:{port or '*'}")
         except zmq.ZMQError as exc:
-            what = "is in use" if exc.errno == zmq.EADDRINUSE else f"cannot be bound ({exc})"
-            raise TransportFailed(
-                f"address {host}:{port or '*'} {what}; choose another --port/--bind"
+            if exc.errno == zmq.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} for the {what} socket is in use on {host}; choose another "
+                    f"{flag}, or 0 for any free port"
+                ) from None
+            raise ConfigError(
+                f"cannot bind the {what} socket to {host}:{port or '*'} "
+                f"({zmq.strerror(exc.errno or 0)}); is --bind an address of this host?"
             ) from None
-        last = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        bound_port = last.rsplit(":", 1)[1]
-        shown = advertise or host
+        bound_port = sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
+        shown = (advertise or host).strip("[]")
         if shown in ("0.0.0.0", "*", "::"):
-            raise TransportFailed(
-                f"bound to {host}: peers cannot connect to that; set advertise to this "
+            raise ConfigError(
+                f"bound to {host}: peers cannot connect to that; set --advertise to this "
                 "host's address on the LAN"
             )
         shown = f"[{shown}]" if ":" in shown else shown

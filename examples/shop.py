@@ -7,7 +7,6 @@ Every process that sends these messages imports this module, so the wire names
 from __future__ import annotations
 
 import logging
-import os
 
 import msgspec
 
@@ -47,8 +46,10 @@ class Fail(Request[None]):
     reason: str
 
 
-# The node command overrides id, bind, port and discovery from its flags.
-node = Node(cluster=os.environ.get("CATGA_CLUSTER", "shop"), discovery="none")
+# Discovery stays the default, mDNS (on the bind address's interfaces only), so that the
+# README's commands form a cluster as written; the node command's flags, CATGA_* variables
+# and --config override these settings.
+node = Node(cluster="shop")
 
 _names: dict[str, str] = {"7": "Ada", "8": "Grace"}
 

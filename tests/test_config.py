@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from catga_zmq import ConfigError, Node, NodeOptions
-from catga_zmq.config import options_from_env, options_from_toml, parse_endpoint
+from catga_zmq._cli import settings_from_argv
+from catga_zmq.config import options_from_env, options_from_toml, parse_endpoint, settings
 
 
 def test_defaults_validate() -> None:
@@ -93,6 +96,8 @@ def test_node_rejects_bad_settings_at_construction() -> None:
         ("tcp://127.0.0.1:5555", ("127.0.0.1", 5555)),
         ("tcp://[::1]:1", ("::1", 1)),
         ("tcp://users-1.local:65535", ("users-1.local", 65535)),
+        ("tcp://[2001:db8::5]:80", ("2001:db8::5", 80)),
+        ("tcp://[::ffff:127.0.0.1]:5555", ("::ffff:127.0.0.1", 5555)),
     ],
 )
 def test_parse_endpoint(endpoint: str, parsed: tuple[str, int]) -> None:
@@ -115,6 +120,12 @@ def test_parse_endpoint_rejects(endpoint: str) -> None:
         parse_endpoint(endpoint)
 
 
+@pytest.mark.parametrize("endpoint", ["tcp://::1:5555", "tcp://[::1:5555", "tcp://[]:5555"])
+def test_parse_endpoint_ipv6_needs_brackets(endpoint: str) -> None:
+    with pytest.raises(ConfigError, match=r"tcp://\[::1\]:5555"):
+        parse_endpoint(endpoint)
+
+
 # environment ---------------------------------------------------------------------------
 
 
@@ -125,7 +136,7 @@ def test_options_from_env() -> None:
         "CATGA_HEARTBEAT_INTERVAL": "0.25",
         "CATGA_DISCOVERY": "static",
         "OTHER_PORT": "1",
-        "CATGA_METADATA": "ignored",
+        "CATGA_METADATA": "zone=a, rack=3",
     }
     found = options_from_env(env)
     assert found == {
@@ -133,6 +144,7 @@ def test_options_from_env() -> None:
         "seeds": ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"],
         "heartbeat_interval": 0.25,
         "discovery": "static",
+        "metadata": {"zone": "a", "rack": "3"},
     }
     assert isinstance(found["port"], int)
     opts = NodeOptions().merged(found).validated()
@@ -149,14 +161,14 @@ def test_options_from_env_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> N
     assert options_from_env()["cluster"] == "shop"
 
 
-def test_options_from_env_bad_type_names_the_setting() -> None:
-    with pytest.raises(ConfigError, match=r"port") as info:
+def test_options_from_env_bad_type_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="CATGA_PORT='lots'") as info:
         options_from_env({"CATGA_PORT": "lots"})
-    assert "CATGA_" in info.value.message  # says where the value came from
+    assert "int" in info.value.message  # says what it should be
 
 
 def test_options_from_env_bad_choice() -> None:
-    with pytest.raises(ConfigError, match="discovery"):
+    with pytest.raises(ConfigError, match="CATGA_DISCOVERY='carrier-pigeon' is not one of"):
         options_from_env({"CATGA_DISCOVERY": "carrier-pigeon"})
 
 
@@ -264,3 +276,148 @@ def test_bad_seed_message_names_the_seeds_setting() -> None:
     with pytest.raises(ConfigError, match="seed") as info:
         NodeOptions(seeds=["localhost:5"]).validated()
     assert "localhost:5" in info.value.message
+
+
+# every setting: a flag, an environment variable, a TOML key ------------------------------
+
+
+def _sample(name: str, kind: Any, default: Any) -> tuple[Any, list[str], str, str]:
+    """A value other than the default, as (value, flag arguments, env text, TOML text)."""
+    flag = "--" + name.replace("_", "-")
+    if typing.get_origin(kind) is typing.Literal:
+        value = next(c for c in typing.get_args(kind) if c != default)
+        return value, [flag, value], value, f'"{value}"'
+    if kind is str:
+        value = f"{name}-x"
+        return value, [flag, value], value, f'"{value}"'
+    if kind is int:
+        return default + 3, [flag, str(default + 3)], str(default + 3), str(default + 3)
+    if kind is float:
+        value = default + 0.25
+        return value, [flag, str(value)], str(value), str(value)
+    if kind is bool:
+        return not default, [flag, str(not default).lower()], str(not default), str(not default)
+    if typing.get_origin(kind) is list:
+        items = ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]
+        return items, [flag, items[0], flag, items[1]], ",".join(items), repr(items)
+    if typing.get_origin(kind) is dict:
+        pairs = {"zone": "a", "rack": "3"}
+        args = [flag, "zone=a", flag, "rack=3"]
+        return pairs, args, "zone=a,rack=3", '{ zone = "a", rack = "3" }'
+    raise AssertionError(f"no sample for {name}: {kind}")
+
+
+_HINTS = typing.get_type_hints(NodeOptions)
+
+
+@pytest.mark.parametrize("name", NodeOptions.__struct_fields__)
+def test_every_setting_has_a_flag_an_env_var_and_a_toml_key(name: str, tmp_path: Path) -> None:
+    default = getattr(NodeOptions(), name)
+    value, args, env_text, toml_text = _sample(name, _HINTS[name], default)
+    assert value != default
+    from_flags = NodeOptions().merged(settings_from_argv(args))
+    from_env = NodeOptions().merged(options_from_env({"CATGA_" + name.upper(): env_text}))
+    path = tmp_path / "catga.toml"
+    path.write_text(f"[node]\n{name} = {toml_text}\n")
+    from_toml = NodeOptions().merged(options_from_toml(path))
+    assert getattr(from_flags, name) == value, args
+    assert getattr(from_env, name) == value, env_text
+    assert getattr(from_toml, name) == value, toml_text
+
+
+def test_list_and_dict_flags_also_take_commas() -> None:
+    found = settings_from_argv(
+        ["--seeds", "tcp://127.0.0.1:1,tcp://127.0.0.1:2", "--metadata", "zone=a,rack=3"]
+    )
+    assert found["seeds"] == ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]
+    assert found["metadata"] == {"zone": "a", "rack": "3"}
+
+
+def test_id_is_short_for_node_id() -> None:
+    assert settings_from_argv(["--id", "users-1"]) == {"node_id": "users-1"}
+
+
+@pytest.mark.parametrize("text", ["zone", "=a", "zone=a,rack"])
+def test_metadata_not_key_value_says_how_to_write_it(text: str) -> None:
+    with pytest.raises(ConfigError, match="KEY=VALUE") as info:
+        options_from_env({"CATGA_METADATA": text})
+    assert "CATGA_METADATA" in info.value.message
+    with pytest.raises(ConfigError, match="KEY=VALUE") as info:
+        settings_from_argv(["--metadata", text])
+    assert "--metadata" in info.value.message
+
+
+def test_bad_flag_value_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--port") as info:
+        settings_from_argv(["--port", "high"])
+    assert "high" in info.value.message
+
+
+# enum choices and near misses ------------------------------------------------------------
+
+
+_ROUTINGS = "round_robin, local_first, weighted, consistent_hash, least_connections"
+
+
+@pytest.mark.parametrize(
+    ("load", "label"),
+    [
+        (lambda: NodeOptions().merged({"routing": "fast"}), "routing='fast'"),
+        (lambda: options_from_env({"CATGA_ROUTING": "fast"}), "CATGA_ROUTING='fast'"),
+        (lambda: settings_from_argv(["--routing", "fast"]), "--routing 'fast'"),
+    ],
+    ids=["mapping", "env", "flag"],
+)
+def test_enum_error_lists_the_choices(load: Callable[[], object], label: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load()
+    assert f"{label} is not one of {_ROUTINGS}" in info.value.message
+
+
+def test_enum_error_in_toml_lists_the_choices(tmp_path: Path) -> None:
+    path = tmp_path / "catga.toml"
+    path.write_text('discovery = "carrier-pigeon"\n')
+    with pytest.raises(ConfigError) as info:
+        options_from_toml(path)
+    assert "discovery='carrier-pigeon' is not one of mdns, static, memory, none" in str(info.value)
+    assert "catga.toml" in info.value.message
+
+
+def test_toml_near_miss_says_what_was_meant(tmp_path: Path) -> None:
+    path = tmp_path / "catga.toml"
+    path.write_text("[node]\nheartbeat_intervall = 1\n")
+    with pytest.raises(ConfigError) as info:
+        options_from_toml(path)
+    message = info.value.message
+    assert "unknown setting 'heartbeat_intervall'" in message
+    assert "did you mean 'heartbeat_interval'" in message
+
+
+def test_toml_unknown_key_says_where_the_settings_are(tmp_path: Path) -> None:
+    path = tmp_path / "catga.toml"
+    path.write_text("colour = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'colour'.*--help"):
+        options_from_toml(path)
+
+
+def test_env_near_miss_says_what_was_meant() -> None:
+    with pytest.raises(ConfigError) as info:
+        options_from_env({"CATGA_HEARTBEAT_INTERVALL": "1"})
+    message = info.value.message
+    assert "CATGA_HEARTBEAT_INTERVALL is not a setting" in message
+    assert "did you mean CATGA_HEARTBEAT_INTERVAL" in message
+
+
+def test_env_other_catga_names_are_left_alone() -> None:
+    # Variables of other tools (benchmark launchers...) share the prefix.
+    assert options_from_env({"CATGA_BENCH_LAUNCHER": "taskset", "CATGA_PORT": "1"}) == {"port": 1}
+
+
+# docstrings ------------------------------------------------------------------------------
+
+
+def test_every_setting_is_described() -> None:
+    descriptions = {s.name: s.help for s in settings()}
+    for name in NodeOptions.__struct_fields__:
+        assert len(descriptions.get(name, "")) > 10, name
+    assert NodeOptions.__doc__ and "heartbeat_interval" in NodeOptions.__doc__

@@ -1,0 +1,82 @@
+"""README's "Running nodes" commands, run as written: two nodes, then ``nodes`` and ``ping``.
+
+The commands are read from the README itself, so the test fails when the README and the
+code disagree. Only the cluster name is replaced, by one of this run's own, so that runs
+on one machine do not see each other; everything else is the README's text. The nodes
+bind 127.0.0.1 (the default) and so run mDNS on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from _net import loopback_multicast_problem
+from _proc import ROOT, Proc, run, start
+
+_problem = loopback_multicast_problem()
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(_problem is not None, reason=_problem or ""),
+]
+
+README_CLUSTER = "shop"
+
+
+def running_nodes_commands() -> list[list[str]]:
+    """The shell commands of the first code block under README's "Running nodes"."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Running nodes\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```(?:bash|sh)\n(.*?)```", section, re.S)
+    assert block is not None, "no shell block under 'Running nodes'"
+    return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line]
+
+
+def _as_run_here(words: list[str], cluster: str) -> list[str]:
+    assert words[0] == "python", words
+    assert words.count("--cluster") == 1 and words[words.index("--cluster") + 1] == "shop"
+    words = [cluster if w == README_CLUSTER else w for w in words]
+    return [sys.executable, *words[1:]]
+
+
+def test_the_block_has_the_commands_this_test_expects() -> None:
+    commands = running_nodes_commands()
+    assert [c[:3] for c in commands] == [
+        ["python", "-m", "catga_zmq.node"],
+        ["python", "-m", "catga_zmq.node"],
+        ["python", "-m", "catga_zmq"],
+        ["python", "-m", "catga_zmq"],
+    ]
+    assert [c[3] for c in commands[2:]] == ["nodes", "ping"]
+
+
+async def test_running_nodes_commands_work_as_written(tmp_path: Path) -> None:
+    cluster = f"readme-{uuid.uuid4().hex[:10]}"
+    commands = [_as_run_here(words, cluster) for words in running_nodes_commands()]
+    servers = [c for c in commands if c[2] == "catga_zmq.node"]
+    operators = [c for c in commands if c[2] == "catga_zmq"]
+    ids = [c[c.index("--id") + 1] for c in servers]
+    nodes: list[Proc] = []
+    try:
+        for node_id, cmd in zip(ids, servers, strict=True):
+            nodes.append(start(node_id, cmd, tmp_path))
+        for proc in nodes:
+            await proc.await_ready()
+            assert proc.ready["cluster"] == cluster
+        for cmd in operators:
+            code, out, err = await run(cmd, timeout=60)
+            assert code == 0, (cmd[3], out, err)
+            for node_id in ids:
+                assert node_id in out, (cmd[3], out, err)
+        for proc in nodes:
+            proc.send(signal.SIGTERM)
+        for proc in nodes:
+            assert await proc.await_exit() == 0, proc.stderr()
+    finally:
+        for proc in nodes:
+            proc.stop()
