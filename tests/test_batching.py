@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from conftest import unbatch
+from conftest import MakeNode, unbatch
 
 from catga_zmq import Node, Request, TransportFailed
 from catga_zmq.membership import Peer
@@ -30,8 +30,6 @@ from catga_zmq.protocol import (
     encode_header,
 )
 from catga_zmq.transport import BATCH_RECORDS, PendingMap, Transport
-
-MakeNode = Callable[..., Node]
 
 
 class Doubled(msgspec.Struct):
