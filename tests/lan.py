@@ -9,9 +9,9 @@ Each ``Lan`` makes its own namespaces, all named after one unique prefix
 
 X is chosen at random per ``Lan``. Nothing is added to the machine's own namespace:
 both ends of each veth pair are created inside the namespaces. Every process a ``Lan``
-starts runs inside one of its namespaces, is tracked by its ``Popen`` (so by PID), gets
-SIGKILL if the test process dies (``PR_SET_PDEATHSIG``), and ``close()`` stops it
-(SIGTERM, wait, SIGKILL) before deleting the namespaces by name.
+starts runs inside one of its namespaces, is a ``tests._procs.Proc`` (tracked by its
+PID, output in files), gets SIGKILL if the test process dies (``PR_SET_PDEATHSIG``), and
+``close()`` stops it (SIGTERM, wait, SIGKILL) before deleting the namespaces by name.
 
 Used by ``tests/test_lan.py``; by hand (as root)::
 
@@ -42,6 +42,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tests._procs import Proc, ProcError, child_env, stop_all
+
 #: The repository root: node processes import ``tests.apps.lan_app`` from here.
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "tests" / "lan_client.py"
@@ -49,7 +51,7 @@ APP = "tests.apps.lan_app:node"
 
 IP_TIMEOUT = 10.0  # s, one `ip` command
 STOP_TIMEOUT = 8.0  # s from SIGTERM to SIGKILL in close()
-POLL = 0.05  # s between looks at a log file
+POLL = 0.05  # s between looks at a log file (the wait_* of Proc poll as often)
 FIRST_HOST = 10  # host i (from 1) gets 10.213.X.(FIRST_HOST + i)
 MAX_HOSTS = 40
 _HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,5}$")
@@ -86,6 +88,15 @@ def _die_with_parent() -> None:
     # the same process, so the node keeps it: if the test process dies, so does it.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def _as_lan_error() -> Iterator[None]:
+    """A process of the LAN that did not do what was waited for is a ``LanError``."""
+    try:
+        yield
+    except ProcError as exc:
+        raise LanError(str(exc)) from None
 
 
 def namespaces() -> list[str]:
@@ -150,41 +161,21 @@ class Client:
     membership change: ``event <NodeJoined|...> <node id> <time.time()>``.
     """
 
-    def __init__(
-        self, host: str, proc: subprocess.Popen[bytes], out: Path, stdout: Path, stderr: Path
-    ) -> None:
+    def __init__(self, host: str, proc: Proc, out: Path) -> None:
         self.host = host
         self.proc = proc
-        self.out = out
-        self.stdout = stdout
-        self.stderr = stderr
+        self.out = out  # the JSON report
 
     def lines(self) -> list[str]:
-        try:
-            return self.stdout.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
+        return self.proc.stdout().splitlines()
 
     def _fail(self, why: str) -> LanError:
-        return LanError(
-            f"client on {self.host}: {why}\n--- stdout:\n{_tail(self.stdout)}"
-            f"\n--- stderr:\n{_tail(self.stderr)}"
-        )
+        return LanError(str(self.proc.fail(why)))
 
     def wait_line(self, pattern: str, timeout: float) -> re.Match[str]:
         """The first stdout line matching ``pattern`` (a regex), waiting up to ``timeout`` s."""
-        regex = re.compile(pattern)
-        end = time.monotonic() + timeout
-        while True:
-            for line in self.lines():
-                m = regex.search(line)
-                if m:
-                    return m
-            if self.proc.poll() is not None:
-                raise self._fail(f"exited ({self.proc.returncode}) before printing /{pattern}/")
-            if time.monotonic() >= end:
-                raise self._fail(f"no line /{pattern}/ within {timeout} s")
-            time.sleep(POLL)
+        with _as_lan_error():
+            return self.proc.wait_line(pattern, timeout)
 
     def wait_ready(self, timeout: float = 40.0) -> None:
         self.wait_line(r"^ready\b", timeout)
@@ -205,27 +196,26 @@ class Client:
             for name, node_id, t in self.events():
                 if name in names and node_id == node and t >= after:
                     return t
-            if self.proc.poll() is not None:
-                raise self._fail(f"exited ({self.proc.returncode}) before {names} of {node}")
+            if self.proc.returncode is not None:
+                raise self._fail(f"exited before {names} of {node}")
             if time.monotonic() >= end:
                 raise self._fail(f"did not see {'/'.join(names)} of {node} within {timeout} s")
             time.sleep(POLL)
 
     def stop(self) -> None:
         """Ask it to stop sending (SIGTERM): it finishes in-flight requests and reports."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signal.SIGTERM)
 
     def result(self, timeout: float) -> dict[str, Any]:
         """Wait for the client to exit (at most ``timeout`` s) and return its JSON report."""
         try:
-            self.proc.wait(timeout)
+            self.proc.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+            self.proc.popen.kill()
+            self.proc.popen.wait(5)
             raise self._fail(f"still running after {timeout} s; killed") from None
         if self.proc.returncode != 0:
-            raise self._fail(f"exit code {self.proc.returncode}")
+            raise self._fail("a non-zero exit code")
         try:
             data: dict[str, Any] = json.loads(self.out.read_text())
         except (OSError, ValueError) as exc:
@@ -268,8 +258,8 @@ class Lan:
         self.bridge_ns = f"{self.prefix}-br"
         self._index = {host: i for i, host in enumerate(self.hosts, 1)}
         self._namespaces: list[str] = []  # made by us, in order
-        self._procs: list[subprocess.Popen[bytes]] = []  # every process we started
-        self._nodes: dict[str, subprocess.Popen[bytes]] = {}  # the current node per host
+        self._procs: list[Proc] = []  # every process we started
+        self._nodes: dict[str, Proc] = {}  # the current node per host
         self._runs: dict[str, int] = {}  # node starts per host
         self._clients = 0
         self._closed = False
@@ -359,46 +349,35 @@ class Lan:
     # nodes -------------------------------------------------------------------------
 
     def _environ(self, host: str, extra: Mapping[str, str] | None) -> dict[str, str]:
-        # No CATGA_* settings leak in from the caller's shell: nodes run with the
-        # defaults unless a test asks otherwise.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CATGA_")}
-        path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)
-        env["PYTHONUNBUFFERED"] = "1"
-        env["LAN_EXEC_LOG"] = str(self.exec_log(host))
-        env.update(self.env)
-        env.update(extra or {})
-        return env
+        # No CATGA_* settings leak in from the caller's shell (child_env): nodes run with
+        # the defaults unless a test asks otherwise.
+        return child_env(**{"LAN_EXEC_LOG": str(self.exec_log(host)), **self.env, **(extra or {})})
 
     def _spawn(
-        self, host: str, cmd: Sequence[str], stdout: Path, stderr: Path, env: dict[str, str]
-    ) -> subprocess.Popen[bytes]:
+        self, host: str, name: str, cmd: Sequence[str], stem: Path, env: dict[str, str]
+    ) -> Proc:
+        """Run ``cmd`` inside the host's namespace; output in ``<stem>.out`` / ``.err``."""
         if self._closed or not self._namespaces:
             raise LanError("the Lan is not up")
-        with stdout.open("wb") as out, stderr.open("wb") as err:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns(host), *cmd],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                cwd=ROOT,
-                env=env,
-                start_new_session=True,  # a Ctrl-C at the terminal reaches pytest only
-                preexec_fn=_die_with_parent,
-            )
+        proc = Proc.start(
+            name,
+            ["ip", "netns", "exec", self.ns(host), *cmd],
+            stem,
+            env=env,
+            start_new_session=True,  # a Ctrl-C at the terminal reaches pytest only
+            preexec_fn=_die_with_parent,
+        )
         self._procs.append(proc)
         return proc
 
-    def start_node(
-        self, host: str, *args: str, env: Mapping[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
+    def start_node(self, host: str, *args: str, env: Mapping[str, str] | None = None) -> Proc:
         """Run ``python -m catga_zmq.node`` (app ``tests.apps.lan_app:node``) on ``host``.
 
         Node id = host name, bound to the host's address, mDNS on its interface. ``args``
         are more flags (``--max-concurrency 4``).
         """
         running = self._nodes.get(host)
-        if running is not None and running.poll() is None:
+        if running is not None and running.returncode is None:
             raise LanError(f"a node already runs on {host} (pid {running.pid})")
         n = self._runs[host] = self._runs.get(host, 0) + 1
         cmd = [
@@ -411,16 +390,12 @@ class Lan:
             *args,
         ]  # fmt: skip
         proc = self._spawn(
-            host,
-            cmd,
-            self.workdir / f"{host}.{n}.out",
-            self.workdir / f"{host}.{n}.err",
-            self._environ(host, env),
+            host, f"node on {host}", cmd, self.workdir / f"{host}.{n}", self._environ(host, env)
         )
         self._nodes[host] = proc
         return proc
 
-    def node(self, host: str) -> subprocess.Popen[bytes]:
+    def node(self, host: str) -> Proc:
         try:
             return self._nodes[host]
         except KeyError:
@@ -428,46 +403,28 @@ class Lan:
 
     def wait_ready(self, host: str, timeout: float = 20.0) -> str:
         """Wait for the node's ``ready`` line; returns its ROUTER endpoint."""
-        proc = self.node(host)
-        out = self.workdir / f"{host}.{self._runs[host]}.out"
-        end = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(FileNotFoundError):
-                for line in out.read_text(errors="replace").splitlines():
-                    if line.startswith("ready node="):
-                        fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
-                        return fields.get("endpoint", "")
-            if proc.poll() is not None:
-                raise LanError(
-                    f"node on {host} exited ({proc.returncode}) before it was ready:\n"
-                    f"{_tail(self.workdir / f'{host}.{self._runs[host]}.err')}"
-                )
-            if time.monotonic() >= end:
-                raise LanError(f"node on {host} not ready within {timeout} s")
-            time.sleep(POLL)
+        with _as_lan_error():
+            return self.node(host).wait_ready(timeout).get("endpoint", "")
 
     def kill(self, host: str, sig: int = signal.SIGKILL) -> float:
         """Send ``sig`` to the host's node; returns ``time.time()`` of the kill."""
         proc = self.node(host)
-        if proc.poll() is not None:
+        if proc.returncode is not None:
             raise LanError(f"the node on {host} already exited ({proc.returncode})")
         proc.send_signal(sig)
         at = time.time()
         if sig == signal.SIGKILL:
-            proc.wait(5)
+            proc.popen.wait(5)
         return at
 
     def stop(self, host: str, timeout: float = 20.0) -> int:
         """SIGTERM the host's node (it drains) and return its exit code."""
         proc = self.node(host)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-            raise LanError(f"node on {host} did not exit {timeout} s after SIGTERM") from None
+        with _as_lan_error():
+            code = proc.stop(timeout)
+        if proc.killed:
+            raise LanError(f"node on {host} did not exit {timeout} s after SIGTERM")
+        return code
 
     # the wire ----------------------------------------------------------------------
 
@@ -487,7 +444,7 @@ class Lan:
         """Run ``tests/lan_client.py`` on ``host`` (``--bind``, ``--cluster``, ``--out`` set)."""
         self._clients += 1
         stem = self.workdir / f"client.{host}.{self._clients}"
-        out = stem.with_suffix(".json")
+        out = stem.parent / f"{stem.name}.json"
         cmd = [
             sys.executable, str(CLIENT),
             "--bind", self.ip(host),
@@ -496,9 +453,9 @@ class Lan:
             "--out", str(out),
             *args,
         ]  # fmt: skip
-        stdout, stderr = stem.with_suffix(".out"), stem.with_suffix(".err")
-        proc = self._spawn(host, cmd, stdout, stderr, self._environ(host, None))
-        return Client(host, proc, out, stdout, stderr)
+        name = f"client {self._clients} on {host}"
+        proc = self._spawn(host, name, cmd, stem, self._environ(host, None))
+        return Client(host, proc, out)
 
     def run_client(self, host: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
         """Run a client to its end (at most ``timeout`` s) and return its JSON report."""
@@ -555,21 +512,9 @@ class Lan:
         atexit.unregister(self.close)
         problems: list[str] = []
         try:
-            live = [p for p in self._procs if p.poll() is None]
-            for proc in live:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-            end = time.monotonic() + STOP_TIMEOUT
-            for proc in live:
-                try:
-                    proc.wait(max(0.0, end - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    try:
-                        proc.wait(5)
-                    except subprocess.TimeoutExpired:
-                        problems.append(f"pid {proc.pid} survived SIGKILL")
+            stop_all(self._procs, STOP_TIMEOUT)
+        except ProcError as exc:
+            problems.append(str(exc))
         finally:
             for name in reversed(self._namespaces):
                 try:

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from conftest import unbatch
+from conftest import MakeNode, unbatch
 
 from catga_zmq import Node, Request, TransportFailed
 from catga_zmq._pending import PendingMap
@@ -31,8 +31,6 @@ from catga_zmq.protocol import (
     encode_header,
 )
 from catga_zmq.transport import BATCH_RECORDS, Transport
-
-MakeNode = Callable[..., Node]
 
 
 class Doubled(msgspec.Struct):

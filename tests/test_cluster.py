@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,6 +24,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 from _net import loopback_multicast_problem
+from _procs import Proc, child_env, python, run, stop_all
 
 from catga_zmq import (
     HandlerError,
@@ -42,7 +41,6 @@ from catga_zmq import (
 )
 from tests.apps.cluster_app import Boom, Emit, Notice, Relay, Seen, Where
 
-ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.apps.cluster_app:node"
 IDS = ("n1", "n2", "n3")
 
@@ -51,7 +49,7 @@ DISCOVERY_TIMEOUT = 15.0  # s for mDNS and heartbeats to make everyone ALIVE
 CHANGE_TIMEOUT = 15.0  # s for a membership change to show
 EXIT_TIMEOUT = 15.0  # s for a node to drain and exit after SIGTERM / SIGINT
 FAULT_BOUND = 6.0  # s; with default timings FAULTED comes in about 3 s
-POLL = 0.05  # s between two looks at a file or a process
+POLL = 0.05  # s between two looks at the cluster
 
 
 _problem = loopback_multicast_problem()
@@ -74,116 +72,12 @@ def _cluster_name() -> str:
     return f"ct-{uuid.uuid4().hex[:12]}"
 
 
-def _env(**extra: str) -> dict[str, str]:
-    # Inherited CATGA_* settings would change the defaults these tests are about.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CATGA_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-@dataclass
-class NodeProc:
-    """One ``python -m catga_zmq.node`` process; stdout and stderr go to files."""
-
-    node_id: str
-    proc: subprocess.Popen[bytes]
-    out: Path
-    err: Path
-    ready: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stdout(self) -> str:
-        return self.out.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.err.read_text(errors="replace")
-
-    def _ready_line(self) -> bool:
-        for line in self.stdout().splitlines():
-            if line.startswith("ready "):
-                self.ready = dict(part.split("=", 1) for part in line.split()[1:])
-                return True
-        return False
-
-    def _not_ready(self) -> AssertionError:
-        return AssertionError(
-            f"node {self.node_id} (pid {self.pid}) not ready within {READY_TIMEOUT} s, "
-            f"exit code {self.proc.poll()}; stderr:\n{self.stderr()[-3000:]}"
-        )
-
-    def wait_ready(self) -> None:
-        """Block until the ready line (only while no event loop of the test runs)."""
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._ready_line():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(POLL)
-        raise self._not_ready()
-
-    async def await_ready(self) -> None:
-        """As ``wait_ready``, without stopping the event loop (a client node runs on it)."""
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._ready_line():
-                return
-            if self.proc.poll() is not None:
-                break
-            await asyncio.sleep(POLL)
-        raise self._not_ready()
-
-    async def await_exit(self, timeout: float = EXIT_TIMEOUT) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            code = self.proc.poll()
-            if code is not None:
-                return code
-            await asyncio.sleep(POLL)
-        raise AssertionError(
-            f"node {self.node_id} (pid {self.pid}) still running {timeout} s after the signal"
-        )
-
-    async def await_log(self, text: str, timeout: float = CHANGE_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.stderr():
-                return
-            await asyncio.sleep(POLL)
-        raise AssertionError(
-            f"{text!r} not in the log of {self.node_id} within {timeout} s:\n{self.stderr()[-3000:]}"
-        )
-
-    def stop(self) -> None:
-        """SIGTERM, wait, then SIGKILL: by this process's PID only. Idempotent."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=EXIT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                self.proc.wait(timeout=EXIT_TIMEOUT)
-        else:
-            self.proc.wait()
-
-
-def spawn(node_id: str, cluster: str, logs: Path, *extra: str, **env: str) -> NodeProc:
+def spawn(node_id: str, cluster: str, logs: Path, *extra: str, **env: str) -> Proc:
     """Start a node process (not waiting for it); its output goes to files in ``logs``."""
     n = len(list(logs.glob(f"{node_id}.*.err")))  # a restarted node gets new files
-    out, err = logs / f"{node_id}.{n}.out", logs / f"{node_id}.{n}.err"
-    cmd = [sys.executable, "-m", "catga_zmq.node", "--app", APP, "--id", node_id]
-    cmd += ["--cluster", cluster, "--discovery", "mdns", "--bind", "127.0.0.1", *extra]
-    with out.open("wb") as fout, err.open("wb") as ferr:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=_env(**env), stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr
-        )
-    return NodeProc(node_id, proc, out, err)
+    cmd = python("-m", "catga_zmq.node", "--app", APP, "--id", node_id, "--cluster", cluster)
+    cmd += ["--discovery", "mdns", "--bind", "127.0.0.1", *extra]
+    return Proc.start(node_id, cmd, logs / f"{node_id}.{n}", env=child_env(**env))
 
 
 @dataclass
@@ -192,24 +86,17 @@ class Cluster:
 
     name: str
     logs: Path
-    nodes: dict[str, NodeProc] = field(default_factory=dict)  # the latest process per id
-    started: list[NodeProc] = field(default_factory=list)
+    nodes: dict[str, Proc] = field(default_factory=dict)  # the latest process per id
+    started: list[Proc] = field(default_factory=list)
 
-    def start(self, node_id: str, *extra: str) -> NodeProc:
+    def start(self, node_id: str, *extra: str) -> Proc:
         proc = spawn(node_id, self.name, self.logs, *extra)
         self.started.append(proc)
         self.nodes[node_id] = proc
         return proc
 
     def stop_all(self) -> None:
-        errors: list[BaseException] = []
-        for proc in self.started:
-            try:
-                proc.stop()
-            except Exception as exc:  # stop the others all the same
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        stop_all(self.started, EXIT_TIMEOUT)
 
 
 @contextlib.contextmanager
@@ -220,7 +107,7 @@ def running_cluster(logs: Path) -> Iterator[Cluster]:
         for node_id in IDS:
             cluster.start(node_id)
         for proc in cluster.started:
-            proc.wait_ready()
+            proc.wait_ready(READY_TIMEOUT)
         yield cluster
     finally:
         cluster.stop_all()
@@ -314,7 +201,7 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
 
 
 @pytest_asyncio.fixture(scope="class", loop_scope="class")
-async def shared(shared_cluster: Cluster) -> AsyncIterator[tuple[Client, dict[str, NodeProc]]]:
+async def shared(shared_cluster: Cluster) -> AsyncIterator[tuple[Client, dict[str, Proc]]]:
     # The loop of this class runs only while one of its tests (or fixtures) does; the
     # tests follow each other closely, far inside the 1.25 s before a silent peer is
     # SUSPECT, so the client's view stays true between them.
@@ -325,7 +212,7 @@ async def shared(shared_cluster: Cluster) -> AsyncIterator[tuple[Client, dict[st
 @pytest.mark.asyncio(loop_scope="class")
 class TestSharedCluster:
     async def test_three_processes_find_each_other(
-        self, shared: tuple[Client, dict[str, NodeProc]]
+        self, shared: tuple[Client, dict[str, Proc]]
     ) -> None:
         client, nodes = shared
         # The fixture's wait_for_peers(3, handles=Where) passed: each node is ALIVE here.
@@ -348,28 +235,18 @@ class TestSharedCluster:
             assert nodes[node_id].ready["cluster"] == client.cluster
 
     async def test_operator_nodes_command_lists_them(
-        self, shared: tuple[Client, dict[str, NodeProc]]
+        self, shared: tuple[Client, dict[str, Proc]], tmp_path: Path
     ) -> None:
         client, _ = shared
         # Run it without blocking the loop: the client must keep its heartbeats going.
-        cmd = [sys.executable, "-m", "catga_zmq", "nodes", "--cluster", client.cluster]
-        cmd += ["--json", "--wait", "3"]
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            cwd=ROOT,
-            env=_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        cmd = python("-m", "catga_zmq", "nodes", "--cluster", client.cluster, "--json")
+        proc = Proc.start("nodes", [*cmd, "--wait", "3"], tmp_path / "nodes")
         try:
-            async with asyncio.timeout(30):
-                out, err = await proc.communicate()
+            code = await proc.await_exit(30)
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        assert proc.returncode == 0, err.decode()
+            proc.stop()
+        out, err = proc.stdout(), proc.stderr()
+        assert code == 0, err
         rows = msgspec.json.decode(out)
         by_id = {row["node"]: row for row in rows}
         for node_id in IDS:
@@ -378,7 +255,7 @@ class TestSharedCluster:
         assert not any(row["node"].startswith("observer-") for row in rows)
 
     async def test_request_from_one_node_handled_on_another(
-        self, shared: tuple[Client, dict[str, NodeProc]]
+        self, shared: tuple[Client, dict[str, Proc]]
     ) -> None:
         client, _ = shared
         for node_id in IDS:
@@ -388,7 +265,7 @@ class TestSharedCluster:
         assert await client.node.send(Relay(to="n1"), node="n3", timeout=5.0) == "n3->n1"
 
     async def test_event_reaches_every_subscriber(
-        self, shared: tuple[Client, dict[str, NodeProc]]
+        self, shared: tuple[Client, dict[str, Proc]]
     ) -> None:
         client, _ = shared
         await all_see_each_other(client)
@@ -406,7 +283,7 @@ class TestSharedCluster:
         assert client.notices.count(token) == 1
 
     async def test_handler_exception_arrives_as_handler_error(
-        self, shared: tuple[Client, dict[str, NodeProc]]
+        self, shared: tuple[Client, dict[str, Proc]]
     ) -> None:
         client, _ = shared
         with pytest.raises(HandlerError) as caught:
@@ -419,7 +296,7 @@ class TestSharedCluster:
         assert err.retryable is False
 
     async def test_unknown_type_to_a_node_is_handler_not_found(
-        self, shared: tuple[Client, dict[str, NodeProc]]
+        self, shared: tuple[Client, dict[str, Proc]]
     ) -> None:
         client, _ = shared
         start = time.monotonic()
@@ -432,7 +309,7 @@ class TestSharedCluster:
         assert elapsed < 2.0, f"HANDLER_NOT_FOUND took {elapsed:.3f} s"
 
     async def test_unknown_type_routed_is_no_nodes_at_once(
-        self, shared: tuple[Client, dict[str, NodeProc]]
+        self, shared: tuple[Client, dict[str, Proc]]
     ) -> None:
         client, _ = shared
         start = time.monotonic()
@@ -459,13 +336,13 @@ async def test_sigterm_node_leaves(cluster: Cluster) -> None:
     async with client_node(cluster.name) as client:
         await all_see_each_other(client)
         changes = client.node.watch()
-        n3.proc.send_signal(signal.SIGTERM)
-        assert await n3.await_exit() == 0, n3.stderr()
+        n3.send_signal(signal.SIGTERM)
+        assert await n3.await_exit(EXIT_TIMEOUT) == 0, n3.stderr()
         left = await next_change(changes, NodeLeft, "n3")
         assert left.node.status is NodeStatus.LEFT
         assert member(client, "n3") is NodeStatus.LEFT
         for node_id in ("n1", "n2"):
-            await procs[node_id].await_log("node n3 left")
+            await procs[node_id].await_log("node n3 left", CHANGE_TIMEOUT)
         assert "draining n3" in n3.stderr()
         assert "node n3 closed" in n3.stderr()
         # Out of routing at once: only n1 and n2 answer, n3 is no target.
@@ -482,16 +359,16 @@ async def test_sigkill_node_is_faulted(cluster: Cluster) -> None:
         await all_see_each_other(client)
         changes = client.node.watch()
         start = time.monotonic()
-        n3.proc.send_signal(signal.SIGKILL)
+        n3.send_signal(signal.SIGKILL)
         faulted = await next_change(changes, NodeFaulted, "n3")
         took = time.monotonic() - start
         print(f"n3 FAULTED at the client {took:.2f} s after SIGKILL")
         assert faulted.node.status is NodeStatus.FAULTED
         assert member(client, "n3") is NodeStatus.FAULTED
-        assert await n3.await_exit() == -signal.SIGKILL
+        assert await n3.await_exit(EXIT_TIMEOUT) == -signal.SIGKILL
         for node_id in ("n1", "n2"):
             # n1 and n2 run the same detector: they get there about as fast.
-            await procs[node_id].await_log("node n3 is faulted", timeout=FAULT_BOUND)
+            await procs[node_id].await_log("node n3 is faulted", FAULT_BOUND)
         assert took < FAULT_BOUND, f"FAULTED after {took:.2f} s"
         answers = {await client.node.send(Where(), timeout=5.0) for _ in range(6)}
         assert answers == {"n1", "n2"}
@@ -502,10 +379,10 @@ async def test_restarted_node_is_seen_again(cluster: Cluster) -> None:
     async with client_node(cluster.name) as client:
         await all_see_each_other(client)
         before = {m.node_id: m for m in client.node.members()}["n3"].incarnation
-        old.proc.send_signal(signal.SIGKILL)
-        assert await old.await_exit() == -signal.SIGKILL
+        old.send_signal(signal.SIGKILL)
+        assert await old.await_exit(EXIT_TIMEOUT) == -signal.SIGKILL
         new = cluster.start("n3")  # same --id, same cluster
-        await new.await_ready()
+        await new.await_ready(READY_TIMEOUT)
 
         def back() -> bool:
             m = {m.node_id: m for m in client.node.members()}.get("n3")
@@ -533,18 +410,7 @@ async def test_restarted_node_is_seen_again(cluster: Cluster) -> None:
 
 
 def _run_node(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "catga_zmq.node", *args]
-    # subprocess.run kills (by its PID) and reaps the child on a timeout.
-    return subprocess.run(
-        cmd,
-        cwd=ROOT,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run(python("-m", "catga_zmq.node", *args), timeout=timeout)
 
 
 def _assert_usage_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -580,25 +446,25 @@ def test_port_in_use_exits_2_with_one_line(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     first = spawn("p1", cluster, tmp_path, "--port", str(port))
     try:
-        first.wait_ready()
+        first.wait_ready(READY_TIMEOUT)
         assert first.ready["endpoint"] == f"tcp://127.0.0.1:{port}"
         result = _run_node(
             "--app", APP, "--id", "p2", "--cluster", cluster, "--discovery", "mdns",
             "--bind", "127.0.0.1", "--port", str(port), timeout=15.0,
         )  # fmt: skip
         _assert_usage_error(result, str(port), "in use")
-        assert first.proc.poll() is None, "the first node must not be disturbed"
+        assert first.returncode is None, "the first node must not be disturbed"
     finally:
         first.stop()
-    assert first.proc.returncode == 0, first.stderr()
+    assert first.returncode == 0, first.stderr()
 
 
 def test_sigint_drains_and_exits_0(tmp_path: Path) -> None:
     node = spawn("i1", _cluster_name(), tmp_path)
     try:
-        node.wait_ready()
-        node.proc.send_signal(signal.SIGINT)
-        code = node.proc.wait(timeout=EXIT_TIMEOUT)
+        node.wait_ready(READY_TIMEOUT)
+        node.send_signal(signal.SIGINT)
+        code = node.popen.wait(timeout=EXIT_TIMEOUT)
     finally:
         node.stop()
     assert code == 0, node.stderr()

@@ -9,12 +9,10 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import pytest
-from conftest import member, wait_until
+from conftest import MakeNode, member, wait_until
 
 from catga_zmq import HandlerError, Node, NodeStatus, Request, ValidationFailed
 from catga_zmq._node import State
-
-MakeNode = Callable[..., Node]
 
 
 class Ran(msgspec.Struct):

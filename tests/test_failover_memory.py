@@ -9,18 +9,18 @@ heartbeats stop. (A subprocess killed with SIGKILL is exercised too, once.)
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from conftest import member, parts, wait_until
+from _procs import Proc, python
+from conftest import PATIENT, MakeNode, member, parts, wait_until
 
 from catga_zmq import (
     CatgaError,
@@ -33,17 +33,8 @@ from catga_zmq import (
 )
 from catga_zmq._node import State
 
-MakeNode = Callable[..., Node]
-
-ROOT = Path(__file__).resolve().parent.parent
-
-TIMING: dict[str, Any] = {
-    "heartbeat_interval": 0.1,
-    "suspect_after": 0.3,
-    "acceptable_pause": 0.2,
-    "faulted_after": 1.0,
-    "drain_timeout": 5.0,
-}
+#: ``PATIENT``, with time to drain under load (s).
+TIMING: dict[str, Any] = {**PATIENT, "drain_timeout": 5.0}
 
 
 class Served(msgspec.Struct):
@@ -288,7 +279,7 @@ async def test_drain_under_steady_load_has_zero_failures(make_node: MakeNode) ->
 # a real process, killed -------------------------------------------------------------------
 
 _KILLED_SERVER = """
-import asyncio, sys
+import asyncio, json, sys
 from catga_zmq import Node, Request, StaticDiscovery
 import msgspec
 
@@ -303,14 +294,9 @@ class KilledIdempotent(Request[Served]):
     seconds: float
 
 async def main() -> None:
+    seed, cluster, timings = sys.argv[1:]
     node = Node(
-        "victim",
-        cluster=sys.argv[2],
-        discovery=StaticDiscovery([sys.argv[1]]),
-        heartbeat_interval=0.1,
-        suspect_after=0.3,
-        acceptable_pause=0.2,
-        faulted_after=1.0,
+        "victim", cluster=cluster, discovery=StaticDiscovery([seed]), **json.loads(timings)
     )
 
     @node.handler
@@ -335,7 +321,9 @@ class KilledIdempotent(Request[Served]):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
-async def test_sigkilled_process_fails_idempotent_requests_over(make_node: MakeNode) -> None:
+async def test_sigkilled_process_fails_idempotent_requests_over(
+    make_node: MakeNode, tmp_path: Path
+) -> None:
     # The caller is the seed the others greet (static discovery), as in a real deployment.
     caller = make_node("c", discovery=None, **TIMING)
     await caller.start()
@@ -348,15 +336,9 @@ async def test_sigkilled_process_fails_idempotent_requests_over(make_node: MakeN
         return Served("survivor", req.n)
 
     await survivor.start()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _KILLED_SERVER,
-        seed,
-        caller.options.cluster,
-        stdout=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
+    timings = json.dumps(PATIENT)
+    cmd = python("-c", _KILLED_SERVER, seed, caller.options.cluster, timings)
+    proc = Proc.start("victim", cmd, tmp_path / "victim")
     try:
         await caller.wait_for_peers(2, timeout=30, handles=KilledIdempotent)
         timeout = 3.0
@@ -364,14 +346,8 @@ async def test_sigkilled_process_fails_idempotent_requests_over(make_node: MakeN
             asyncio.create_task(caller.send(KilledIdempotent(n=i, seconds=0.5), timeout=timeout))
             for i in range(10)
         ]
-        assert proc.stdout is not None
-        started = 0
-        async with asyncio.timeout(10):
-            while started < 3:
-                line = await proc.stdout.readline()
-                assert line, "the server process ended early"
-                started += line.startswith(b"started")
-        os.kill(proc.pid, signal.SIGKILL)
+        await proc.await_line("^started", timeout=10, count=3)
+        proc.send_signal(signal.SIGKILL)
         async with asyncio.timeout(timeout + 2):
             results = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(r, Served) and r.by == "survivor" for r in results), results
@@ -379,7 +355,4 @@ async def test_sigkilled_process_fails_idempotent_requests_over(make_node: MakeN
         # deadline); one to the victim may still be waiting for its timeout.
         await wait_until(lambda: caller.stats().pending == 0, timeout=3)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-        async with asyncio.timeout(10):
-            await proc.wait()
+        proc.stop()

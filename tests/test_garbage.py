@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from conftest import parts, unbatch, wait_until
+from conftest import MakeNode, parts, unbatch, wait_until
 
 from catga_zmq import (
     Candidate,
@@ -42,7 +42,6 @@ from catga_zmq.protocol import (
     topic_for,
 )
 
-MakeNode = Callable[..., Node]
 SEED = 20240607
 
 _enc = msgspec.msgpack.encode

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import msgspec
-from conftest import parts, wait_until
+from conftest import MakeNode, parts, wait_until
 
-from catga_zmq import Node, Request, RequestTimeout
-
-MakeNode = Callable[..., Node]
+from catga_zmq import Request, RequestTimeout
 
 TOTAL = 100_000
 BATCH = 5_000

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 import zmq
-from conftest import parts, unbatch, wait_until
+from conftest import MakeNode, parts, unbatch, wait_until
 
 from catga_zmq import (
     Candidate,
@@ -44,8 +44,6 @@ from catga_zmq.protocol import (
     decode_header,
     encode_header,
 )
-
-MakeNode = Callable[..., Node]
 
 
 class Echo(msgspec.Struct):

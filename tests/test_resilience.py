@@ -5,27 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
 
 import msgspec
 import pytest
-from conftest import member, wait_until
+from conftest import PATIENT, MakeNode, member, wait_until
 
 from catga_zmq import Node, Request, RequestTimeout
 from catga_zmq.membership import Membership, NodeStatus, Peer
 from catga_zmq.protocol import HeartbeatBody
 from catga_zmq.resilience import CircuitBreaker, CircuitState, PhiAccrual
-
-MakeNode = Callable[..., Node]
-
-TIMING: dict[str, Any] = {
-    "heartbeat_interval": 0.1,
-    "suspect_after": 0.3,
-    "acceptable_pause": 0.2,
-    "faulted_after": 1.0,
-}
-
 
 # circuit breaker -----------------------------------------------------------------------------
 
@@ -233,10 +221,10 @@ async def open_circuit(caller: Node, sick: str, threshold: int) -> Counter[str]:
 async def test_breaker_isolates_a_node_that_times_out_and_probes_it_back(
     make_node: MakeNode,
 ) -> None:
-    bad_node, good = make_node("bad", **TIMING), make_node("good", **TIMING)
+    bad_node, good = make_node("bad", **PATIENT), make_node("good", **PATIENT)
     bad = Switch(bad_node)
     serve_work(good)
-    caller = make_node("c", breaker_threshold=3, breaker_cooldown=1.0, **TIMING)
+    caller = make_node("c", breaker_threshold=3, breaker_cooldown=1.0, **PATIENT)
     await bad_node.start()
     await good.start()
     await caller.start()
@@ -270,10 +258,10 @@ async def test_breaker_isolates_a_node_that_times_out_and_probes_it_back(
 
 
 async def test_failed_probe_opens_the_circuit_again(make_node: MakeNode) -> None:
-    bad_node, good = make_node("bad", **TIMING), make_node("good", **TIMING)
+    bad_node, good = make_node("bad", **PATIENT), make_node("good", **PATIENT)
     bad = Switch(bad_node)
     serve_work(good)
-    caller = make_node("c", breaker_threshold=2, breaker_cooldown=0.5, **TIMING)
+    caller = make_node("c", breaker_threshold=2, breaker_cooldown=0.5, **PATIENT)
     await bad_node.start()
     await good.start()
     await caller.start()
@@ -299,10 +287,10 @@ async def test_failed_probe_opens_the_circuit_again(make_node: MakeNode) -> None
 
 
 async def test_half_open_sends_one_probe_at_a_time(make_node: MakeNode) -> None:
-    bad_node, good = make_node("bad", **TIMING), make_node("good", **TIMING)
+    bad_node, good = make_node("bad", **PATIENT), make_node("good", **PATIENT)
     bad = Switch(bad_node, delay_when_healthy=0.3)
     serve_work(good)
-    caller = make_node("c", breaker_threshold=2, breaker_cooldown=0.5, **TIMING)
+    caller = make_node("c", breaker_threshold=2, breaker_cooldown=0.5, **PATIENT)
     await bad_node.start()
     await good.start()
     await caller.start()
@@ -326,10 +314,10 @@ async def test_cancelled_probe_does_not_isolate_the_node_for_good(make_node: Mak
     Either way the node must get another probe later; otherwise a single cancelled
     probe leaves a healthy node HALF_OPEN with no probe allowed, isolated for ever.
     """
-    bad_node, good = make_node("bad", **TIMING), make_node("good", **TIMING)
+    bad_node, good = make_node("bad", **PATIENT), make_node("good", **PATIENT)
     bad = Switch(bad_node, delay_when_healthy=0.5)
     serve_work(good)
-    caller = make_node("c", breaker_threshold=2, breaker_cooldown=0.3, **TIMING)
+    caller = make_node("c", breaker_threshold=2, breaker_cooldown=0.3, **PATIENT)
     await bad_node.start()
     await good.start()
     await caller.start()
@@ -364,10 +352,10 @@ async def test_cancelled_probe_does_not_isolate_the_node_for_good(make_node: Mak
 
 @pytest.mark.parametrize("threshold", [1, 4])
 async def test_breaker_threshold_is_the_setting(make_node: MakeNode, threshold: int) -> None:
-    bad_node, good = make_node("bad", **TIMING), make_node("good", **TIMING)
+    bad_node, good = make_node("bad", **PATIENT), make_node("good", **PATIENT)
     Switch(bad_node)
     serve_work(good)
-    caller = make_node("c", breaker_threshold=threshold, breaker_cooldown=5.0, **TIMING)
+    caller = make_node("c", breaker_threshold=threshold, breaker_cooldown=5.0, **PATIENT)
     await bad_node.start()
     await good.start()
     await caller.start()

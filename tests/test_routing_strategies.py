@@ -9,17 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import subprocess
-import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 import pytest
-from conftest import member, parts, wait_until
+from _procs import child_env, python, run
+from conftest import PATIENT, MakeNode, member, parts, wait_until
 
 from catga_zmq import HandlerError, Node, Request, RequestTimeout
 from catga_zmq.membership import Peer
@@ -35,16 +32,6 @@ from catga_zmq.routing import (
     stable_hash,
 )
 from catga_zmq.routing import consistent_hash as consistent_hash_module
-
-MakeNode = Callable[..., Node]
-
-#: The cluster timings of these tests (s).
-TIMING: dict[str, Any] = {
-    "heartbeat_interval": 0.1,
-    "suspect_after": 0.3,
-    "acceptable_pause": 0.2,
-    "faulted_after": 1.0,
-}
 
 
 def peer(
@@ -263,16 +250,8 @@ def test_consistent_hash_agrees_across_processes(seed: str) -> None:
     router = ConsistentHashRouter()
     peers = [peer(n) for n in names]
     here = {f"key-{i}": router.select(peers, None, f"key-{i}").node_id for i in range(100)}
-    env = {**os.environ, "PYTHONHASHSEED": seed}
-    out = subprocess.run(
-        [sys.executable, "-c", _OTHER_PROCESS, *reversed(names)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=Path(__file__).resolve().parent.parent,
-        timeout=60,
-        check=True,
-    )
+    out = run(python("-c", _OTHER_PROCESS, *reversed(names)), env=child_env(PYTHONHASHSEED=seed))
+    assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == here
     assert len(set(here.values())) == 4  # the keys really are spread, not all on one node
 
@@ -382,10 +361,10 @@ async def test_consistent_hash_routing_key_field_end_to_end(
             built.append(self)
 
     monkeypatch.setattr(consistent_hash_module, "HashRing", CountingRing)
-    servers = [make_node(f"s{i}", **TIMING) for i in range(3)]
+    servers = [make_node(f"s{i}", **PATIENT) for i in range(3)]
     for s in servers:
         serve_profiles(s)
-    callers = [make_node("c1", **TIMING), make_node("c2", **TIMING)]
+    callers = [make_node("c1", **PATIENT), make_node("c2", **PATIENT)]
     for c in callers:
         c.route(GetProfile, "consistent_hash")
     await start(*servers, *callers)
@@ -420,10 +399,10 @@ async def test_consistent_hash_routing_key_field_end_to_end(
 
 
 async def test_send_key_overrides_the_routing_key_field(make_node: MakeNode) -> None:
-    servers = [make_node(f"s{i}", **TIMING) for i in range(3)]
+    servers = [make_node(f"s{i}", **PATIENT) for i in range(3)]
     for s in servers:
         serve_profiles(s)
-    caller = make_node("c", **TIMING)
+    caller = make_node("c", **PATIENT)
     caller.route(GetProfile, "consistent_hash")
     await start(*servers, caller)
     await caller.wait_for_peers(3, handles=GetProfile)
@@ -441,7 +420,7 @@ async def test_send_key_overrides_the_routing_key_field(make_node: MakeNode) -> 
 
 
 async def test_least_connections_outstanding_returns_to_zero(make_node: MakeNode) -> None:
-    server = make_node("s", **TIMING)
+    server = make_node("s", **PATIENT)
     release = asyncio.Event()
 
     @server.handler
@@ -454,7 +433,7 @@ async def test_least_connections_outstanding_returns_to_zero(make_node: MakeNode
             await release.wait()
         return Where(by="s")
 
-    caller = make_node("c", **TIMING)
+    caller = make_node("c", **PATIENT)
     caller.route(Hold, "least_connections")
     await start(server, caller)
     await caller.wait_for_peers(1, handles=Hold)
@@ -516,7 +495,7 @@ async def test_least_connections_outstanding_returns_to_zero(make_node: MakeNode
 
 
 async def test_least_connections_prefers_the_fast_node(make_node: MakeNode) -> None:
-    fast, slow = make_node("fast", **TIMING), make_node("slow", **TIMING)
+    fast, slow = make_node("fast", **PATIENT), make_node("slow", **PATIENT)
 
     @fast.handler
     async def quick(req: Hold) -> Where:
@@ -527,7 +506,7 @@ async def test_least_connections_prefers_the_fast_node(make_node: MakeNode) -> N
         await asyncio.sleep(0.1)
         return Where(by="slow")
 
-    caller = make_node("c", **TIMING)
+    caller = make_node("c", **PATIENT)
     caller.route(Hold, "least_connections")
     await start(fast, slow, caller)
     await caller.wait_for_peers(2, handles=Hold)
@@ -544,12 +523,12 @@ async def test_least_connections_prefers_the_fast_node(make_node: MakeNode) -> N
 
 
 async def test_strategy_per_node_and_per_type(make_node: MakeNode) -> None:
-    heavy = make_node("heavy", weight=3, **TIMING)
-    light = make_node("light", weight=1, **TIMING)
-    idle = make_node("idle", weight=0, **TIMING)
+    heavy = make_node("heavy", weight=3, **PATIENT)
+    light = make_node("light", weight=1, **PATIENT)
+    idle = make_node("idle", weight=0, **PATIENT)
     for s in (heavy, light, idle):
         serve(s, Hit, LocalHit, RoundHit)
-    caller = make_node("c", routing="weighted", **TIMING)
+    caller = make_node("c", routing="weighted", **PATIENT)
     serve(caller, LocalHit)
     caller.route(LocalHit, "local_first")
     caller.route(RoundHit, "round_robin")
