@@ -111,10 +111,10 @@ class NodeNotStarted(NodeStateError):
 
 
 class NodeClosed(NodeStateError):
-    """A call on a node that has been closed (its ``aclose()`` ran).
+    """A call on a node that has been closed: its ``aclose()`` ran, or its start failed.
 
-    A node starts once: after ``aclose()`` its sockets are gone and it does not start
-    again. Create a new ``Node`` to rejoin the cluster.
+    A node starts once: once closed its sockets are gone and it does not start again.
+    Create a new ``Node`` to rejoin the cluster.
     """
 
     default_message = "the node is closed; a node starts once: create a new Node"
@@ -150,9 +150,9 @@ class HandlerError(CatgaError):
     """The handler ran and raised; ``error_type`` is the name of the exception's class.
 
     The exception itself stays on the handler's node (the default ``LoggingBehavior``
-    logs it there at WARNING); the caller gets its class name and message, never a pickle or a traceback.
-    Not retried: the handler may have done part of its work. Handle it as the
-    handler's own failure.
+    logs it there at WARNING); the caller gets its class name and message, never a
+    pickle or a traceback. Not retried: the handler may have done part of its work.
+    Handle it as the handler's own failure.
     """
 
     code = "HANDLER_FAILED"

@@ -72,6 +72,7 @@ class DeadlineBehavior:
 
     @staticmethod
     def check(ctx: Context) -> None:
+        """Raise ``RequestTimeout`` if ``ctx``'s deadline has passed."""
         # time.monotonic(), not loop.time(): uvloop's loop time stands still while a
         # handler holds the loop, and requests read in the same pass must see the
         # time that passed. Both are CLOCK_MONOTONIC, so they compare.
@@ -82,6 +83,7 @@ class DeadlineBehavior:
             )
 
     def wrap(self, inner: Call) -> Call:
+        """``inner``, called only while its deadline has not passed (see ``Behavior``)."""
         check = self.check
 
         def call(message: Message, ctx: Context) -> Awaitable[Any]:
@@ -101,6 +103,7 @@ class LoggingBehavior:
         return await self.wrap(lambda _m, _c: call_next())(message, ctx)
 
     def wrap(self, inner: Call) -> Call:
+        """``inner``, with its duration and any failure logged (see ``Behavior``)."""
         log = self.log
 
         async def call(message: Message, ctx: Context) -> Any:

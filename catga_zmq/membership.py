@@ -32,6 +32,26 @@ WATCH_QUEUE_LIMIT = 1000
 
 
 class NodeStatus(StrEnum):
+    """Where a member stands, as this node sees it. Only ALIVE members are routed to.
+
+    - ``ALIVE``: heard from within ``suspect_after`` s; takes requests.
+    - ``SUSPECT``: silent for more than ``suspect_after`` s. Out of routing but not
+      given up: any frame from it makes it ALIVE again (``NodeRecovered``).
+    - ``DRAINING``: it announced that it is shutting down: it finishes the work it has
+      and answers new requests ``OVERLOADED``. Out of routing; ``send(node=...)`` may
+      still reach it.
+    - ``FAULTED``: silent for more than ``faulted_after`` s, or its heartbeats late
+      enough that the phi-accrual detector passed ``phi_threshold``. Out of routing;
+      requests in flight to it end (``TransportFailed``; idempotent ones go to another
+      node). A heartbeat brings it back.
+    - ``LEFT``: it said goodbye (BYE), discovery withdrew it, or it restarted and its
+      new run took its place. A LEFT or FAULTED member is forgotten after 5 minutes
+      of silence.
+
+    The value (``"alive"``, ...) is what ``NodeInfo``, ``NodeStats`` and the command
+    line show.
+    """
+
     ALIVE = "alive"
     SUSPECT = "suspect"
     DRAINING = "draining"
@@ -41,13 +61,38 @@ class NodeStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ClusterNode:
-    """A snapshot of one member, as ``node.members()`` returns it."""
+    """A snapshot of one member, as ``node.members()`` and watch events give it.
+
+    Taken when asked for: it does not change afterwards. What the member reports of
+    itself (``load``, ``in_flight``, ``handles``, ...) is as of its last heartbeat.
+
+    - ``node_id``: its id; ``endpoint``: its ROUTER, where requests go;
+      ``pub_endpoint``: its PUB socket, where its heartbeats and events come from
+      (both ``tcp://host:port``).
+    - ``status``: its ``NodeStatus``.
+    - ``last_heartbeat``: when its last heartbeat arrived here (``time.time()``, s
+      since the epoch); 0 if none yet. For this node itself: when it started.
+    - ``load``: CPU its process used, in cores (1.0: one core busy all the time).
+    - ``in_flight``: its handlers running.
+    - ``metadata``: its ``NodeOptions.metadata``.
+    - ``handles``, ``subscribes``: wire names of the request types it handles and the
+      event types it subscribes to.
+    - ``incarnation``: which run of the node this is (``time.time_ns()`` at its
+      start); a restarted node has a higher one.
+    - ``weight``: its share of traffic under weighted routing (``NodeOptions.weight``).
+    - ``local``: True for the node you asked (``node.members()`` includes itself).
+    - ``circuit``: this node's circuit breaker for it: CLOSED (in use), OPEN (isolated
+      after repeated failures, until ``breaker_cooldown`` ends), HALF_OPEN (one probe
+      request decides).
+    - ``outstanding``: this node's own requests in flight to it now, which
+      least-connections routing compares.
+    """
 
     node_id: str
     endpoint: str
     status: NodeStatus
-    last_heartbeat: float  # time.time() of the last frame from it; 0: none yet
-    load: float
+    last_heartbeat: float  # s since the epoch; 0: none yet
+    load: float  # cores
     in_flight: int
     metadata: dict[str, str]
     handles: frozenset[str]
@@ -57,32 +102,49 @@ class ClusterNode:
     weight: int = 1
     local: bool = False
     circuit: CircuitState = CircuitState.CLOSED
-    outstanding: int = 0  # this node's requests in flight to it
+    outstanding: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class MembershipEvent:
+    """A change of membership, as ``node.watch()`` yields it.
+
+    ``node`` is the member as it was right after the change. Match on the subclass:
+    ``NodeJoined``, ``NodeLeft``, ``NodeSuspect``, ``NodeFaulted``, ``NodeRecovered``.
+    """
+
     node: ClusterNode
 
 
 class NodeJoined(MembershipEvent):
-    """A node sent its first heartbeat (or a restarted node its first one)."""
+    """A node sent its first heartbeat, or a restarted node the first of its new run.
+
+    It is ALIVE (or DRAINING, if it said so) and routable from now on.
+    """
 
 
 class NodeLeft(MembershipEvent):
-    """A node said BYE, or discovery said it is gone."""
+    """A node is LEFT: it said BYE, discovery withdrew it, or a restart replaced it.
+
+    After a restart, ``NodeLeft`` for the old run comes before ``NodeJoined`` for the
+    new one.
+    """
 
 
 class NodeFaulted(MembershipEvent):
-    """A node has been silent past ``faulted_after``; it is out of routing."""
+    """A node is FAULTED: silent past ``faulted_after`` (or judged so by phi).
+
+    It is out of routing and this node's requests in flight to it end; a heartbeat
+    from it brings ``NodeRecovered``.
+    """
 
 
 class NodeSuspect(MembershipEvent):
-    """A node has been silent past ``suspect_after``."""
+    """A node is SUSPECT: silent past ``suspect_after``; out of routing, not given up."""
 
 
 class NodeRecovered(MembershipEvent):
-    """A SUSPECT or FAULTED node was heard from again."""
+    """A SUSPECT, FAULTED or LEFT node was heard from again; ``node.status`` is its status now."""
 
 
 @dataclass(slots=True, eq=False)  # identity: a restarted node is another Peer
@@ -137,10 +199,12 @@ _SILENT = frozenset((NodeStatus.SUSPECT, NodeStatus.FAULTED))
 
 
 class Watcher:
-    """What ``watch()`` returns: an async iterator of membership changes.
+    """What ``node.watch()`` returns: an async iterator of ``MembershipEvent``.
 
-    Holds at most ``WATCH_QUEUE_LIMIT`` unread events (a slow reader loses the oldest:
-    it wants the present state). Ends when the node closes or on ``aclose()``.
+    Subscribed when ``watch()`` is called, so no change made before the first
+    iteration is lost. Holds at most ``WATCH_QUEUE_LIMIT`` unread events (a slow
+    reader loses the oldest: it wants the present state). Ends when the node closes or
+    on ``aclose()``; a watcher that is dropped unread unsubscribes itself.
     """
 
     __slots__ = ("__weakref__", "_closed", "_queue")
@@ -150,6 +214,7 @@ class Watcher:
         self._closed = False
 
     def put(self, event: MembershipEvent | None) -> None:
+        """Queue ``event`` for the reader; None ends the iteration. Never blocks."""
         if self._closed:
             return
         q = self._queue

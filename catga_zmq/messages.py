@@ -44,22 +44,43 @@ class Message(msgspec.Struct):
 
 
 class Request(Message, Generic[T]):
-    """A message with exactly one handler in the cluster and a typed response ``T``."""
+    """A message that one handler answers with a ``T``: ``class GetUser(Request[User])``.
+
+    ``await node.send(GetUser(id="7"))`` runs it on one node that handles it (this
+    one or another, as routing decides) and returns the handler's ``User``. Fields are
+    ``msgspec.Struct`` fields. Class settings:
+
+    - ``__wire_name__``: the name it travels under (default ``module.QualName``); set
+      it to keep the wire name when the class moves or is renamed.
+    - ``__idempotent__``: True if running it twice is harmless; a request that reached
+      a node that then failed is only sent to another node when it is.
+    - ``__routing_key__``: the field whose value is the consistent-hash key when
+      ``send()`` is given no ``key=``.
+    """
 
 
 class Event(Message):
-    """A message delivered to every subscriber in the cluster (at most once each)."""
+    """A message for every subscriber in the cluster: ``class UserRenamed(Event)``.
+
+    ``await node.publish(UserRenamed(...))`` delivers it to each live node's
+    subscribers of its type, this node's included, at most once each: a node not
+    connected yet misses it, and one too slow to keep up loses some (counted in its
+    ``Stats``). Fields and ``__wire_name__`` are as for ``Request``.
+    """
 
 
 def wire_name(cls: type[Message]) -> str:
+    """The name ``cls`` travels under."""
     return cls.__wire_name__
 
 
 def is_request_type(cls: type[Any]) -> bool:
+    """Is ``cls`` a ``Request`` class?"""
     return isinstance(cls, type) and issubclass(cls, Request)
 
 
 def is_event_type(cls: type[Any]) -> bool:
+    """Is ``cls`` an ``Event`` class?"""
     return isinstance(cls, type) and issubclass(cls, Event)
 
 
@@ -114,6 +135,11 @@ class Registry:
         self._lock = threading.Lock()
 
     def add(self, cls: type[Message]) -> None:
+        """Register ``cls`` under its wire name; done for every message class defined.
+
+        A ``ConfigError`` if the name is unusable or another class already has it
+        (a class defined again with the same fields, as by a reload, replaces the old).
+        """
         name = cls.__wire_name__
         encoded = name.encode()
         if not name or len(encoded) > MAX_WIRE_NAME or "\x00" in name or name.startswith("!"):
@@ -131,12 +157,14 @@ class Registry:
             self._types[name] = cls
 
     def get(self, name: str) -> type[Message] | None:
+        """The class registered under ``name``, or None."""
         return self._types.get(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._types
 
     def names(self) -> list[str]:
+        """Every registered wire name, sorted."""
         return sorted(self._types)
 
 
@@ -157,4 +185,5 @@ def _own_fields(cls: type[Message]) -> tuple[str, ...]:
     )
 
 
+#: The process's registry: every message class defined so far, by wire name.
 registry = Registry()

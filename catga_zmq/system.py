@@ -1,5 +1,10 @@
 """Built-in requests every node serves: ping, info, stats.
 
+Every live node handles them, whatever its own handlers, so any node (or an operator
+tool that is not a member) can ask any other: ``await node.send(Stats(), node="users-1")``.
+Their wire names start with ``catga.``, which routing reads as "every node serves it":
+keep that prefix out of your own wire names.
+
 ``Info`` doubles as the greeting of static and gossip discovery: the caller sends its
 own address, the answer carries the node's address and the peers it knows.
 """
@@ -12,15 +17,38 @@ from .messages import Request
 
 
 class Pong(msgspec.Struct):
+    """The answer to ``Ping``.
+
+    ``node_id`` is the node that answered; ``time`` its wall clock when it did
+    (``time.time()``, seconds since the epoch), which shows a clock far off the
+    caller's.
+    """
+
     node_id: str
-    time: float  # time.time() at the node that answered
+    time: float  # s since the epoch, at the node that answered
 
 
 class Ping(Request[Pong]):
+    """Is a node there and answering? Answers ``Pong``.
+
+    Routed like any request: ``send(Ping(), node="users-1")`` asks that node, and the
+    round trip measures the request path (routing, sockets, the node's event loop)
+    rather than the network alone.
+    """
+
     __wire_name__ = "catga.Ping"
 
 
 class PeerAddress(msgspec.Struct, array_like=True):
+    """Where a node listens: what ``Info`` carries to introduce nodes to each other.
+
+    ``node_id`` is the node's id, ``endpoint`` its ROUTER (requests go there) and
+    ``pub_endpoint`` its PUB socket (heartbeats and events come from there), both
+    ``tcp://host:port``; ``cluster`` its cluster name and ``version`` the wire
+    protocol version it speaks (``PROTOCOL_VERSION``). Encoded as an array: the field
+    order is part of the wire format.
+    """
+
     node_id: str
     endpoint: str
     pub_endpoint: str
@@ -29,6 +57,19 @@ class PeerAddress(msgspec.Struct, array_like=True):
 
 
 class NodeInfo(msgspec.Struct):
+    """The answer to ``Info``: who the node is, what it serves, and whom it knows.
+
+    ``node_id`` and ``cluster`` name it; ``version`` is the wire protocol version it
+    speaks and ``library_version`` its catga_zmq release. ``endpoint`` (ROUTER) and
+    ``pub_endpoint`` (PUB) are where it listens. ``incarnation`` identifies this run
+    of the node (``time.time_ns()`` at its start): a restarted node has a higher one.
+    ``status`` is its own ``NodeStatus`` value, ``"alive"`` or ``"draining"``.
+    ``handles`` and ``subscribes`` are the wire names of the request types it handles
+    and the event types it subscribes to, sorted; ``metadata`` is its
+    ``NodeOptions.metadata``. ``peers`` are the addresses of the other nodes it knows,
+    less those that left or faulted: the gossip that lets one seed introduce a cluster.
+    """
+
     node_id: str
     cluster: str
     version: int
@@ -44,24 +85,57 @@ class NodeInfo(msgspec.Struct):
 
 
 class Info(Request[NodeInfo]):
+    """Who is this node, what does it serve, whom does it know? Answers ``NodeInfo``.
+
+    ``caller`` is the asking node's own address, so that the answering node learns of
+    it too (a greeting goes both ways); an operator tool that is not a member leaves it
+    None. A caller of another cluster is answered but not remembered.
+    """
+
     __wire_name__ = "catga.Info"
     caller: PeerAddress | None = None
 
 
 class NodeStats(msgspec.Struct):
+    """The answer to ``Stats``: a node's counters since it started.
+
+    Every count is since the node's start; the first four are the state now.
+
+    - ``node_id``: the node that answered; ``uptime``: seconds since it started.
+    - ``running``: its handlers running now; ``pending``: its own requests to other
+      nodes awaiting replies.
+    - ``requests_handled``: requests from other nodes its handlers answered with a
+      reply; ``requests_failed``: those answered with an error once taken (the
+      handler raised, its reply could not be encoded, or its deadline had passed);
+      ``requests_refused``: those answered ``OVERLOADED`` without running (at
+      ``max_concurrency``, or draining).
+    - ``requests_sent``: requests it sent to other nodes.
+    - ``events_published``: events it published; ``events_received``: events from
+      other nodes it delivered to its subscribers; ``events_lost``: events from other
+      nodes it never got, seen as gaps in their sequence numbers; ``events_dropped``:
+      events it got but dropped because a local subscriber's queue was full.
+    - ``frames_rejected``: frames it refused: malformed, of an unknown kind, of
+      another protocol version or cluster, or that did not decode as their type.
+    - ``replies_dropped``: replies it could not deliver (the caller had gone, or its
+      queue was full); ``late_replies``: replies it got after its request had timed
+      out or been cancelled.
+    - ``members``: how many other nodes it knows in each status, keyed by
+      ``NodeStatus`` value (``{"alive": 2, "suspect": 1}``).
+    """
+
     node_id: str
     uptime: float  # s
-    running: int  # handlers running now
-    pending: int  # this node's requests awaiting replies
+    running: int
+    pending: int
     requests_handled: int
     requests_failed: int
-    requests_refused: int  # answered OVERLOADED (at max_concurrency, or draining)
+    requests_refused: int
     requests_sent: int
     events_published: int
     events_received: int
-    events_lost: int  # sequence gaps seen on subscribed topics
-    events_dropped: int  # dropped here: a local subscriber's queue was full
-    frames_rejected: int  # malformed, unknown kind, wrong version, other cluster
+    events_lost: int
+    events_dropped: int
+    frames_rejected: int
     replies_dropped: int
     late_replies: int
     members: dict[str, int]  # status -> count
@@ -71,4 +145,6 @@ class NodeStats(msgspec.Struct):
 
 
 class Stats(Request[NodeStats]):
+    """How is this node doing? Answers ``NodeStats``, its counters since it started."""
+
     __wire_name__ = "catga.Stats"

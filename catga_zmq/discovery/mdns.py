@@ -160,7 +160,8 @@ class MdnsDiscovery(Discovery):
 
     ``interfaces`` are the IP addresses to run mDNS on; by default those of the
     address the node binds (see ``interfaces_for_bind``). They are fixed when mDNS
-    starts (the first ``register`` or ``start``).
+    starts (the first ``register`` or ``start``). ``version`` is the wire protocol
+    version announced in TXT (``PROTOCOL_VERSION`` when a node makes this backend).
 
     ``watch()`` first yields every current candidate as ADDED, then changes; an
     update of a known service is another ADDED. REMOVED comes from a goodbye, from
@@ -200,6 +201,13 @@ class MdnsDiscovery(Discovery):
             await self._start(bind_host)
 
     async def register(self, me: Candidate) -> None:
+        """Announce ``me`` as a service, starting mDNS first if need be.
+
+        Returns once the name is ours (zeroconf probes for a conflict and may rename
+        the service: see ``service_name``) and the first announcement is out. Called
+        again, it updates the TXT record under the same name. A ``ConfigError`` names
+        an endpoint that is not ``tcp://host:port`` or a TXT entry that does not fit.
+        """
         host, port = _split_endpoint(me.endpoint)
         txt = _txt(me, self.cluster, self.version)
         async with self._lock:
@@ -225,13 +233,16 @@ class MdnsDiscovery(Discovery):
             log.debug("mDNS: registered %s for %s", info.name, me.endpoint)
 
     async def unregister(self) -> None:
+        """Withdraw the service; returns once the goodbye packets are sent."""
         async with self._lock:
             await self._unregister()
 
     def candidates(self) -> list[Candidate]:
+        """The services of this cluster resolved so far, this node's own left out."""
         return list(self._found.values())
 
     def watch(self) -> AsyncIterator[DiscoveryChange]:
+        """Every current candidate as ADDED, then each change (see the class docstring)."""
         # Subscribe here, not at the first __anext__: a change between this call and
         # the first iteration would otherwise be in neither the snapshot nor the queue.
         queue: asyncio.Queue[DiscoveryChange | None] = asyncio.Queue()
@@ -244,6 +255,10 @@ class MdnsDiscovery(Discovery):
         return self._drain(queue)
 
     async def aclose(self) -> None:
+        """Unregister, stop browsing and close zeroconf; every ``watch()`` iterator ends.
+
+        Idempotent. A closed backend does not start again.
+        """
         async with self._lock:
             if self._closed:
                 return

@@ -10,6 +10,7 @@ from .local_first import LocalFirstRouter
 from .round_robin import RoundRobinRouter
 from .weighted import WeightedRouter
 
+#: Every routing strategy, by its setting name.
 ROUTERS: dict[str, type[Router]] = {
     r.name: r
     for r in (
@@ -23,6 +24,7 @@ ROUTERS: dict[str, type[Router]] = {
 
 
 def make_router(name: str) -> Router:
+    """A new router for the ``routing`` setting ``name``; a ``ConfigError`` lists the valid ones."""
     try:
         return ROUTERS[name]()
     except KeyError:

@@ -22,10 +22,13 @@ DEFAULT_VNODES: Final = 160
 
 
 def stable_hash(data: str) -> int:
+    """A 64-bit hash of ``data``, the same in every process and run (BLAKE2b)."""
     return int.from_bytes(hashlib.blake2b(data.encode(), digest_size=8).digest(), "big")
 
 
 class HashRing:
+    """``vnodes`` points per node on a ring of 64-bit hashes; a key goes to the next point."""
+
     __slots__ = ("nodes", "points", "positions")
 
     def __init__(self, nodes: Sequence[Peer], vnodes: int) -> None:
@@ -39,11 +42,19 @@ class HashRing:
         self.nodes = tuple(nodes)
 
     def lookup(self, key: str) -> Peer:
+        """The node whose point follows ``key``'s hash on the ring."""
         i = bisect.bisect_right(self.positions, stable_hash(key))
         return self.points[i % len(self.points)]
 
 
 class ConsistentHashRouter(Router):
+    """The same key to the same node, while the candidates stay the same.
+
+    The key is ``send(key=...)``, or the value of the message's ``__routing_key__``
+    field; a request with neither goes round robin. ``vnodes`` points per node even
+    out the share of keys each node gets.
+    """
+
     name = "consistent_hash"
 
     def __init__(self, vnodes: int = DEFAULT_VNODES) -> None:
@@ -55,6 +66,7 @@ class ConsistentHashRouter(Router):
         self._fallback = RoundRobinRouter()
 
     def ring(self, candidates: Sequence[Peer]) -> HashRing:
+        """The ring of ``candidates``, built once per candidate set."""
         # Membership hands out the same tuple until it changes: most calls stop here.
         last = self._last
         if last is not None and last[0] is candidates:
@@ -69,6 +81,7 @@ class ConsistentHashRouter(Router):
         return ring
 
     def select(self, candidates: Sequence[Peer], message: Any, key: str | None) -> Peer:
+        """The node ``key`` falls on; without a key, round robin."""
         if key is None:
             return self._fallback.select(candidates, message, key)
         return self.ring(candidates).lookup(key)

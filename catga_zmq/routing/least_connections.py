@@ -14,12 +14,19 @@ from .base import Router
 
 
 class LeastConnectionsRouter(Router):
+    """The candidate with the fewest of this node's requests in flight to it.
+
+    Counts only this caller's requests (``ClusterNode.outstanding``), which it knows
+    exactly and at once, not the node's total load, which heartbeats report late.
+    """
+
     name = "least_connections"
 
     def __init__(self) -> None:
         self._turn = 0
 
     def select(self, candidates: Sequence[Peer], message: Any, key: str | None) -> Peer:
+        """The least busy candidate; among equals, each in turn."""
         self._turn += 1
         n = len(candidates)
         start = self._turn % n

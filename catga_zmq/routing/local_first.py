@@ -11,12 +11,18 @@ from .round_robin import RoundRobinRouter
 
 
 class LocalFirstRouter(Router):
+    """This node whenever it handles the type (no network round trip); else ``fallback``.
+
+    ``fallback`` chooses among the other candidates; round robin if not given.
+    """
+
     name = "local_first"
 
     def __init__(self, fallback: Router | None = None) -> None:
         self._fallback = fallback or RoundRobinRouter()
 
     def select(self, candidates: Sequence[Peer], message: Any, key: str | None) -> Peer:
+        """This node if it is a candidate, else the fallback's choice."""
         for peer in candidates:
             if peer.local:
                 return peer

@@ -18,18 +18,26 @@ IN_FLIGHT_SCALE: Final = 64.0
 
 
 def effective_weight(peer: Peer) -> float:
+    """``peer``'s configured weight scaled down by the load it reports (0: none)."""
     if peer.weight <= 0:
         return 0.0
     return peer.weight / (1.0 + peer.load + peer.in_flight / IN_FLIGHT_SCALE)
 
 
 class WeightedRouter(Router):
+    """Smooth weighted round robin over each candidate's ``effective_weight``.
+
+    The weight is the node's ``weight`` setting, lowered while it reports CPU load or
+    handlers in flight, so a busy node gets less until it catches up.
+    """
+
     name = "weighted"
 
     def __init__(self) -> None:
         self._current: dict[str, float] = {}
 
     def select(self, candidates: Sequence[Peer], message: Any, key: str | None) -> Peer:
+        """The candidate with the most credit; every candidate at weight 0: the first."""
         current = self._current
         if len(current) > 4 * len(candidates) + 64:
             # Forget nodes that left; the survivors' running credit is kept.
