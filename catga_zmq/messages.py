@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import sys
 import threading
+import types
 import typing
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -112,19 +113,25 @@ def response_type(cls: type[Request[Any]]) -> Any:
 
 
 def _resolve(arg: Any, owner: type[Any]) -> Any:
-    if isinstance(arg, str):
-        arg = typing.ForwardRef(arg)
-    if isinstance(arg, typing.ForwardRef):
-        module = sys.modules.get(owner.__module__)
-        namespace = dict(vars(module)) if module else {}
-        try:
-            return typing._eval_type(arg, namespace, dict(vars(owner)))  # type: ignore[attr-defined]
-        except NameError as exc:
-            raise ConfigError(
-                f"{owner.__qualname__}: response type {arg.__forward_arg__!r} is not defined "
-                f"in module {owner.__module__}; define it before the first send"
-            ) from exc
-    return arg
+    """``arg`` with its forward references evaluated where ``owner`` was defined."""
+    module = sys.modules.get(owner.__module__)
+    namespace = dict(vars(module)) if module else {}
+    # Names seen from inside the class: its PEP 695 type parameters, then its body.
+    local = {param.__name__: param for param in getattr(owner, "__type_params__", ())}
+    local.update(vars(owner))
+    # typing.get_type_hints is the supported way to evaluate a forward reference (the
+    # private typing._eval_type warns from 3.13 on), so ``arg`` is handed to it as the
+    # one annotation of a holder; it also resolves names nested in ``list["User"]``.
+    holder = types.SimpleNamespace(__annotations__={"response": arg})
+    try:
+        hints = typing.get_type_hints(holder, namespace, local, include_extras=True)
+    except NameError as exc:
+        missing = exc.name or (arg.__forward_arg__ if isinstance(arg, typing.ForwardRef) else arg)
+        raise ConfigError(
+            f"{owner.__qualname__}: response type {missing!r} is not defined "
+            f"in module {owner.__module__}; define it before the first send"
+        ) from exc
+    return hints["response"]
 
 
 class Registry:

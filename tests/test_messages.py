@@ -38,6 +38,14 @@ class GetMissing(Request["NotDefinedAnywhere"]):
     pass
 
 
+class GetLaters(Request[list["Later"]]):
+    """A forward reference inside a generic response type."""
+
+
+class GetMissingList(Request[list["NotDefinedEither"]]):  # noqa: F821 - on purpose
+    pass
+
+
 class Later(msgspec.Struct):
     value: int
 
@@ -221,6 +229,15 @@ def test_response_type_forward_reference() -> None:
 def test_response_type_undefined_forward_reference_raises() -> None:
     with pytest.raises(ConfigError, match="NotDefinedAnywhere"):
         response_type(GetMissing)
+
+
+def test_response_type_nested_forward_reference() -> None:
+    assert response_type(GetLaters) == list[Later]
+
+
+def test_response_type_undefined_nested_forward_reference_raises() -> None:
+    with pytest.raises(ConfigError, match="NotDefinedEither"):
+        response_type(GetMissingList)
 
 
 def test_response_type_without_parameter_is_any() -> None:

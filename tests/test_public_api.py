@@ -79,12 +79,7 @@ def documented_names() -> list[Any]:
     for module_name, name, obj in public_names():
         if isinstance(obj, str | int | float | bool):
             continue  # a constant: documented by a comment where it is defined
-        marks = []
-        if name == "NodeOptions":
-            marks.append(
-                pytest.mark.xfail(strict=True, reason="until NodeOptions has its docstring")
-            )
-        params.append(pytest.param(module_name, name, obj, marks=marks, id=f"{module_name}.{name}"))
+        params.append(pytest.param(module_name, name, obj, id=f"{module_name}.{name}"))
     return params
 
 
@@ -134,7 +129,6 @@ def test_help_shows_no_object_addresses(name: str) -> None:
     assert "object at 0x" not in text, name
 
 
-@pytest.mark.xfail(strict=True, reason="until the Node sentinel lands")
 def test_help_node_shows_no_object_addresses() -> None:
     # The default of Node(discovery=...) is a sentinel; an object() shows in the
     # signature as <object object at 0x7f...>, which tells the reader nothing.
