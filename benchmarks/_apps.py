@@ -29,17 +29,7 @@ import time
 
 import msgspec
 
-from catga_zmq import (
-    Context,
-    Event,
-    Node,
-    NodeFaulted,
-    NodeJoined,
-    NodeLeft,
-    NodeRecovered,
-    NodeSuspect,
-    Request,
-)
+from catga_zmq import Context, Event, Node, Request
 
 # --- echo ---------------------------------------------------------------------------------
 
@@ -109,8 +99,7 @@ class Report(Request[EventReport]):
 class EventCounter:
     """What a subscriber saw, by the publisher's sequence numbers (one publisher)."""
 
-    __slots__ = ("first_seq", "gaps", "last_ns", "last_seq", "latencies", "latency")
-    __slots__ += ("received", "reordered", "total")
+    __slots__ = ("first_seq", "gaps", "last_ns", "last_seq", "latencies", "latency", "received", "reordered", "total")  # fmt: skip
 
     def __init__(self) -> None:
         self.total = 0
@@ -146,16 +135,8 @@ class EventCounter:
         def pct(p: float) -> float:  # nearest rank, µs
             return lat[max(1, -(-len(lat) * int(p) // 100)) - 1] / 1000.0 if lat else 0.0
 
-        return EventReport(
-            node_id,
-            self.total,
-            self.received,
-            self.gaps,
-            self.reordered,
-            self.last_ns,
-            pct(50),
-            pct(99),
-        )
+        counts = (self.total, self.received, self.gaps, self.reordered, self.last_ns)
+        return EventReport(node_id, *counts, pct(50), pct(99))
 
 
 events = Node(node_id="events-sub", cluster="bench-events", discovery=None, log_level="WARNING")
@@ -187,13 +168,11 @@ idle = Node(node_id="idle", cluster="bench-scale", log_level="WARNING")
 
 WORK_MS_ENV = "FAILOVER_WORK_MS"
 EVENT_PREFIX = "event "
-EVENT_KINDS = {
-    NodeJoined: "joined",
-    NodeRecovered: "recovered",
-    NodeSuspect: "suspect",
-    NodeFaulted: "faulted",
-    NodeLeft: "left",
-}
+
+
+def event_kind(event: object) -> str:
+    """``NodeJoined`` -> ``joined``: joined, recovered, suspect, faulted, left."""
+    return type(event).__name__.removeprefix("Node").lower()
 
 
 class Served(msgspec.Struct):
@@ -227,8 +206,8 @@ class WatchedNode(Node):
 
     async def _print_events(self) -> None:
         async for e in self.watch():  # ends when the node closes
-            kind = EVENT_KINDS.get(type(e), type(e).__name__)
-            print(f"{EVENT_PREFIX}{time.time():.6f} {kind} {e.node.node_id} {e.node.incarnation}")
+            kind, who = event_kind(e), e.node
+            print(f"{EVENT_PREFIX}{time.time():.6f} {kind} {who.node_id} {who.incarnation}")
             sys.stdout.flush()
 
     async def aclose(self) -> None:

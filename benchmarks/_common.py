@@ -283,8 +283,11 @@ def environment(*dists: str) -> dict[str, str]:
 
 def format_environment(env: dict[str, str]) -> str:
     """The header printed with every report (a fenced code block)."""
-    width = max(map(len, env))
-    return "\n".join(["```", *(f"{k:<{width}} : {v}" for k, v in env.items()), "```"])
+    last = ("command", "launcher")  # after whatever a script added (nats-server, ...)
+    items = [(k, v) for k, v in env.items() if k not in last]
+    items += [(k, env[k]) for k in last if k in env]
+    width = max(len(k) for k, _ in items)
+    return "\n".join(["```", *(f"{k:<{width}} : {v}" for k, v in items), "```"])
 
 
 # --- flags ------------------------------------------------------------------------------

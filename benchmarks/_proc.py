@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any
+from typing import Any
 
 from benchmarks._common import REPO_ROOT, BenchError, log
 
@@ -58,11 +58,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Child:
     """One started process; its stdout is read as lines (``readline``, ``readline_async``)."""
 
-    def __init__(self, name: str, popen: subprocess.Popen[bytes], started: float) -> None:
-        self.name = name
-        self.popen = popen
-        self.started = started  # time.monotonic() just before it was spawned
-        self._buf = b""
+    def __init__(self, name: str, popen: subprocess.Popen[bytes]) -> None:
+        self.name, self.popen, self._buf = name, popen, b""
 
     @property
     def pid(self) -> int:
@@ -179,29 +176,12 @@ class Processes:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def spawn(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        stdin: int = subprocess.DEVNULL,
-        stdout: int | IO[Any] = subprocess.PIPE,
-        stderr: int | IO[Any] | None = None,
-        env: dict[str, str] | None = None,
-        preexec_fn: Callable[[], None] | None = None,
-    ) -> Child:
-        """Start ``argv``: stdout piped (its lines) unless told, stderr ours unless told."""
-        started = time.monotonic()
-        popen = subprocess.Popen(
-            list(argv),
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            cwd=REPO_ROOT,
-            env=child_env(env),
-            preexec_fn=preexec_fn,
+    def spawn(self, name: str, argv: Sequence[str], env: Any = None, **popen: Any) -> Child:
+        """Start ``argv``: stdout piped (its lines) and stdin closed unless told otherwise."""
+        popen = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, **popen}
+        child = Child(
+            name, subprocess.Popen(list(argv), cwd=REPO_ROOT, env=child_env(env), **popen)
         )
-        child = Child(name, popen, started)
         self.children.append(child)  # stopped by PID from now on, whatever happens next
         return child
 
@@ -214,26 +194,20 @@ class Processes:
         node_id: str,
         app: str | None,
         *,
-        cluster: str,
-        host: str = "127.0.0.1",
-        port: int | None = None,
-        seeds: Sequence[str] = (),
-        discovery: str | None = None,
-        log_level: str = "WARNING",
         name: str | None = None,
-        **kw: Any,
+        env: Any = None,
+        stdout: Any = subprocess.PIPE,
+        **flags: Any,
     ) -> Child:
-        """``python -m catga_zmq.node --app APP --id NODE_ID ...``: a node as users run it."""
+        """``python -m catga_zmq.node --app APP --id NODE_ID --FLAG VALUE...``: a node run as
+        users run theirs; ``flags`` are the command's own (``cluster=``, ``seeds=[...]``)."""
         argv = [sys.executable, "-m", "catga_zmq.node", *(("--app", app) if app else ())]
-        argv += ["--id", node_id, "--cluster", cluster, "--bind", host]
-        argv += ["--log-level", log_level]
-        if port is not None:
-            argv += ["--port", str(port)]
-        if seeds:
-            argv += ["--seeds", ",".join(seeds)]
-        if discovery is not None:
-            argv += ["--discovery", discovery]
-        return self.spawn(name or node_id, argv, **kw)
+        argv += ["--id", node_id]
+        for key, value in {"bind": "127.0.0.1", "log_level": "WARNING", **flags}.items():
+            if value is not None and value != []:
+                text = ",".join(value) if isinstance(value, list) else str(value)
+                argv += [f"--{key.replace('_', '-')}", text]
+        return self.spawn(name or node_id, argv, env=env, stdout=stdout)
 
     def pids(self) -> list[int]:
         return [c.pid for c in self.children if c.alive()]

@@ -64,6 +64,7 @@ from benchmarks._common import (
 )
 from benchmarks._proc import Child, LoadMeter, Processes, cpu_seconds, format_load, free_port
 
+ECHO = "benchmarks._apps:echo"
 STACKS = ("raw", "asyncio", "node", "nats", "grpc", "zerorpc")
 BASELINE, NODE = "raw", "node"
 LABELS = {
@@ -105,7 +106,7 @@ def parse_args(argv: list[str] | None) -> Any:
     p.add_argument("--warmup", type=int, default=d["warmup"], help="warm-up requests per run")
     p.add_argument("--nats-server", help="nats-server binary (default: from PATH)")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
-    p.set_defaults(out=RESULTS_DIR)
+    p.set_defaults(out=RESULTS_DIR, no_charts=mode == "send")  # one level: nothing to draw
     args = parse(p, argv)
     args.mode = mode
     args.name = {"full": "bench_all", "quick": "bench_all_quick", "send": "bench_send"}[mode]
@@ -160,14 +161,8 @@ def start_server(stack: Stack, a: Any, procs: Processes, env: dict[str, str], tm
         stack.servers, stack.address = [child], child.wait_ready().split()[1]
     elif stack.name == "node":
         port = free_port(host)
-        child = procs.node(
-            "srv",
-            "benchmarks._apps:echo",
-            cluster=f"bench-all-{os.getpid()}",
-            host=host,
-            port=port,
-            discovery="none",
-        )
+        cluster = f"bench-all-{os.getpid()}"
+        child = procs.node("srv", ECHO, cluster=cluster, bind=host, port=port, discovery="none")
         child.wait_ready("ready")
         stack.servers, stack.address = [child], f"tcp://{host}:{port}"
     elif stack.name == "nats":
@@ -481,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         + f"\nWall time of the measurements: {load['seconds']:.0f} s. {format_load(load)}\n\n"
         + NOTES
     )
-    title = "node.send() vs raw pyzmq and peer stacks" + {"quick": " (quick run)"}.get(a.mode, "")
+    title = {"full": "node.send() vs raw pyzmq and peer stacks", "send": "node.send() vs raw pyzmq"}
+    title["quick"] = title["full"] + " (quick run)"
     results = {
         "config": vars(a),
         "machine_load": load,
@@ -495,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in stacks
         },
     }
-    report(a.name, title, env, body, a.out, results)
+    report(a.name, title[a.mode], env, body, a.out, results)
     return 1 if any(s.error for s in stacks) else 0
 
 

@@ -67,6 +67,7 @@ from benchmarks._common import (
 from benchmarks._proc import Child, LoadMeter, Processes, format_load, free_port, wait_for_stop
 
 STACKS = ("raw", "node")
+APP = "benchmarks._apps:events"
 TYPE_NAME = Tick.__wire_name__
 TOPIC = TYPE_NAME.encode() + b"\x00"  # the node's topic frame for Tick
 SOURCE = "events-pub"  # node id of the publisher; the raw header carries the same
@@ -245,16 +246,8 @@ class NodeStack:
         await self.node.start()
         seed = f"tcp://{self.host}:{self.port}"
         for sid in self.sub_ids:
-            self.subs.append(
-                self.procs.node(
-                    sid,
-                    "benchmarks._apps:events",
-                    cluster=self.cluster,
-                    host=self.host,
-                    seeds=[seed],
-                    stdout=subprocess.DEVNULL,
-                )
-            )
+            sub = self.procs.node(sid, APP, cluster=self.cluster, bind=self.host, seeds=[seed])
+            self.subs.append(sub)
 
     async def ready(self, timeout: float) -> None:
         try:

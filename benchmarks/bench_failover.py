@@ -48,7 +48,7 @@ import msgspec
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._apps import EVENT_KINDS, EVENT_PREFIX, WORK_MS_ENV, IdemWork, OnceWork, Served
+from benchmarks._apps import EVENT_PREFIX, WORK_MS_ENV, IdemWork, OnceWork, Served, event_kind
 from benchmarks._common import (
     BenchError,
     environment,
@@ -136,7 +136,7 @@ class ClientView(View):
 
     async def _run(self) -> None:
         async for e in self._iterator:
-            self.events.append(Seen(time.time(), EVENT_KINDS.get(type(e), "?"), e.node.node_id))
+            self.events.append(Seen(time.time(), event_kind(e), e.node.node_id))
 
     def alive_incarnation(self, node_id: str) -> int | None:
         for m in self.node.members():

@@ -75,19 +75,15 @@ def run_idle(a: Any) -> list[dict[str, Any]]:
                 "-c",
                 "import catga_zmq, time; print('ready', flush=True); time.sleep(600)",
             ),
-            procs.node(
-                "idle-none",
-                None,
-                cluster=cluster + "-n",
-                discovery="none",
-                name="node --discovery none",
-            ),
-            procs.node(
-                "idle-mdns",
-                None,
-                cluster=cluster + "-m",
-                discovery="mdns",
-                name="node --discovery mdns",
+            *(
+                procs.node(
+                    f"idle-{d}",
+                    None,
+                    cluster=f"{cluster}-{d}",
+                    discovery=d,
+                    name=f"node --discovery {d}",
+                )
+                for d in ("none", "mdns")
             ),
         ]
         for child in started:
@@ -296,13 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         if "echo" in a.only:
             with Processes() as procs:
                 port, cluster = free_port(a.host), f"bench-mem-{os.getpid()}"
+                app, bind = "benchmarks._apps:echo", a.host
                 server = procs.node(
-                    "srv",
-                    "benchmarks._apps:echo",
-                    cluster=cluster,
-                    host=a.host,
-                    port=port,
-                    discovery="none",
+                    "srv", app, cluster=cluster, bind=bind, port=port, discovery="none"
                 )
                 server.wait_ready("ready")
                 endpoint = f"tcp://{a.host}:{port}"

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from benchmarks._proc import (
 )
 from catga_zmq import Node, NodeStats, NodeStatus, StaticDiscovery, Stats
 
+ECHO = "benchmarks._apps:echo"
 START_TIMEOUT = 40.0  # s, for a caller to see its servers
 MESH_TIMEOUT = 90.0  # s, for 32 nodes to see each other
 MESH_POLL = 0.25  # s between two sweeps of Stats requests
@@ -86,15 +86,7 @@ async def open_group(n: int, procs: Processes, host: str) -> Group:
     cluster, ids = f"bench-scale-{os.getpid()}-n{n}", [f"srv-{n}-{i}" for i in range(n)]
     ports = [free_port(host) for _ in ids]
     servers = [
-        procs.node(
-            i,
-            "benchmarks._apps:echo",
-            cluster=cluster,
-            host=host,
-            port=port,
-            discovery="none",
-            stdout=subprocess.DEVNULL,
-        )
+        procs.node(i, ECHO, cluster=cluster, bind=host, port=port, discovery="none")
         for i, port in zip(ids, ports, strict=True)
     ]
     endpoints = [f"tcp://{host}:{port}" for port in ports]
@@ -226,7 +218,7 @@ async def run_idle(a: Any, mode: str) -> dict[str, Any]:
                 kw: dict[str, Any] = {"discovery": "mdns"}
                 if mode == "static":
                     kw = {"discovery": "none", "port": seed_port} if i == 0 else {"seeds": [seed]}
-                procs.node(node_id, "benchmarks._apps:idle", cluster=cluster, host=host, **kw)
+                procs.node(node_id, "benchmarks._apps:idle", cluster=cluster, bind=host, **kw)
             res["spawn_s"] = time.monotonic() - t0
             await observer.start()
 

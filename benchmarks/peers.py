@@ -170,14 +170,10 @@ def _die_with_parent() -> None:
 def start_nats_server(procs: Processes, binary: str, host: str, tmp: str) -> tuple[Child, str]:
     """``nats-server`` on ``host``, random port; the URL is read from its ports file, so
     there is no race on a port picked in advance."""
-    log = open(Path(tmp) / "nats-server.log", "wb")  # noqa: SIM115 - the child writes to it
-    with log:
+    argv = [binary, "-a", host, "-p", "-1", "--ports_file_dir", tmp]
+    with open(Path(tmp) / "nats-server.log", "wb") as out:  # the child keeps it open
         child = procs.spawn(
-            "nats-server",
-            [binary, "-a", host, "-p", "-1", "--ports_file_dir", tmp],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            "nats-server", argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
         )
     ports = Path(tmp) / f"nats-server_{child.pid}.ports"
     deadline = time.monotonic() + START_TIMEOUT
@@ -417,13 +413,8 @@ def zerorpc_client(endpoint: str) -> None:
         for line in sys.stdin:  # the parent closing stdin (EOF) ends the client
             try:
                 cmd = json.loads(line)
-                if cmd["op"] == "latency":
-                    result = _g_latency(call, cmd["count"], cmd["warmup"], cmd["max_seconds"])
-                else:
-                    result = _g_throughput(
-                        call, cmd["in_flight"], cmd["total"], cmd["max_seconds"], cmd["warmup"]
-                    )
-                answer({"ok": True, "result": result})
+                measure = _g_latency if cmd["op"] == "latency" else _g_throughput
+                answer({"ok": True, "result": measure(call, *cmd["args"])})
             except Exception as exc:
                 answer({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     finally:
@@ -434,41 +425,26 @@ class ZerorpcDriver:
     """The gevent client process, driven from the event loop (its replies read there)."""
 
     def __init__(self, procs: Processes, endpoint: str) -> None:
-        self.child = procs.script(
-            "zerorpc client",
-            HERE,
-            "zerorpc-client",
-            "--connect",
-            endpoint,
-            stdin=subprocess.PIPE,
-        )
+        argv = ("zerorpc-client", "--connect", endpoint)
+        self.child = procs.script("zerorpc client", HERE, *argv, stdin=subprocess.PIPE)
         self.child.wait_ready()
 
-    async def _command(self, timeout: float, **cmd: Any) -> dict[str, float]:
-        self.child.send_line(json.dumps(cmd))
-        answer = json.loads(await self.child.readline_async(timeout + COMMAND_SLACK))
+    async def _command(self, op: str, bound: float, *args: float) -> dict[str, float]:
+        self.child.send_line(json.dumps({"op": op, "args": args}))
+        answer = json.loads(await self.child.readline_async(bound + COMMAND_SLACK))
         if not answer.get("ok"):
             raise BenchError(f"zerorpc client: {answer.get('error')}")
         return answer["result"]  # type: ignore[no-any-return]
 
     async def latency(self, count: int, warmup: int, max_seconds: float) -> dict[str, float]:
         bound = max_seconds * 2 + STALL_GRACE
-        return await self._command(
-            bound, op="latency", count=count, warmup=warmup, max_seconds=max_seconds
-        )
+        return await self._command("latency", bound, count, warmup, max_seconds)
 
     async def throughput(
-        self, in_flight: int, total: int, max_seconds: float, warmup: int
+        self, n: int, total: int, max_seconds: float, warmup: int
     ) -> dict[str, float]:
         bound = max(0.25, max_seconds / 4) + max_seconds + 2 * STALL_GRACE
-        return await self._command(
-            bound,
-            op="throughput",
-            in_flight=in_flight,
-            total=total,
-            max_seconds=max_seconds,
-            warmup=warmup,
-        )
+        return await self._command("throughput", bound, n, total, max_seconds, warmup)
 
 
 def main() -> None:
