@@ -48,7 +48,7 @@ from catga_zmq.routing import (
 )
 
 try:  # the pending map is moving out of the transport into a module of its own
-    from catga_zmq._pending import PendingMap  # type: ignore[import-not-found]
+    from catga_zmq._pending import PendingMap
 except ImportError:
     from catga_zmq.transport import PendingMap
 
