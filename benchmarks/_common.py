@@ -336,6 +336,10 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and every flag's default."""
+
+
 def parser(
     doc: str | None, *, rounds: int = 0, seconds: float = 0, in_flight: tuple[int, ...] = ()
 ) -> argparse.ArgumentParser:
@@ -344,15 +348,15 @@ def parser(
     A shared flag left at 0 (or empty) here is not offered: that script has no such knob.
     """
     first, _, rest = (doc or "").partition("\n")
-    p = argparse.ArgumentParser(
-        description=first, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=first, epilog=rest, formatter_class=_Help)
     if rounds:
         p.add_argument("--rounds", type=positive(int), default=rounds, help="interleaved rounds")
     if seconds:
         p.add_argument("--seconds", type=positive(float), default=seconds, help="time bound, s")
     if in_flight:
-        p.add_argument("--in-flight", type=int_list, default=in_flight, metavar="N,N")
+        p.add_argument(
+            "--in-flight", type=int_list, default=in_flight, metavar="N,N", help="levels"
+        )
     p.add_argument("--host", type=loopback, default="127.0.0.1", help="loopback only")
     p.add_argument("--out", type=Path, metavar="DIR", help="write NAME.md and NAME.json there")
     return p

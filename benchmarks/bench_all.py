@@ -247,7 +247,7 @@ async def measure(stack: Stack, a: Any, round_no: int) -> dict[str, Any]:
 
 async def run_rounds(a: Any, stacks: list[Stack]) -> None:
     async with AsyncExitStack() as exits:
-        for stack in stacks:
+        for stack in (s for s in stacks if s.error is None):
             try:
                 await open_client(stack, exits)
             except Exception as exc:
