@@ -47,9 +47,9 @@ from catga_zmq.routing import (
     WeightedRouter,
 )
 
-try:  # the pending map is moving out of the transport into a module of its own
+try:  # the pending map has a module of its own since the Node split
     from catga_zmq._pending import PendingMap
-except ImportError:
+except ImportError:  # a commit before it
     from catga_zmq.transport import PendingMap
 
 pytest.importorskip(
@@ -346,7 +346,7 @@ def _close(pending: PendingMap, rid: int) -> None:
 def test_pending_open_resolve(benchmark, loop: asyncio.AbstractEventLoop) -> None:
     """One open + resolve + result, loop not running (futures and timers still work)."""
     pending = PendingMap(loop)
-    target = make_peers(1)[0]
+    target = "node-00"  # the node a request went to: only kept for its error message
     open_, resolve = pending.open, pending.resolve
 
     def open_resolve() -> tuple[int, bytes, str]:
@@ -374,7 +374,7 @@ def test_pending_open_resolve_batch_running_loop(
     Per-request cost = the round's time / 1,000 (``extra_info.per_request_ns``).
     """
     pending = PendingMap(loop)
-    target = make_peers(1)[0]
+    target = "node-00"
 
     async def batch() -> int:
         open_, resolve = pending.open, pending.resolve
