@@ -1,38 +1,28 @@
 """Raw pyzmq echo baselines: what ``node.send()`` is measured against.
 
 Two stacks, each a ROUTER echo server in its own process and a DEALER client with one
-future per request id, both speaking the ``[header, payload]`` envelope of
-``_common.py``:
+future per request id, both speaking the ``[header, payload]`` envelope of ``_common.py``:
 
-- ``raw``: the sockets are read through ``loop.add_reader(sock.FD)``, draining with
-  NOBLOCK while ``EVENTS & POLLIN`` (the compiled calls catga_zmq's transport makes).
-  This is the fastest asyncio-compatible way to drive pyzmq and the floor for our own
-  transport.
+- ``raw``: the sockets are read through ``loop.add_reader(sock.FD)``, asking
+  ``EVENTS & POLLIN`` before each message, with the compiled socket calls catga_zmq's
+  transport makes. The fastest asyncio-compatible way to drive pyzmq: the limit.
 - ``asyncio``: the same over ``zmq.asyncio`` (``await recv_multipart()`` /
   ``await send_multipart()``), the way most asyncio users write it.
 
-Both run under uvloop. ``bench_send.py`` imports ``start_server`` / ``open_client``
-and interleaves these stacks with ``node.send()``. Standalone:
+Both run under uvloop. ``bench_all.py`` starts the servers with:
 
-    python benchmarks/raw_echo.py run            # one round of both stacks
-    python benchmarks/raw_echo.py serve raw      # a server; prints "READY <endpoint>"
+    python benchmarks/raw_echo.py serve raw      # prints "READY <endpoint>"
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import select
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import msgspec
 import zmq
@@ -45,34 +35,22 @@ from benchmarks._common import (
     ECHO_TYPE_NAME,
     KIND_REP,
     KIND_REQ,
-    REPO_ROOT,
     BenchError,
-    StackRow,
+    Call,
     decode_envelope,
     encode_envelope,
-    measure_latency,
-    measure_throughput,
-    print_environment,
-    print_table,
+    log,
     reply_envelope,
     request_envelope,
     run_uvloop,
 )
+from benchmarks._proc import START_TIMEOUT, announce, wait_for_stop
 
-Kind = Literal["raw", "asyncio"]
-KINDS: tuple[Kind, ...] = ("raw", "asyncio")
-
-SERVER_START_TIMEOUT = 10.0  # s, to see "READY" from a server process
-SERVER_STOP_TIMEOUT = 5.0  # s, after SIGTERM before SIGKILL
-SERVER_MAX_LIFETIME = 1800.0  # s, a server left behind by a crashed parent exits anyway
-PARENT_CHECK_INTERVAL = 0.5  # s
-
+KINDS = ("raw", "asyncio")
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-
-# The limit is measured with the fastest socket calls pyzmq offers: the compiled
-# socket's own send/recv, without the Python wrappers' keyword and enum handling
-# (the same calls catga_zmq's transport makes).
+# The limit is measured with the fastest socket calls pyzmq offers: the compiled socket's
+# own send/recv, without the Python wrappers' keyword and enum handling.
 _send: Callable[[Any, Any, int], object] = zmq.backend.Socket.send
 _recv: Callable[[Any, int, bool], Any] = zmq.backend.Socket.recv
 _get: Callable[[Any, int], int] = zmq.backend.Socket.get
@@ -87,10 +65,9 @@ def readable(sock: Any) -> bool:
 
 
 def send_frames(sock: Any, frames: Sequence[Any]) -> None:
-    last = len(frames) - 1
-    for i in range(last):
-        _send(sock, frames[i], _MORE_NOBLOCK)
-    _send(sock, frames[last], _NOBLOCK)
+    for frame in frames[:-1]:
+        _send(sock, frame, _MORE_NOBLOCK)
+    _send(sock, frames[-1], _NOBLOCK)
 
 
 def recv_frames(sock: Any) -> list[bytes]:
@@ -102,14 +79,14 @@ def recv_frames(sock: Any) -> list[bytes]:
     return parts
 
 
-# --- servers (run in the child process) -------------------------------------------------
-
-
-def _bind_router(ctx: zmq.Context[zmq.Socket[bytes]], host: str) -> tuple[zmq.Socket[bytes], str]:
-    sock = ctx.socket(zmq.ROUTER)
+def socket(ctx: zmq.Context[Any], kind: int, endpoint: str, *, bind: bool) -> Any:
+    sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(f"tcp://{host}:*")
-    return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    sock.bind(endpoint) if bind else sock.connect(endpoint)
+    return sock
+
+
+# --- servers (the child process) ----------------------------------------------------------
 
 
 def _echo_frames(frames: list[bytes], source: str) -> list[bytes] | None:
@@ -126,262 +103,95 @@ def _echo_frames(frames: list[bytes], source: str) -> list[bytes] | None:
     return [ident, encode_envelope(reply_envelope(env, source)), payload]
 
 
-async def _serve_raw(host: str, announce: Callable[[str], None], stop: asyncio.Event) -> None:
+async def serve(kind: str, host: str) -> None:
+    """One echo server until SIGTERM, parent exit or the maximum lifetime."""
     loop = asyncio.get_running_loop()
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock, endpoint = _bind_router(ctx, host)
-
-    def recv(_flags: int) -> list[bytes]:
-        return recv_frames(sock)
-
-    def send(frames: list[bytes], _flags: int) -> None:
-        send_frames(sock, frames)
-
+    ctx = zmq.asyncio.Context() if kind == "asyncio" else zmq.Context()
+    sock = socket(ctx, zmq.ROUTER, f"tcp://{host}:*", bind=True)
     dropped = 0
 
     def drain() -> None:
         nonlocal dropped
-        # ZMQ_FD is edge-triggered: it signals a change, not a level. Keep receiving
-        # while EVENTS says POLLIN (reading EVENTS re-arms the edge); that includes
-        # after every send, because a send can process the very command that made the
-        # next message readable and leave the FD silent.
+        # ZMQ_FD is edge-triggered: keep receiving while EVENTS says POLLIN, after every
+        # send too, since a send can process the command that made the next message
+        # readable and leave the FD silent.
         while readable(sock):
-            frames = recv(_NOBLOCK)
-            reply = _echo_frames(frames, "raw-srv")
+            reply = _echo_frames(recv_frames(sock), "raw-srv")
             if reply is None:
                 dropped += 1
-                continue
-            send(reply, _NOBLOCK)
-
-    loop.add_reader(sock.fileno(), drain)
-    try:
-        # Messages may have arrived before the reader was registered: no edge will
-        # announce them, so drain once by hand.
-        loop.call_soon(drain)
-        announce(endpoint)
-        await stop.wait()
-    finally:
-        loop.remove_reader(sock.fileno())
-        sock.close(0)
-        ctx.term()
-        if dropped:
-            print(f"raw server: dropped {dropped} malformed requests", file=sys.stderr)
-
-
-async def _serve_asyncio(host: str, announce: Callable[[str], None], stop: asyncio.Event) -> None:
-    ctx = zmq.asyncio.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(f"tcp://{host}:*")
-    endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-    dropped = 0
+            else:
+                send_frames(sock, reply)
 
     async def echo_loop() -> None:
         nonlocal dropped
         while True:
-            frames = await sock.recv_multipart()
-            reply = _echo_frames(frames, "asyncio-srv")
+            reply = _echo_frames(await sock.recv_multipart(), "asyncio-srv")
             if reply is None:
                 dropped += 1
-                continue
-            await sock.send_multipart(reply)
+            else:
+                await sock.send_multipart(reply)
 
-    task = asyncio.create_task(echo_loop())
+    if kind == "raw":
+        loop.add_reader(sock.fileno(), drain)
+        loop.call_soon(drain)  # messages queued before the reader: no edge announces them
+        task = None
+    else:
+        task = loop.create_task(echo_loop())
     try:
-        announce(endpoint)
-        done, _ = await asyncio.wait(
-            [task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
-        )
-        if task in done:
+        announce(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        await wait_for_stop()
+        if task is not None and task.done():
             task.result()  # the echo loop died: raise its error
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        if task is None:
+            loop.remove_reader(sock.fileno())
+        else:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         sock.close(0)
         ctx.term()
         if dropped:
-            print(f"asyncio server: dropped {dropped} malformed requests", file=sys.stderr)
+            log(f"{kind} server: dropped {dropped} malformed requests")
 
 
-async def serve(kind: Kind, host: str, max_lifetime: float) -> None:
-    """Run one echo server until SIGTERM/SIGINT, parent exit or ``max_lifetime``."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    parent = os.getppid()
-    started = time.monotonic()
-
-    def watchdog() -> None:
-        if os.getppid() != parent or time.monotonic() - started > max_lifetime:
-            stop.set()
-        else:
-            loop.call_later(PARENT_CHECK_INTERVAL, watchdog)
-
-    loop.call_later(PARENT_CHECK_INTERVAL, watchdog)
-
-    def announce(endpoint: str) -> None:
-        sys.stdout.write(f"READY {endpoint}\n")
-        sys.stdout.flush()
-
-    server = _serve_raw if kind == "raw" else _serve_asyncio
-    await server(host, announce, stop)
+# --- clients (the benchmark's event loop) -------------------------------------------------
 
 
-# --- server processes (managed from the benchmark process, outside the event loop) ----
+class _Client:
+    """A DEALER with one future per request id; a wrong reply fails every pending call."""
 
+    source = ""
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = SERVER_STOP_TIMEOUT) -> None:
-    """Stop one child by its own PID: SIGTERM, then SIGKILL after ``timeout``."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
-    """One line from the child's stdout within ``timeout`` (bounded, never blocks)."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise BenchError(f"pid {proc.pid}: no line on stdout within {timeout:.0f}s")
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            raise BenchError(f"pid {proc.pid} exited (status {proc.poll()}) before ready")
-        buf += chunk
-        if len(buf) > 65536:
-            raise BenchError(f"pid {proc.pid}: unexpected output {buf[:80]!r}")
-    return buf.split(b"\n", 1)[0].decode()
-
-
-@dataclass(slots=True)
-class ServerProcess:
-    kind: str
-    endpoint: str
-    process: subprocess.Popen[bytes]
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-
-def start_server(
-    kind: Kind, host: str = "127.0.0.1", timeout: float = SERVER_START_TIMEOUT
-) -> ServerProcess:
-    """Start ``raw_echo.py serve KIND`` in a child process; return once it is bound."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown server kind {kind!r}")
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "serve", kind, "--host", host],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        cwd=REPO_ROOT,
-    )
-    try:
-        line = read_line(proc, timeout)
-        if not line.startswith("READY "):
-            raise BenchError(f"{kind} server pid {proc.pid}: unexpected {line!r}")
-        return ServerProcess(kind=kind, endpoint=line.split(" ", 1)[1], process=proc)
-    except BaseException:
-        stop_process(proc)
-        raise
-
-
-@contextmanager
-def echo_server(kind: Kind, host: str = "127.0.0.1") -> Iterator[ServerProcess]:
-    server = start_server(kind, host)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-# --- clients (run in the benchmark's event loop) ----------------------------------------
-
-
-class EchoClient(Protocol):
-    async def call(self, payload: bytes) -> bytes: ...
-
-    async def aclose(self) -> None: ...
-
-
-class RawClient:
-    """DEALER driven by ``loop.add_reader(FD)``; one future per request id."""
-
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, sock: Any) -> None:
         self._loop = asyncio.get_running_loop()
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(endpoint)
-        self._fd = self._sock.fileno()
+        self._sock = sock
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._next_id = 0
         self._error: BenchError | None = None
-        self._closed = False
-        self._loop.add_reader(self._fd, self._drain)
-        self._loop.call_soon(self._drain)
 
-    async def call(self, payload: bytes) -> bytes:
+    def _open(self, payload: bytes) -> tuple[int, asyncio.Future[bytes], list[bytes]]:
         if self._error is not None:
             raise self._error
         self._next_id += 1
-        request_id = self._next_id
         fut: asyncio.Future[bytes] = self._loop.create_future()
-        self._pending[request_id] = fut
+        self._pending[self._next_id] = fut
+        header = encode_envelope(request_envelope(self._next_id, self.source))
+        return self._next_id, fut, [header, payload]
+
+    def _reply(self, frames: list[bytes]) -> bool:
         try:
-            send_frames(
-                self._sock,
-                [encode_envelope(request_envelope(request_id, "raw-cli")), payload],
-            )
-        except zmq.Again:
-            del self._pending[request_id]
-            raise BenchError("raw client: send would block (HWM reached)") from None
-        # The send may have consumed the FD edge that announced replies already queued:
-        # drain now, or those replies can wait with no wake-up at all.
-        self._drain()
-        try:
-            return await fut
-        except BaseException:
-            self._pending.pop(request_id, None)
-            raise
-
-    def _drain(self) -> None:
-        sock = self._sock
-
-        def recv(_flags: int) -> list[bytes]:
-            return recv_frames(sock)
-
-        pending = self._pending
-        while readable(sock):
-            frames = recv(_NOBLOCK)
-            try:
-                header, payload = frames
-                env = decode_envelope(header)
-            except (ValueError, msgspec.DecodeError) as exc:
-                self._fail(BenchError(f"raw client: malformed reply: {exc}"))
-                return
-            fut = pending.pop(env.request_id, None)
-            if fut is None or env.kind != KIND_REP or env.type_name != ECHO_TYPE_NAME:
-                self._fail(BenchError(f"raw client: unexpected reply header {env!r}"))
-                return
-            if not fut.done():
-                fut.set_result(payload)
+            header, payload = frames
+            env = decode_envelope(header)
+        except (ValueError, msgspec.DecodeError) as exc:
+            self._fail(BenchError(f"{self.source}: malformed reply: {exc}"))
+            return False
+        fut = self._pending.pop(env.request_id, None)
+        if fut is None or env.kind != KIND_REP or env.type_name != ECHO_TYPE_NAME:
+            self._fail(BenchError(f"{self.source}: unexpected reply header {env!r}"))
+            return False
+        if not fut.done():
+            fut.set_result(payload)
+        return True
 
     def _fail(self, error: BenchError) -> None:
         self._error = error
@@ -390,32 +200,20 @@ class RawClient:
             if not fut.done():
                 fut.set_exception(error)
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._loop.remove_reader(self._fd)
-        self._fail(BenchError("raw client closed"))
-        self._sock.close(0)
-        self._ctx.term()
 
+class RawClient(_Client):
+    """Driven by ``loop.add_reader(FD)``, the way the node's transport reads."""
 
-class AsyncioClient:
-    """DEALER over ``zmq.asyncio`` with a reader task; one future per request id."""
+    source = "raw-cli"
 
-    def __init__(self, endpoint: str) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._ctx = zmq.asyncio.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(endpoint)
-        self._pending: dict[int, asyncio.Future[bytes]] = {}
-        self._next_id = 0
-        self._error: BenchError | None = None
-        self._closed = False
-        self._reader = asyncio.create_task(self._read())
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str) -> None:
+        super().__init__(socket(ctx, zmq.DEALER, endpoint, bind=False))
+        self._fd = self._sock.fileno()
+        self._loop.add_reader(self._fd, self._drain)
+        self._loop.call_soon(self._drain)
 
     async def call(self, payload: bytes) -> bytes:
+        # Inline, as the old limit was: a helper call per request would slow the limit.
         if self._error is not None:
             raise self._error
         self._next_id += 1
@@ -423,137 +221,96 @@ class AsyncioClient:
         fut: asyncio.Future[bytes] = self._loop.create_future()
         self._pending[request_id] = fut
         try:
-            await self._sock.send_multipart(
-                [encode_envelope(request_envelope(request_id, "asyncio-cli")), payload]
+            send_frames(
+                self._sock, [encode_envelope(request_envelope(request_id, "raw-cli")), payload]
             )
+        except zmq.Again:
+            del self._pending[request_id]
+            raise BenchError("raw client: send would block (HWM reached)") from None
+        # The send may have consumed the FD edge that announced replies already queued.
+        self._drain()
+        try:
+            return await fut
+        except BaseException:
+            self._pending.pop(request_id, None)
+            raise
+
+    def _drain(self) -> None:
+        sock, pending = self._sock, self._pending
+        while readable(sock):
+            frames = recv_frames(sock)
+            try:
+                header, payload = frames
+                env = decode_envelope(header)
+            except (ValueError, msgspec.DecodeError) as exc:
+                return self._fail(BenchError(f"raw client: malformed reply: {exc}"))
+            fut = pending.pop(env.request_id, None)
+            if fut is None or env.kind != KIND_REP or env.type_name != ECHO_TYPE_NAME:
+                return self._fail(BenchError(f"raw client: unexpected reply header {env!r}"))
+            if not fut.done():
+                fut.set_result(payload)
+
+    async def aclose(self) -> None:
+        self._loop.remove_reader(self._fd)
+        self._fail(BenchError("raw client closed"))
+        self._sock.close(0)
+
+
+class AsyncioClient(_Client):
+    """Over ``zmq.asyncio``, with a reader task."""
+
+    source = "asyncio-cli"
+
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str) -> None:
+        super().__init__(socket(ctx, zmq.DEALER, endpoint, bind=False))
+        self._reader = self._loop.create_task(self._read())
+
+    async def call(self, payload: bytes) -> bytes:
+        request_id, fut, frames = self._open(payload)
+        try:
+            await self._sock.send_multipart(frames)
             return await fut
         except BaseException:
             self._pending.pop(request_id, None)
             raise
 
     async def _read(self) -> None:
-        pending = self._pending
         recv = self._sock.recv_multipart
         try:
-            while True:
-                frames = await recv()
-                header, payload = frames
-                env = decode_envelope(header)
-                fut = pending.pop(env.request_id, None)
-                if fut is None or env.kind != KIND_REP or env.type_name != ECHO_TYPE_NAME:
-                    raise BenchError(f"asyncio client: unexpected reply header {env!r}")
-                if not fut.done():
-                    fut.set_result(payload)
-        except asyncio.CancelledError:
-            raise
-        except BenchError as exc:
-            self._fail(exc)
+            while self._reply(await recv()):
+                pass
         except Exception as exc:
             self._fail(BenchError(f"asyncio client: reader failed: {exc!r}"))
 
-    def _fail(self, error: BenchError) -> None:
-        self._error = error
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(error)
-        self._pending.clear()
-
     async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
         self._fail(BenchError("asyncio client closed"))
         self._sock.close(0)
-        self._ctx.term()
-
-
-def make_client(kind: Kind, endpoint: str) -> EchoClient:
-    if kind == "raw":
-        return RawClient(endpoint)
-    if kind == "asyncio":
-        return AsyncioClient(endpoint)
-    raise ValueError(f"unknown client kind {kind!r}")
 
 
 @asynccontextmanager
-async def open_client(kind: Kind, endpoint: str) -> AsyncIterator[EchoClient]:
-    """A connected client whose first round trip has succeeded (within 10 s)."""
-    client = make_client(kind, endpoint)
+async def open_client(kind: str, endpoint: str) -> AsyncIterator[Call]:
+    """A connected client whose first round trip has succeeded; yields its ``call``."""
+    ctx = zmq.asyncio.Context() if kind == "asyncio" else zmq.Context()
+    client = AsyncioClient(ctx, endpoint) if kind == "asyncio" else RawClient(ctx, endpoint)
     try:
         # DEALER connects lazily; the first call proves the server is up and echoing.
-        async with asyncio.timeout(SERVER_START_TIMEOUT):
-            probe = b"probe"
-            if await client.call(probe) != probe:
+        async with asyncio.timeout(START_TIMEOUT):
+            if await client.call(b"probe") != b"probe":
                 raise BenchError(f"{kind} client: probe reply mismatch")
-        yield client
+        yield client.call
     except TimeoutError:
         raise BenchError(f"{kind} client: no reply from {endpoint}") from None
     finally:
         await client.aclose()
-
-
-# --- standalone -------------------------------------------------------------------------
-
-
-async def _run_once(
-    endpoints: dict[Kind, str], latency_count: int, total: int, seconds: float, in_flight: int
-) -> list[StackRow]:
-    rows: list[StackRow] = []
-    for kind, endpoint in endpoints.items():
-        try:
-            async with open_client(kind, endpoint) as client:
-                lat = await measure_latency(client.call, count=latency_count, max_seconds=seconds)
-                thr = await measure_throughput(
-                    client.call, in_flight=in_flight, total=total, max_seconds=seconds
-                )
-        except BenchError as exc:
-            rows.append(StackRow(stack=kind, error=str(exc)))
-            continue
-        rows.append(StackRow(stack=kind, p50_us=lat.p50_us, p99_us=lat.p99_us, req_s=thr.req_s))
-    return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_serve = sub.add_parser("serve", help="run one echo server (prints READY <endpoint>)")
-    p_serve.add_argument("kind", choices=KINDS)
-    p_serve.add_argument("--host", default="127.0.0.1")
-    p_serve.add_argument("--max-lifetime", type=float, default=SERVER_MAX_LIFETIME)
-    p_run = sub.add_parser("run", help="one round of both stacks (see bench_send.py)")
-    p_run.add_argument("--latency-count", type=int, default=5_000)
-    p_run.add_argument("--total", type=int, default=100_000)
-    p_run.add_argument("--seconds", type=float, default=3.0)
-    p_run.add_argument("--in-flight", type=int, default=64)
-    args = parser.parse_args(argv)
-
-    if args.command == "serve":
-        run_uvloop(serve(args.kind, args.host, args.max_lifetime))
-        return 0
-
-    servers: list[ServerProcess] = []
-    try:
-        for kind in KINDS:
-            servers.append(start_server(kind))
-        rows = run_uvloop(
-            _run_once(
-                {s.kind: s.endpoint for s in servers},  # type: ignore[misc]
-                args.latency_count,
-                args.total,
-                args.seconds,
-                args.in_flight,
-            )
-        )
-    finally:
-        for server in servers:
-            server.stop()
-    print_table(rows, baseline="raw")
-    print()
-    print_environment()
-    return 1 if any(r.error for r in rows) else 0
+        ctx.term()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("command", choices=["serve"])
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("--host", default="127.0.0.1")
+    args = p.parse_args()
+    run_uvloop(serve(args.kind, args.host))

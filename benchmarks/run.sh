@@ -3,13 +3,14 @@
 #
 #   benchmarks/run.sh             # full run (about 5 minutes on 2 cores)
 #   benchmarks/run.sh --quick     # short smoke run
+#   benchmarks/run.sh --send      # node.send() vs raw pyzmq and zmq.asyncio at 64 in flight
 #   benchmarks/run.sh --help      # every option of bench_all.py
 #
 # Python: $PYTHON if set, else the active virtualenv, else ./.venv (created if missing).
 # Installs: nats-server with apt-get when it is not on PATH (needs root or sudo; without
 # it the nats stack is reported as an error and the rest still runs), and the Python
 # peers through the project's `bench` extra (pip install -e '.[bench]') when one of
-# them does not import. Results go to benchmarks/results/.
+# them does not import. Results go to benchmarks/results/ (or --out DIR).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -41,7 +42,7 @@ if ! command -v nats-server >/dev/null 2>&1; then
     fi
 fi
 
-if ! "$py" -c 'import catga_zmq, nats, grpc, zerorpc, gevent, msgpack, matplotlib, psutil, uvloop' \
+if ! "$py" -c 'import catga_zmq, nats, grpc, zerorpc, gevent, msgpack, matplotlib, uvloop' \
         >/dev/null 2>&1; then
     echo "run.sh: installing the benchmark peers: pip install -e '.[bench]'" >&2
     "$py" -m pip install -q -e '.[bench]' >&2
