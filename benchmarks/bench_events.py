@@ -109,7 +109,7 @@ async def raw_subscriber(pub_endpoint: str, node_id: str) -> None:
     stop = asyncio.Event()
     buf = b""
 
-    def drain() -> None:
+    def read() -> None:
         try:
             while True:
                 frame = _zrecv(sock, _NOBLOCK, False)
@@ -144,9 +144,9 @@ async def raw_subscriber(pub_endpoint: str, node_id: str) -> None:
             sys.stdout.write(answer + "\n")
             sys.stdout.flush()
 
-    loop.add_reader(sock.FD, drain)
+    loop.add_reader(sock.FD, read)
     loop.add_reader(0, on_stdin)
-    loop.call_soon(drain)
+    loop.call_soon(read)
     print(f"READY {node_id}", flush=True)
     try:
         await asyncio.wait(

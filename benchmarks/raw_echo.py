@@ -110,7 +110,7 @@ async def serve(kind: str, host: str) -> None:
     sock = socket(ctx, zmq.ROUTER, f"tcp://{host}:*", bind=True)
     dropped = 0
 
-    def drain() -> None:
+    def read() -> None:
         nonlocal dropped
         # ZMQ_FD is edge-triggered: keep receiving while EVENTS says POLLIN, after every
         # send too, since a send can process the command that made the next message
@@ -132,8 +132,8 @@ async def serve(kind: str, host: str) -> None:
                 await sock.send_multipart(reply)
 
     if kind == "raw":
-        loop.add_reader(sock.fileno(), drain)
-        loop.call_soon(drain)  # messages queued before the reader: no edge announces them
+        loop.add_reader(sock.fileno(), read)
+        loop.call_soon(read)  # messages queued before the reader: no edge announces them
         task = None
     else:
         task = loop.create_task(echo_loop())
@@ -209,8 +209,8 @@ class RawClient(_Client):
     def __init__(self, ctx: zmq.Context[Any], endpoint: str) -> None:
         super().__init__(socket(ctx, zmq.DEALER, endpoint, bind=False))
         self._fd = self._sock.fileno()
-        self._loop.add_reader(self._fd, self._drain)
-        self._loop.call_soon(self._drain)
+        self._loop.add_reader(self._fd, self._read)
+        self._loop.call_soon(self._read)
 
     async def call(self, payload: bytes) -> bytes:
         # Inline, as the old limit was: a helper call per request would slow the limit.
@@ -228,14 +228,14 @@ class RawClient(_Client):
             del self._pending[request_id]
             raise BenchError("raw client: send would block (HWM reached)") from None
         # The send may have consumed the FD edge that announced replies already queued.
-        self._drain()
+        self._read()
         try:
             return await fut
         except BaseException:
             self._pending.pop(request_id, None)
             raise
 
-    def _drain(self) -> None:
+    def _read(self) -> None:
         sock, pending = self._sock, self._pending
         while readable(sock):
             frames = recv_frames(sock)

@@ -252,7 +252,7 @@ class MdnsDiscovery(Discovery):
             for candidate in self._found.values():
                 queue.put_nowait(DiscoveryChange(ChangeKind.ADDED, candidate))
             self._watchers.append(queue)
-        return self._drain(queue)
+        return self._changes(queue)
 
     async def aclose(self) -> None:
         """Unregister, stop browsing and close zeroconf; every ``watch()`` iterator ends.
@@ -330,7 +330,7 @@ class MdnsDiscovery(Discovery):
             SERVICE_TYPE, name, port=port, properties=txt, server=server, parsed_addresses=addresses
         )
 
-    async def _drain(
+    async def _changes(
         self, queue: asyncio.Queue[DiscoveryChange | None]
     ) -> AsyncIterator[DiscoveryChange]:
         try:
