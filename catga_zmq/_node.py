@@ -282,6 +282,8 @@ class Node:
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
         self._closer: asyncio.Task[None] | None = None
+        #: The drain was cut short (aclose() cancelled): skip its waits.
+        self._cut_short = False
 
     # registration ------------------------------------------------------------------------
 
@@ -462,8 +464,6 @@ class Node:
                 await asyncio.shield(self._closer)
             raise
 
-    _cut_short = False
-
     def _inside_node(self) -> bool:
         """Is the current task one of this node's handlers or subscribers?"""
         task = asyncio.current_task()
@@ -570,13 +570,12 @@ class Node:
             return
         exc = task.exception()
         name = task.get_name().removeprefix(f"catga-{self.node_id}-")
-        loop_fn = self._loops.get(name)
-        if exc is None and loop_fn is None:
+        if exc is None:
+            # Finished: a greeting, or a discovery backend with nothing more to report.
+            self._loops.pop(name, None)
             return
-        if exc is not None:
-            log.error("background task %s failed", task.get_name(), exc_info=exc)
-        else:
-            log.error("background loop %s ended by itself", task.get_name())
+        log.error("background task %s failed", task.get_name(), exc_info=exc)
+        loop_fn = self._loops.get(name)
         if loop_fn is None or self.state is not State.RUNNING:
             return
         now = time.monotonic()
