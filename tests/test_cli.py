@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import signal
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,15 +17,17 @@ from typing import Any
 
 import pytest
 from _net import loopback_multicast_problem
-from _proc import Proc, run, start
+from _procs import Proc, python, run, stop_all
 
 import catga_zmq
 from catga_zmq import ConfigError, Node, Request, TransportFailed
 from catga_zmq._version import __version__
 from tests.apps.slow_app import Sleep
 
-NODE = [sys.executable, "-m", "catga_zmq.node"]
-OPS = [sys.executable, "-m", "catga_zmq"]
+NODE = python("-m", "catga_zmq.node")
+OPS = python("-m", "catga_zmq")
+READY_TIMEOUT = 30.0  # s for a node process to print its ready line
+EXIT_TIMEOUT = 15.0  # s for a node process to exit after a signal
 FAST: dict[str, Any] = {"heartbeat_interval": 0.1, "suspect_after": 0.5, "faulted_after": 2.0}
 
 
@@ -34,13 +35,18 @@ def _cluster() -> str:
     return f"cli-{uuid.uuid4().hex[:10]}"
 
 
+def _run(cmd: list[str]) -> tuple[int, str, str]:
+    """Run a command that needs no node of this process: blocking the loop costs nothing."""
+    result = run(cmd, timeout=60.0)
+    return result.returncode, result.stdout, result.stderr
+
+
 @contextlib.contextmanager
 def stopped_at_end(*procs: Proc) -> Iterator[None]:
     try:
         yield
     finally:
-        for proc in procs:
-            proc.stop()
+        stop_all(procs)
 
 
 # --version -------------------------------------------------------------------------------
@@ -52,8 +58,8 @@ def test_version_lives_in_its_own_module() -> None:
 
 
 @pytest.mark.parametrize("cmd", [NODE, OPS], ids=["node", "ops"])
-async def test_version_flag(cmd: list[str]) -> None:
-    code, out, err = await run([*cmd, "--version"])
+def test_version_flag(cmd: list[str]) -> None:
+    code, out, err = _run([*cmd, "--version"])
     assert code == 0, err
     assert out.strip() == f"catga_zmq {__version__}"
 
@@ -86,9 +92,9 @@ async def test_port_in_use_is_a_config_error_naming_the_flag(setting: str, flag:
 
 
 @pytest.mark.parametrize("flag", ["--port", "--pub-port"])
-async def test_node_command_port_in_use_exits_2_with_one_line(flag: str) -> None:
+def test_node_command_port_in_use_exits_2_with_one_line(flag: str) -> None:
     with busy_port() as port:
-        code, out, err = await run([*NODE, "--discovery", "none", flag, str(port)])
+        code, out, err = _run([*NODE, "--discovery", "none", flag, str(port)])
     assert code == 2, (out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -102,9 +108,9 @@ async def test_second_ctrl_c_during_a_drain_exits_at_once(tmp_path: Path) -> Non
     cluster = _cluster()
     cmd = [*NODE, "--app", "tests.apps.slow_app:node", "--id", "slow-1", "--cluster", cluster]
     cmd += ["--discovery", "none", "--drain-timeout", "120"]
-    proc = start("slow-1", cmd, tmp_path)
+    proc = Proc.start("slow-1", cmd, tmp_path / "slow-1")
     with stopped_at_end(proc):
-        await proc.await_ready()
+        await proc.await_ready(READY_TIMEOUT)
         client = Node(
             "client", cluster=cluster, discovery="static", seeds=[proc.ready["endpoint"]], **FAST
         )
@@ -112,13 +118,13 @@ async def test_second_ctrl_c_during_a_drain_exits_at_once(tmp_path: Path) -> Non
             await client.wait_for_peers(1, handles=Sleep, timeout=20)
             call = asyncio.create_task(client.send(Sleep(seconds=300), timeout=600))
             try:
-                await proc.await_text("sleeping 300")
-                proc.send(signal.SIGINT)  # the first drains: it waits for the handler
-                await proc.await_text("draining slow-1")
+                await proc.await_log("sleeping 300", READY_TIMEOUT)
+                proc.send_signal(signal.SIGINT)  # the first drains: it waits for the handler
+                await proc.await_log("draining slow-1", READY_TIMEOUT)
                 await asyncio.sleep(1.0)
-                assert proc.proc.poll() is None, "the first Ctrl-C did not wait for the handler"
+                assert proc.returncode is None, "the first Ctrl-C did not wait for the handler"
                 began = time.monotonic()
-                proc.send(signal.SIGINT)  # the second ends the drain at once
+                proc.send_signal(signal.SIGINT)  # the second ends the drain at once
                 code = await proc.await_exit(timeout=15.0)
                 took = time.monotonic() - began
             finally:
@@ -132,11 +138,11 @@ async def test_second_ctrl_c_during_a_drain_exits_at_once(tmp_path: Path) -> Non
 
 async def test_one_ctrl_c_drains_and_exits_0(tmp_path: Path) -> None:
     cmd = [*NODE, "--id", "calm-1", "--cluster", _cluster(), "--discovery", "none"]
-    proc = start("calm-1", cmd, tmp_path)
+    proc = Proc.start("calm-1", cmd, tmp_path / "calm-1")
     with stopped_at_end(proc):
-        await proc.await_ready()
-        proc.send(signal.SIGINT)
-        assert await proc.await_exit() == 0, proc.stderr()
+        await proc.await_ready(READY_TIMEOUT)
+        proc.send_signal(signal.SIGINT)
+        assert await proc.await_exit(EXIT_TIMEOUT) == 0, proc.stderr()
 
 
 # IPv6 ----------------------------------------------------------------------------------------
@@ -189,10 +195,10 @@ async def test_nodes_bound_to_ipv6_loopback_find_each_other_by_mdns() -> None:
 
 async def test_node_command_binds_ipv6(tmp_path: Path) -> None:
     cmd = [*NODE, "--id", "v6-1", "--cluster", _cluster(), "--bind", "::1", "--discovery", "none"]
-    proc = start("v6-1", cmd, tmp_path)
+    proc = Proc.start("v6-1", cmd, tmp_path / "v6-1")
     with stopped_at_end(proc):
-        await proc.await_ready()
+        await proc.await_ready(READY_TIMEOUT)
         assert proc.ready["endpoint"].startswith("tcp://[::1]:")
         assert proc.ready["pub"].startswith("tcp://[::1]:")
-        proc.send(signal.SIGTERM)
-        assert await proc.await_exit() == 0, proc.stderr()
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.await_exit(EXIT_TIMEOUT) == 0, proc.stderr()

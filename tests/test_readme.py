@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from _net import loopback_multicast_problem
-from _proc import ROOT, Proc, run, start
+from _procs import ROOT, Proc, run, stop_all
 
 _problem = loopback_multicast_problem()
 pytestmark = [
@@ -26,6 +26,8 @@ pytestmark = [
 ]
 
 README_CLUSTER = "shop"
+READY_TIMEOUT = 30.0  # s for a node process to print its ready line
+EXIT_TIMEOUT = 15.0  # s for a node process to exit after SIGTERM
 
 
 def running_nodes_commands() -> list[list[str]]:
@@ -64,19 +66,20 @@ async def test_running_nodes_commands_work_as_written(tmp_path: Path) -> None:
     nodes: list[Proc] = []
     try:
         for node_id, cmd in zip(ids, servers, strict=True):
-            nodes.append(start(node_id, cmd, tmp_path))
+            nodes.append(Proc.start(node_id, cmd, tmp_path / node_id))
         for proc in nodes:
-            await proc.await_ready()
+            await proc.await_ready(READY_TIMEOUT)
             assert proc.ready["cluster"] == cluster
         for cmd in operators:
-            code, out, err = await run(cmd, timeout=60)
+            # Blocking is harmless here: the nodes are processes, this one runs none.
+            result = run(cmd, timeout=60)
+            code, out, err = result.returncode, result.stdout, result.stderr
             assert code == 0, (cmd[3], out, err)
             for node_id in ids:
                 assert node_id in out, (cmd[3], out, err)
         for proc in nodes:
-            proc.send(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
         for proc in nodes:
-            assert await proc.await_exit() == 0, proc.stderr()
+            assert await proc.await_exit(EXIT_TIMEOUT) == 0, proc.stderr()
     finally:
-        for proc in nodes:
-            proc.stop()
+        stop_all(nodes)
