@@ -266,6 +266,8 @@ class Dealer:
         # Queue only on a live connection: to a dead or unreachable peer, send fails at
         # once (EAGAIN) and the request goes to another node, never run late or twice.
         sock.setsockopt(zmq.IMMEDIATE, 1)
+        if endpoint.startswith("tcp://["):
+            sock.setsockopt(zmq.IPV6, 1)  # an IPv4-bound node can still reach an IPv6 peer
         self.monitor: Reader | None = None
         #: Set once a request went out in this loop iteration (see the module docstring).
         self.outbox: Outbox | None = None
@@ -588,6 +590,8 @@ class Transport:
         if pub_endpoint in self.subscribed or self.sub is None:
             return
         self.subscribed.add(pub_endpoint)
+        if pub_endpoint.startswith("tcp://["):
+            self.sub.setsockopt(zmq.IPV6, 1)  # applies to this and later connects only
         self.sub.connect(pub_endpoint)
         if self._sub_reader is not None:
             self._sub_reader.kick()

@@ -175,6 +175,23 @@ async def test_two_nodes_on_ipv6_loopback_exchange_a_request() -> None:
             assert peer.endpoint == _endpoint(a)
 
 
+async def test_a_node_bound_to_ipv4_reaches_a_peer_bound_to_ipv6() -> None:
+    cluster = _cluster()
+    a = Node("v6-server", cluster=cluster, bind="::1", discovery=None, **FAST)
+
+    @a.handler
+    async def where(req: WhereV6) -> str:
+        return a.node_id
+
+    async with a:
+        b = Node("v4-caller", cluster=cluster, discovery="static", seeds=[_endpoint(a)])
+        b.configure(**FAST)
+        async with b:
+            assert _endpoint(b).startswith("tcp://127.0.0.1:")
+            await b.wait_for_peers(1, handles=WhereV6, timeout=20)
+            assert await b.send(WhereV6(), timeout=10) == "v6-server"
+
+
 @pytest.mark.skipif(loopback_multicast_problem() is not None, reason="no loopback multicast")
 async def test_nodes_bound_to_ipv6_loopback_find_each_other_by_mdns() -> None:
     # mDNS itself runs on 127.0.0.1 (lo is one interface); the records carry [::1].
