@@ -1,7 +1,8 @@
 """``Node``: registration, lifecycle and the public calls; it wires the parts together
 and supervises their background loops.
 
-The parts, one job each: ``transport`` (sockets), ``_server`` (inbound requests),
+The parts, one job each (built and wired by ``_wiring``; loops run by ``_supervisor``):
+``transport`` (sockets), ``_server`` (inbound requests),
 ``_requester`` (``send()`` and replies), ``_events`` (publish/subscribe),
 ``_heartbeat`` (heartbeats and the failure detector), ``_gossip`` (discovery and
 greetings), ``_builtins`` (``Ping``, ``Info``, ``Stats``), ``membership`` (the peer table).
@@ -13,19 +14,12 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
 from typing import Any, Final, TypeVar, overload
 
-from ._builtins import Builtins
-from ._dispatch import broadcast_dispatcher
-from ._events import EventBus
-from ._gossip import Gossip
-from ._heartbeat import Heartbeats
-from ._inbound import Rejections
-from ._requester import Requester
-from ._server import RequestServer
+from ._supervisor import Supervisor
+from ._wiring import Parts, make_discovery
 from .config import NodeOptions
 from .discovery.base import Candidate, Discovery
 from .errors import (
@@ -38,7 +32,7 @@ from .errors import (
     RequestTimeout,
 )
 from .mediator import Behavior, Mediator
-from .membership import ClusterNode, Membership, MembershipEvent, NodeStatus, Peer
+from .membership import ClusterNode, MembershipEvent, NodeStatus
 from .messages import Event, Message, Request
 from .protocol import PROTOCOL_VERSION, Codec
 from .routing import Router, make_router
@@ -52,11 +46,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: After its BYE a node keeps answering (OVERLOADED) for this long before it closes.
 BYE_LINGER: Final = 0.2  # s
-#: A background loop that fails is started again after this pause ...
-RESTART_DELAY: Final = 0.5  # s
-#: ... unless it failed this many times within RESTART_WINDOW: then the node closes.
-MAX_RESTARTS: Final = 5
-RESTART_WINDOW: Final = 60.0  # s
 
 current_trace: contextvars.ContextVar[str] = contextvars.ContextVar("catga_trace", default="")
 
@@ -78,134 +67,6 @@ class _DefaultDiscovery:
 
 
 _DEFAULT: Any = _DefaultDiscovery()
-
-
-class _Parts:
-    """The parts of a started node, built together by ``Node.start``."""
-
-    __slots__ = (
-        "builtins",
-        "events",
-        "gossip",
-        "heartbeats",
-        "me",
-        "membership",
-        "requester",
-        "server",
-        "transport",
-    )
-
-    def __init__(self, node: Node, transport: Transport) -> None:
-        opts = node.options
-        loop = asyncio.get_running_loop()
-        self.transport = transport
-        mediator, codec, stats = node.mediator, node.codec, node._counters
-        reject = Rejections(stats)
-        self.me = me = Peer(
-            opts.node_id,
-            transport.endpoint,
-            transport.pub_endpoint,
-            time.time_ns(),
-            handles=frozenset(node._handled_types()),
-            subscribes=frozenset(mediator.subscribers),
-            metadata=dict(opts.metadata),
-            weight=opts.weight,
-            local=True,
-            last_seen=loop.time(),
-            last_heartbeat=time.time(),
-            max_message_size=opts.max_message_size,
-        )
-        self.membership = membership = Membership(
-            me,
-            suspect_after=opts.suspect_after,
-            faulted_after=opts.faulted_after,
-            acceptable_pause=opts.acceptable_pause,
-            phi_threshold=opts.phi_threshold,
-            min_std=opts.heartbeat_interval / 5,
-        )
-        peers = membership.peers
-
-        def on_traffic(node_id: str) -> None:
-            # Inlined membership.on_traffic for a known, live peer: this runs per frame.
-            peer = peers.get(node_id)
-            if peer is not None:
-                if peer.status is NodeStatus.ALIVE or peer.status is NodeStatus.DRAINING:
-                    peer.last_seen = loop.time()
-                else:
-                    membership.on_traffic(node_id, loop.time())
-
-        self.server = server = RequestServer(
-            node_id=opts.node_id,
-            options=opts,
-            mediator=mediator,
-            codec=codec,
-            transport=transport,
-            reject=reject,
-            stats=stats,
-            on_traffic=on_traffic,
-        )
-        self.requester = requester = Requester(
-            node_id=opts.node_id,
-            options=opts,
-            membership=membership,
-            transport=transport,
-            server=server,
-            codec=codec,
-            reject=reject,
-            stats=stats,
-            routers=node._routers,
-            on_traffic=on_traffic,
-        )
-        self.events = events = EventBus(
-            node_id=opts.node_id,
-            max_message_size=opts.max_message_size,
-            mediator=mediator,
-            codec=codec,
-            transport=transport,
-            reject=reject,
-            stats=stats,
-            on_traffic=on_traffic,
-        )
-        self.gossip = gossip = Gossip(
-            me=me,
-            options=opts,
-            membership=membership,
-            transport=transport,
-            requester=requester,
-            codec=codec,
-            reject=reject,
-            spawn=node._spawn,
-            forget_source=events.forget_source,
-        )
-        self.heartbeats = heartbeats = Heartbeats(
-            me=me,
-            options=opts,
-            membership=membership,
-            transport=transport,
-            reject=reject,
-            running=lambda: server.running,
-            on_fresh=gossip.on_fresh,
-            on_duplicate=node._duplicate_id,
-        )
-        self.builtins = Builtins(
-            options=opts,
-            membership=membership,
-            mediator=mediator,
-            server=server,
-            requester=requester,
-            gossip=gossip,
-            transport=transport,
-            stats=stats,
-            problems=node.problems,
-        )
-        membership.on_gone = gossip.peer_gone
-        membership.on_lost = requester.peer_lost
-        membership.on_change = node._changed.set
-        transport.on_request = server.on_request
-        transport.on_reply = requester.on_reply
-        transport.on_broadcast = broadcast_dispatcher(reject, events.on_event, heartbeats.on_beat)
-        transport.on_disconnect = requester.on_disconnect
-        transport.on_unsent = requester.pending.fail_unsent
 
 
 class Node:
@@ -275,10 +136,8 @@ class Node:
         #: Why the node closed itself, when it did (a duplicate node id, a background
         #: loop that kept failing); None otherwise.
         self.failure: CatgaError | None = None
-        self._parts: _Parts | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
-        self._failed_loops: dict[str, list[float]] = {}
+        self._parts: Parts | None = None
+        self._supervisor = Supervisor(self.options.node_id, self._give_up)
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
         self._closer: asyncio.Task[None] | None = None
@@ -394,17 +253,31 @@ class Node:
         )
         try:
             transport.bind(opts.bind, opts.port, opts.pub_port, opts.advertise)
-            self._parts = parts = _Parts(self, transport)
+            self._supervisor = supervisor = Supervisor(opts.node_id, self._give_up)
+            self._parts = parts = Parts(
+                options=opts,
+                mediator=self.mediator,
+                codec=self.codec,
+                counters=self._counters,
+                routers=self._routers,
+                transport=transport,
+                handles=frozenset(self._handled_types()),
+                spawn=supervisor.spawn,
+                on_duplicate=self._duplicate_id,
+                on_change=self._changed.set,
+                problems=self.problems,
+            )
             transport.start_reading()
             parts.builtins.register()
             self.state = State.RUNNING
-            self.discovery = self._discovery_obj or _make_discovery(opts)
-            self._supervise("heartbeat", parts.heartbeats.beat)
-            self._supervise("failure-detector", parts.heartbeats.detect)
+            supervisor.running = True
+            self.discovery = self._discovery_obj or make_discovery(opts)
+            supervisor.supervise("heartbeat", parts.heartbeats.beat)
+            supervisor.supervise("failure-detector", parts.heartbeats.detect)
             if self.discovery is not None:
                 await self.discovery.register(self._candidate())
                 discovery = self.discovery
-                self._supervise("discovery", lambda: parts.gossip.follow(discovery))
+                supervisor.supervise("discovery", lambda: parts.gossip.follow(discovery))
         except BaseException:
             self.state = State.DRAINING  # nothing half-started may outlive a failed start
             await self._teardown()
@@ -485,7 +358,7 @@ class Node:
         finally:
             await self._teardown()
 
-    async def _drain(self, parts: _Parts) -> None:
+    async def _drain(self, parts: Parts) -> None:
         loop = asyncio.get_running_loop()
         timeout = self.options.drain_timeout
         drain_end = loop.time() + timeout
@@ -513,11 +386,7 @@ class Node:
             log.exception("discovery %s did not close cleanly", discovery.name)
 
     async def _stop_background(self) -> None:
-        self._loops.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._supervisor.stop()
 
     async def _teardown(self) -> None:
         """Close everything, however far start or drain got. Runs once."""
@@ -550,59 +419,13 @@ class Node:
         if parts is not None:  # a start that failed said why already
             log.info("node %s closed", self.node_id)
 
-    # supervision -------------------------------------------------------------------------
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        """Run a task that ends by itself (a greeting); cancelled when the node closes."""
-        task = asyncio.get_running_loop().create_task(coro, name=f"catga-{self.node_id}-{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _supervise(self, name: str, loop_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run a background loop that must not end while the node runs: if it fails, it
-        is logged at ERROR and started again; if it keeps failing, the node closes."""
-        self._loops[name] = loop_fn
-        self._spawn(loop_fn(), name)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        name = task.get_name().removeprefix(f"catga-{self.node_id}-")
-        if exc is None:
-            # Finished: a greeting, or a discovery backend with nothing more to report.
-            self._loops.pop(name, None)
-            return
-        log.error("background task %s failed", task.get_name(), exc_info=exc)
-        loop_fn = self._loops.get(name)
-        if loop_fn is None or self.state is not State.RUNNING:
-            return
-        now = time.monotonic()
-        failures = [t for t in self._failed_loops.get(name, []) if now - t < RESTART_WINDOW]
-        failures.append(now)
-        self._failed_loops[name] = failures
-        if len(failures) > MAX_RESTARTS:
-            self._fail(
-                CatgaError(
-                    f"the {name} loop of node {self.node_id} failed {len(failures)} times "
-                    f"within {RESTART_WINDOW:.0f} s: {exc!r}; the node closes"
-                )
-            )
-            return
-
-        def restart() -> None:
-            if self._loops.get(name) is loop_fn and self.state is State.RUNNING:
-                self._spawn(loop_fn(), name)
-
-        asyncio.get_running_loop().call_later(RESTART_DELAY, restart)
+    # health ------------------------------------------------------------------------------
 
     def problems(self) -> list[str]:
         """What is wrong with this node now (empty when healthy)."""
         if self.state is not State.RUNNING:
             return [f"node is {self.state.value}"]
-        running = {t.get_name().removeprefix(f"catga-{self.node_id}-") for t in self._tasks}
-        return [f"the {name} loop is not running" for name in self._loops if name not in running]
+        return self._supervisor.problems()
 
     @property
     def healthy(self) -> bool:
@@ -621,6 +444,9 @@ class Node:
 
     def _duplicate_id(self, problem: str) -> None:
         self._fail(ConfigError(problem))
+
+    def _give_up(self, problem: str) -> None:
+        self._fail(CatgaError(problem))
 
     async def wait_closed(self) -> None:
         """Wait until the node is closed (by ``aclose()``, a signal, or a failure)."""
@@ -692,7 +518,7 @@ class Node:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    def _running_parts(self, draining_too: bool = False) -> _Parts:
+    def _running_parts(self, draining_too: bool = False) -> Parts:
         state = self.state
         if state is State.RUNNING or (draining_too and state is State.DRAINING):
             assert self._parts is not None
@@ -747,22 +573,6 @@ class Node:
         """
         parts = self._running_parts(draining_too=True)
         await parts.events.publish(event, current_trace.get())
-
-
-def _make_discovery(opts: NodeOptions) -> Discovery | None:
-    if opts.discovery == "none":
-        return None
-    if opts.discovery == "static":
-        from .discovery.static import StaticDiscovery
-
-        return StaticDiscovery(opts.seeds)
-    if opts.discovery == "memory":
-        from .discovery.memory import MemoryDiscovery
-
-        return MemoryDiscovery()
-    from .discovery.mdns import MdnsDiscovery, interfaces_for_bind
-
-    return MdnsDiscovery(opts.cluster, interfaces_for_bind(opts.bind), version=PROTOCOL_VERSION)
 
 
 __all__ = ["Node", "NodeStateError", "State", "current_trace"]

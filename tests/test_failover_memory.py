@@ -75,7 +75,7 @@ class Tracker:
 
 def crash(node: Node) -> None:
     """Kill ``node`` as a crash would: no DRAINING, no BYE, sockets gone at once."""
-    for task in list(node._tasks):  # heartbeats, failure detector, discovery
+    for task in list(node._supervisor.tasks):  # heartbeats, failure detector, discovery
         task.cancel()
     parts(node).transport.close()
     for task in list(parts(node).server._serving):  # handlers die with the process

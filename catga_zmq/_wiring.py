@@ -1,0 +1,187 @@
+"""Building a started node's parts and wiring their callbacks to each other.
+
+``Node.start`` makes one ``Parts`` once its sockets are bound: who calls whom between
+the parts is written down here, and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ._builtins import Builtins
+from ._dispatch import broadcast_dispatcher
+from ._events import EventBus
+from ._gossip import Gossip
+from ._heartbeat import Heartbeats
+from ._inbound import Rejections
+from ._requester import Requester
+from ._server import RequestServer
+from .config import NodeOptions
+from .discovery.base import Discovery
+from .mediator import Mediator
+from .membership import Membership, NodeStatus, Peer
+from .protocol import PROTOCOL_VERSION, Codec
+from .routing import Router
+from .transport import Transport
+
+
+class Parts:
+    """The parts of a started node, built together and wired to each other."""
+
+    __slots__ = (
+        "builtins",
+        "events",
+        "gossip",
+        "heartbeats",
+        "me",
+        "membership",
+        "requester",
+        "server",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        *,
+        options: NodeOptions,
+        mediator: Mediator,
+        codec: Codec,
+        counters: dict[str, int],
+        routers: dict[str, Router],
+        transport: Transport,
+        handles: frozenset[str],
+        spawn: Callable[[Coroutine[Any, Any, None], str], None],
+        on_duplicate: Callable[[str], None],
+        on_change: Callable[[], None],
+        problems: Callable[[], list[str]],
+    ) -> None:
+        opts = options
+        loop = asyncio.get_running_loop()
+        self.transport = transport
+        stats = counters
+        reject = Rejections(stats)
+        self.me = me = Peer(
+            opts.node_id,
+            transport.endpoint,
+            transport.pub_endpoint,
+            time.time_ns(),
+            handles=handles,
+            subscribes=frozenset(mediator.subscribers),
+            metadata=dict(opts.metadata),
+            weight=opts.weight,
+            local=True,
+            last_seen=loop.time(),
+            last_heartbeat=time.time(),
+            max_message_size=opts.max_message_size,
+        )
+        self.membership = membership = Membership(
+            me,
+            suspect_after=opts.suspect_after,
+            faulted_after=opts.faulted_after,
+            acceptable_pause=opts.acceptable_pause,
+            phi_threshold=opts.phi_threshold,
+            min_std=opts.heartbeat_interval / 5,
+        )
+        peers = membership.peers
+
+        def on_traffic(node_id: str) -> None:
+            # Inlined membership.on_traffic for a known, live peer: this runs per frame.
+            peer = peers.get(node_id)
+            if peer is not None:
+                if peer.status is NodeStatus.ALIVE or peer.status is NodeStatus.DRAINING:
+                    peer.last_seen = loop.time()
+                else:
+                    membership.on_traffic(node_id, loop.time())
+
+        self.server = server = RequestServer(
+            node_id=opts.node_id,
+            options=opts,
+            mediator=mediator,
+            codec=codec,
+            transport=transport,
+            reject=reject,
+            stats=stats,
+            on_traffic=on_traffic,
+        )
+        self.requester = requester = Requester(
+            node_id=opts.node_id,
+            options=opts,
+            membership=membership,
+            transport=transport,
+            server=server,
+            codec=codec,
+            reject=reject,
+            stats=stats,
+            routers=routers,
+            on_traffic=on_traffic,
+        )
+        self.events = events = EventBus(
+            node_id=opts.node_id,
+            max_message_size=opts.max_message_size,
+            mediator=mediator,
+            codec=codec,
+            transport=transport,
+            reject=reject,
+            stats=stats,
+            on_traffic=on_traffic,
+        )
+        self.gossip = gossip = Gossip(
+            me=me,
+            options=opts,
+            membership=membership,
+            transport=transport,
+            requester=requester,
+            codec=codec,
+            reject=reject,
+            spawn=spawn,
+            forget_source=events.forget_source,
+        )
+        self.heartbeats = heartbeats = Heartbeats(
+            me=me,
+            options=opts,
+            membership=membership,
+            transport=transport,
+            reject=reject,
+            running=lambda: server.running,
+            on_fresh=gossip.on_fresh,
+            on_duplicate=on_duplicate,
+        )
+        self.builtins = Builtins(
+            options=opts,
+            membership=membership,
+            mediator=mediator,
+            server=server,
+            requester=requester,
+            gossip=gossip,
+            transport=transport,
+            stats=stats,
+            problems=problems,
+        )
+        membership.on_gone = gossip.peer_gone
+        membership.on_lost = requester.peer_lost
+        membership.on_change = on_change
+        transport.on_request = server.on_request
+        transport.on_reply = requester.on_reply
+        transport.on_broadcast = broadcast_dispatcher(reject, events.on_event, heartbeats.on_beat)
+        transport.on_disconnect = requester.on_disconnect
+        transport.on_unsent = requester.pending.fail_unsent
+
+
+def make_discovery(opts: NodeOptions) -> Discovery | None:
+    """The discovery backend the ``discovery`` setting names (None for "none")."""
+    if opts.discovery == "none":
+        return None
+    if opts.discovery == "static":
+        from .discovery.static import StaticDiscovery
+
+        return StaticDiscovery(opts.seeds)
+    if opts.discovery == "memory":
+        from .discovery.memory import MemoryDiscovery
+
+        return MemoryDiscovery()
+    from .discovery.mdns import MdnsDiscovery, interfaces_for_bind
+
+    return MdnsDiscovery(opts.cluster, interfaces_for_bind(opts.bind), version=PROTOCOL_VERSION)
