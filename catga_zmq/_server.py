@@ -315,21 +315,22 @@ class RequestServer:
                 raise
             except Exception as exc:
                 raise ran(exc, self.node_id) from exc
-            try:
-                reply = self.codec.decoder(entry.response_type).decode(body)
-            except DECODE_ERRORS as exc:
-                raise SerializationFailed(
-                    f"the reply to {name} from {self.node_id} is not a "
-                    f"{getattr(entry.response_type, '__qualname__', entry.response_type)}: {exc}",
-                    node=self.node_id,
-                ) from None
         except CatgaError:
             self.stats["requests_failed"] += 1
             raise
         finally:
             self.running -= 1
         self.stats["requests_handled"] += 1
-        return reply
+        # As on the remote path: the handler's side counts what it answered, and it is
+        # the caller that finds a reply of the wrong type.
+        try:
+            return self.codec.decoder(entry.response_type).decode(body)
+        except DECODE_ERRORS as exc:
+            raise SerializationFailed(
+                f"the reply to {name} from {self.node_id} is not a "
+                f"{getattr(entry.response_type, '__qualname__', entry.response_type)}: {exc}",
+                node=self.node_id,
+            ) from None
 
     # answers -------------------------------------------------------------------------
 

@@ -104,7 +104,7 @@ class NodeStats(msgspec.Struct):
     - ``node_id``: the node that answered; ``uptime``: seconds since it started.
     - ``running``: its handlers running now; ``pending``: its own requests to other
       nodes awaiting replies.
-    - ``requests_handled``: requests from other nodes its handlers answered with a
+    - ``requests_handled``: requests (local calls too) its handlers answered with a
       reply; ``requests_failed``: those answered with an error once taken (the
       handler raised, its reply could not be encoded, or its deadline had passed);
       ``requests_refused``: those answered ``OVERLOADED`` without running (at
