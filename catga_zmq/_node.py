@@ -46,6 +46,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: After its BYE a node keeps answering (OVERLOADED) for this long before it closes.
 BYE_LINGER: Final = 0.2  # s
+#: A drain cut short (``aclose()`` cancelled) lingers this long instead: enough for the
+#: I/O thread to put the CANCELLED answers of the handlers it cancelled on the wire.
+CUT_SHORT_LINGER: Final = 0.05  # s
 
 current_trace: contextvars.ContextVar[str] = contextvars.ContextVar("catga_trace", default="")
 
@@ -376,8 +379,9 @@ class Node:
         # A caller that sent before it saw the BYE still gets an answer (OVERLOADED,
         # so it goes elsewhere) instead of silence until its deadline; the I/O thread
         # also puts the BYE and the last replies on the wire before LINGER=0 drops it.
-        if not self._cut_short:
-            await asyncio.sleep(BYE_LINGER)
+        # Cut short, the answers still need that moment, or their callers see only the
+        # connection drop (TransportFailed) instead of CANCELLED.
+        await asyncio.sleep(CUT_SHORT_LINGER if self._cut_short else BYE_LINGER)
 
     async def _close_discovery(self, discovery: Discovery) -> None:
         try:
