@@ -521,9 +521,9 @@ class Transport:
     def reply(self, ident: bytes, header: bytes, payload: bytes, now: bool = True) -> bool:
         """Send ``[identity, header, payload]`` back; False when the caller is gone.
 
-        ``now`` as for ``send_request``. A reply made while the ROUTER is being read (a
-        handler that finished without waiting, as eager tasks do) joins a batch that
-        goes at the end of that pass: the rest of the pass may answer the same caller.
+        ``now`` as for ``send_request``. While the ROUTER is being read (a handler that
+        finished without waiting, as eager tasks do), the first reply to a caller goes
+        at once and the next ones to it join a batch that goes at the end of that pass.
         A reply that joins a batch returns True; a batch that cannot go is counted with
         the other undelivered replies.
         """
@@ -532,9 +532,13 @@ class Transport:
             self._undelivered(zmq.ZMQError(zmq.ENOTSOCK), 1)
             return False
         box = self._reply_boxes.get(ident)
-        if box is None and (not now or reader.reading):
+        if box is None and not now:
             box = self._reply_boxes[ident] = Outbox()
             self._schedule_flush()
+        elif box is None and reader.reading:
+            # The first reply to that caller in this pass goes at once; an empty box
+            # makes the next ones wait for the end of the pass, as one batch.
+            self._reply_boxes[ident] = Outbox()
         if box is not None:
             if box.add(header, payload, self.batch_limit):
                 if len(box.records) >= BATCH_RECORDS:
