@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import inspect
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -65,6 +63,10 @@ _EAGER_TASKS: Final = sys.version_info >= (3, 12)
 NOT_RUN: Final = (Overloaded, HandlerNotFound, TransportFailed, NoNodes)
 
 
+#: How often running handlers are checked against their callers' deadlines: a handler
+#: is cancelled at most this long after its deadline.
+DEADLINE_SWEEP: Final = 0.02  # s
+
 #: The ``error_type`` of the TIMEOUT answer a node sends when it cancels a handler at
 #: its caller's deadline (a nested send's timeout inside a handler has none).
 DEADLINE_EXPIRED: Final = "deadline"
@@ -104,13 +106,11 @@ class RequestServer:
         self.running = 0
         #: False once the node drains: new requests are refused (OVERLOADED).
         self.accepting = True
-        self._serving: set[asyncio.Task[None]] = set()
-        #: (deadline, seq, task) of remote handlers still running: one timer cancels
-        #: those that outlive the deadline their caller sent.
-        self._deadlines: list[tuple[float, int, asyncio.Task[None]]] = []
-        self._deadline_seq = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        #: Handler tasks still running -> the deadline their caller sent (0.0: none).
+        #: A sweep every DEADLINE_SWEEP cancels those past it: cheaper than a timer or a
+        #: heap entry per request, for a bound of DEADLINE_SWEEP on the lateness.
+        self._serving: dict[asyncio.Task[None], float] = {}
+        self._sweep: asyncio.TimerHandle | None = None
         self._timed_out: set[asyncio.Task[None]] = set()
         #: One name for every handler task of this node: the leak checks find them,
         #: and a constant costs nothing per request.
@@ -197,9 +197,9 @@ class RequestServer:
                 return
         else:
             task = self.loop.create_task(coro, name=self._task_name)
-        self._serving.add(task)
-        if deadline:
-            self._watch_deadline(deadline, task)
+        self._serving[task] = deadline
+        if deadline and self._sweep is None:
+            self._sweep = self.loop.call_later(DEADLINE_SWEEP, self._cancel_expired)
 
     def _refusal(self) -> Overloaded | None:
         """Why a new request is refused now (None: it may run)."""
@@ -261,7 +261,7 @@ class RequestServer:
         finally:
             self.running -= 1
             # Cheaper than a done-callback, which costs a loop iteration of its own.
-            self._serving.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+            self._serving.pop(asyncio.current_task(), None)  # type: ignore[arg-type,unused-ignore]
 
     def _encode_reply(self, type_name: str, result: Any) -> bytes:
         try:
@@ -355,36 +355,22 @@ class RequestServer:
 
     # deadlines -----------------------------------------------------------------------
 
-    def _watch_deadline(self, deadline: float, task: asyncio.Task[None]) -> None:
-        heap = self._deadlines
-        if len(heap) > 2 * len(self._serving) + 1024:
-            self._deadlines = heap = [d for d in heap if not d[2].done()]
-            heapq.heapify(heap)
-        self._deadline_seq += 1
-        heapq.heappush(heap, (deadline, self._deadline_seq, task))
-        if deadline < self._timer_at:
-            self._arm(deadline)
-
-    def _arm(self, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        # Deadlines are time.monotonic() (see DeadlineBehavior), not the loop's clock.
-        self._timer = self.loop.call_later(max(0.0, when - time.monotonic()), self._expire)
-
-    def _expire(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        heap = self._deadlines
+    def _cancel_expired(self) -> None:
+        self._sweep = None
         now = time.monotonic()
-        while heap and heap[0][0] <= now:
-            _, _, task = heapq.heappop(heap)
+        waiting = False
+        for task, deadline in list(self._serving.items()):
+            if not deadline:
+                continue
             # A handler not started yet is left to DeadlineBehavior, which refuses it
             # with an answer; cancelled before its first step it would never answer.
-            if not task.done() and _started(task):
+            if deadline <= now and not task.done() and _started(task):
                 self._timed_out.add(task)
                 task.cancel()
-        if heap:
-            self._arm(heap[0][0])
+            else:
+                waiting = True
+        if waiting:
+            self._sweep = self.loop.call_later(DEADLINE_SWEEP, self._cancel_expired)
 
     # shutdown ------------------------------------------------------------------------
 
@@ -400,9 +386,9 @@ class RequestServer:
 
     async def cancel_all(self, exclude: asyncio.Task[Any] | None = None) -> None:
         """Cancel every running handler and wait until each has answered CANCELLED."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer, self._timer_at = None, math.inf
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         left = [t for t in self._serving if t is not exclude and not t.done()]
         if any(not _started(t) for t in left):
             # Let them take their first step, so that each answers its caller CANCELLED.

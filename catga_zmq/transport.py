@@ -99,11 +99,11 @@ class Reader:
     __slots__ = (
         "_busy",
         "_loop",
-        "_reading",
         "_scheduled",
         "after_pass",
         "batch_started",
         "handle",
+        "reading",
         "sock",
     )
 
@@ -119,18 +119,14 @@ class Reader:
         self.handle = handle
         self.after_pass = after_pass
         self._scheduled = False
-        self._reading = False
+        #: True while a pass over the socket is under way (inside ``handle``).
+        self.reading = False
         self._busy = False
         #: When the current batch began to be read: the arrival time of its messages,
         #: even when a handler run in the batch holds the loop for a while.
         self.batch_started = 0.0
         loop.add_reader(sock.FD, self.read)
         self.kick()
-
-    @property
-    def reading(self) -> bool:
-        """True while a pass over the socket is under way (inside ``handle``)."""
-        return self._reading
 
     def kick(self) -> None:
         if not self._scheduled:
@@ -144,7 +140,7 @@ class Reader:
         trip). Inside a pass (a reply sent by a handler of the message being read)
         nothing is needed: that pass reads on until nothing is left.
         """
-        if not self._reading:
+        if not self.reading:
             self.read()
 
     def read(self) -> None:
@@ -163,7 +159,7 @@ class Reader:
         """Read until nothing waits, or ``READ_BATCH`` messages; True in the latter case."""
         sock, handle = self.sock, self.handle
         self.batch_started = time.monotonic()
-        self._reading = True
+        self.reading = True
         # Two ways to know when to stop, both of which re-arm the FD's edge: ask EVENTS
         # before each message, or receive until EAGAIN. EVENTS costs about a third of
         # a failed receive (pyzmq builds an exception object for EAGAIN), so it wins
@@ -190,7 +186,7 @@ class Reader:
                 return False
             raise
         finally:
-            self._reading = False
+            self.reading = False
             self._busy = count >= 2
         return True
 
