@@ -175,9 +175,10 @@ class Heartbeats:
             f"(started {_started(me.incarnation)}) and another at {hb.endpoint} "
             f"(started {_started(hb.incarnation)}); give each node its own --id"
         )
-        log.error("%s", problem)
         if younger:
-            self.on_duplicate(problem + "; this one, the younger, stops")
+            self.on_duplicate(problem + "; this one, the younger, stops")  # logs it
+        else:
+            log.error("%s", problem)
 
 
 def _started(incarnation: int) -> str:
