@@ -1,24 +1,30 @@
 """Every numeric setting has a stated range: a value outside it, or not finite, is a
-``ConfigError`` when the node (or its options) is built, naming the setting and the range.
+``ConfigError`` when the node (or its options) is built, naming the setting and the range;
+and a ``start()`` that fails anyway releases every socket and the ZeroMQ context.
 
 Out-of-range values used to be taken and fail late: ``request_timeout=nan`` failed every
 later ``send()``, ``heartbeat_interval=1e-9`` flooded the cluster, ``weight=2**70``
-killed the heartbeat task, ``max_in_flight=2**31`` made ``start()`` raise.
+killed the heartbeat task, ``max_in_flight=2**31`` made ``start()`` raise and leave a
+socket open, on which the context's ``term()`` then waited forever.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
+from _procs import python, run
+from conftest import MakeNode, member, parts, wait_until
 
-from catga_zmq import ConfigError, Node, NodeOptions
+from catga_zmq import ConfigError, MemoryDiscovery, MemoryHub, Node, NodeOptions
 from catga_zmq._cli import settings_from_argv
 from catga_zmq.config import options_from_env, options_from_toml, settings
+from catga_zmq.discovery.base import Candidate
 from catga_zmq.membership import NodeStatus
-from tests.conftest import MakeNode, member, wait_until
 
 NAN = math.nan
 INF = math.inf
@@ -237,3 +243,71 @@ def _alive(node: Node, other: str) -> bool:
         return member(node, other).status is NodeStatus.ALIVE
     except KeyError:
         return False
+
+
+# a failed start -------------------------------------------------------------------------
+
+
+class RegisterFails(MemoryDiscovery):
+    """In-memory discovery whose ``register()`` fails the way no one planned for."""
+
+    async def register(self, me: Candidate) -> None:
+        raise RuntimeError("the directory is down")
+
+
+async def test_a_start_failing_after_bind_releases_its_sockets_and_context() -> None:
+    node = Node("a", discovery=RegisterFails(MemoryHub()))
+    with pytest.raises(RuntimeError, match="the directory is down"):
+        await node.start()
+    assert node.state == "closed"
+    transport = parts(node).transport
+    assert transport.ctx.closed
+    # The ports are free again: nothing of the node still holds them.
+    with zmq.Context() as ctx, ctx.socket(zmq.ROUTER) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(node.endpoint)
+        sock.close(0)
+
+
+#: A child that fails a start two ways, collects its garbage and exits: a socket left
+#: open makes the context's term() wait forever, in start() or in a later collection.
+FAILED_STARTS = textwrap.dedent(
+    """
+    import asyncio, gc, sys
+    import msgspec, zmq
+    from catga_zmq import MemoryDiscovery, MemoryHub, Node
+
+    class RegisterFails(MemoryDiscovery):
+        async def register(self, me):
+            raise RuntimeError("the directory is down")
+
+    async def fail(node):
+        try:
+            await node.start()
+        except BaseException as exc:
+            print("start raised", type(exc).__name__, flush=True)
+        else:
+            sys.exit("start did not fail")
+
+    async def main():
+        await fail(Node("a", discovery=RegisterFails(MemoryHub())))
+        # Options set behind validation's back: setsockopt raises on the first socket,
+        # which has no name yet when it does.
+        node = Node("b", discovery=None)
+        node.options = msgspec.structs.replace(node.options, max_in_flight=2**31)
+        await fail(node)
+
+    asyncio.run(main())
+    gc.collect()
+    contexts = [o for o in gc.get_objects() if isinstance(o, zmq.Context)]
+    print("contexts", len(contexts), "open", sum(not c.closed for c in contexts), flush=True)
+    """
+)
+
+
+def test_failed_starts_leave_nothing_that_hangs_collection_or_exit() -> None:
+    done = run(python("-c", FAILED_STARTS), timeout=60.0)  # a hang: killed, and a failure
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["start raised RuntimeError", "start raised OverflowError"], done.stdout
+    assert lines[2].startswith("contexts ") and lines[2].endswith(" open 0"), done.stdout
