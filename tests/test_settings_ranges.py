@@ -10,6 +10,7 @@ socket open, on which the context's ``term()`` then waited forever.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import textwrap
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import zmq
 from _procs import python, run
-from conftest import MakeNode, member, parts, wait_until
+from conftest import MakeNode, catga_tasks, member, parts, wait_until
 
 from catga_zmq import ConfigError, MemoryDiscovery, MemoryHub, Node, NodeOptions
 from catga_zmq._cli import settings_from_argv
@@ -269,7 +270,39 @@ async def test_a_start_failing_after_bind_releases_its_sockets_and_context() -> 
         sock.close(0)
 
 
-#: A child that fails a start two ways, collects its garbage and exits: a socket left
+class CloseHangs(RegisterFails):
+    """...whose goodbye then takes long, so that a caller gives up on the start in it."""
+
+    def __init__(self, hub: MemoryHub) -> None:
+        super().__init__(hub)
+        self.closing = asyncio.Event()
+
+    async def aclose(self) -> None:
+        self.closing.set()
+        await asyncio.sleep(60)
+
+
+async def test_a_failed_start_cancelled_in_its_teardown_still_releases_everything() -> None:
+    # As asyncio.wait_for(node.start(), ...) does when the discovery's goodbye is slow.
+    discovery = CloseHangs(MemoryHub())
+    node = Node("a", discovery=discovery)
+    starting = asyncio.create_task(node.start())
+    await asyncio.wait_for(discovery.closing.wait(), 10.0)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    ctx = parts(node).transport.ctx
+    try:
+        assert node.state == "closed"
+        assert ctx.closed
+        assert catga_tasks() == []
+        await node.aclose()  # closed already: a no-op
+        assert node.state == "closed"
+    finally:  # should this fail, an open context would hang the rest of the session
+        ctx.destroy(0)
+
+
+#: A child that fails a start three ways, collects its garbage and exits: a socket left
 #: open makes the context's term() wait forever, in start() or in a later collection.
 FAILED_STARTS = textwrap.dedent(
     """
@@ -296,6 +329,18 @@ FAILED_STARTS = textwrap.dedent(
         node = Node("b", discovery=None)
         node.options = msgspec.structs.replace(node.options, max_in_flight=2**31)
         await fail(node)
+        # A start given up on while its teardown waits for the discovery's goodbye.
+        closing = asyncio.Event()
+
+        class CloseHangs(RegisterFails):
+            async def aclose(self):
+                closing.set()
+                await asyncio.sleep(60)
+
+        starting = asyncio.create_task(fail(Node("c", discovery=CloseHangs(MemoryHub()))))
+        await asyncio.wait_for(closing.wait(), 10)
+        starting.cancel()
+        await starting
 
     asyncio.run(main())
     gc.collect()
@@ -309,5 +354,9 @@ def test_failed_starts_leave_nothing_that_hangs_collection_or_exit() -> None:
     done = run(python("-c", FAILED_STARTS), timeout=60.0)  # a hang: killed, and a failure
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert lines[:2] == ["start raised RuntimeError", "start raised OverflowError"], done.stdout
-    assert lines[2].startswith("contexts ") and lines[2].endswith(" open 0"), done.stdout
+    assert lines[:3] == [
+        "start raised RuntimeError",
+        "start raised OverflowError",
+        "start raised CancelledError",
+    ], done.stdout
+    assert lines[3].startswith("contexts ") and lines[3].endswith(" open 0"), done.stdout
