@@ -283,9 +283,11 @@ class Node:
                 supervisor.supervise("discovery", lambda: parts.gossip.follow(discovery))
         except BaseException:
             self.state = State.DRAINING  # nothing half-started may outlive a failed start
-            await self._teardown()
-            if self._parts is None:
-                transport.close()
+            try:
+                await self._teardown()
+            finally:  # the teardown too may be cancelled (a wait_for around start())
+                if self._parts is None:
+                    transport.close()
             raise
         log.info(
             "node %s up: requests %s, heartbeats %s, cluster %s, discovery %s",
@@ -393,7 +395,12 @@ class Node:
         await self._supervisor.stop()
 
     async def _teardown(self) -> None:
-        """Close everything, however far start or drain got. Runs once."""
+        """Close everything, however far start or drain got. Runs once.
+
+        Cancelled or failing in one of its waits, it still releases the rest: a socket
+        left open makes the context's ``term()`` wait forever, at the latest when the
+        garbage collector or the interpreter's exit gets to it.
+        """
         if self.state is State.CLOSED:
             return
         parts = self._parts
@@ -401,14 +408,21 @@ class Node:
             parts.server.accepting = False
             parts.gossip.running = False
             parts.requester.closed = True
-        await self._stop_background()
-        if parts is not None:
-            await parts.server.cancel_all()
-        discovery, self.discovery = self.discovery, None
-        if discovery is not None:
-            await self._close_discovery(discovery)
+        try:
+            await self._stop_background()
+            if parts is not None:
+                await parts.server.cancel_all()
+            discovery, self.discovery = self.discovery, None
+            if discovery is not None:
+                await self._close_discovery(discovery)
+            self.mediator.cancel_subscribers()
+            await self.mediator.idle(0.0)
+        finally:
+            self._release(parts)
+
+    def _release(self, parts: Parts | None) -> None:
+        """The end of the teardown, with nothing to wait for, so nothing to cut it short."""
         self.mediator.cancel_subscribers()
-        await self.mediator.idle(0.0)
         self.state = State.CLOSED
         if parts is not None:
             parts.membership.close_watchers()

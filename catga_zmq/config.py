@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -44,13 +44,40 @@ ENV_PREFIX = "CATGA_"
 #: Short flags for the settings typed most often, besides the one the rule gives.
 FLAG_ALIASES: dict[str, tuple[str, ...]] = {"node_id": ("--id",)}
 
-_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_ENDPOINT = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+# Matched with fullmatch: ``$`` alone also matches before a final newline ("abc\n").
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_ENDPOINT = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
 
 
-def _doc(text: str) -> msgspec.Meta:
-    # The description travels with the field's type: --help and the docs read it there.
-    return msgspec.Meta(description=text)
+def _doc(
+    text: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    unit: str = "",
+) -> msgspec.Meta:
+    # The description and the range travel with the field's type: --help and the docs
+    # read the description there, and msgspec checks the range wherever settings are
+    # converted (a mapping, a TOML file, variables, flags). A range with ``le`` also
+    # refuses inf and NaN: NaN fails every comparison.
+    if gt is not None:
+        return msgspec.Meta(description=text, gt=gt, le=le, extra={"unit": unit})
+    return msgspec.Meta(description=text, ge=ge, le=le, extra={"unit": unit})
+
+
+#: The longest duration a setting takes (s): longer is a typo, and a finite bound keeps
+#: inf out of every deadline and sleep.
+MAX_DURATION: Final = 3600.0  # s
+#: The shortest timeout or cooldown (s): a finite, positive floor.
+MIN_DURATION: Final = 0.001  # s
+#: The shortest heartbeat interval (s): shorter floods the cluster and the log.
+MIN_HEARTBEAT_INTERVAL: Final = 0.01  # s
+#: The largest count a capacity or weight setting takes: far past any real need, and
+#: within int32, which libzmq's options (HWM) and the wire's integers take.
+MAX_COUNT: Final = 1_000_000
+#: The largest frame libzmq is told to accept (bytes): int32, as its option takes.
+MAX_MESSAGE_SIZE: Final = 2**31 - 1  # bytes
 
 
 def default_node_id() -> str:
@@ -73,7 +100,8 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     - Routing: ``routing`` (the strategy) and ``weight`` (share under weighted routing).
     - Lifecycle: ``drain_timeout``, ``log_level``.
 
-    Durations are in seconds, sizes in bytes. ``validated()`` checks the values together.
+    Durations are in seconds, sizes in bytes. Every number has a range, stated next to
+    its default; ``validated()`` checks each value against it, then the values together.
     """
 
     node_id: Annotated[str, _doc("node id; empty: host-pid-random")] = ""
@@ -81,76 +109,112 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bind: Annotated[str, _doc("host or IP (v4 or v6) the ROUTER and PUB sockets bind to")] = (
         "127.0.0.1"
     )
-    port: Annotated[int, _doc("ROUTER (requests) port; 0: any free port")] = 0
-    pub_port: Annotated[int, _doc("PUB (heartbeats and events) port; 0: any free port")] = 0
+    port: Annotated[int, _doc("ROUTER (requests) port; 0: any free port", ge=0, le=65535)] = 0
+    pub_port: Annotated[
+        int, _doc("PUB (heartbeats and events) port; 0: any free port", ge=0, le=65535)
+    ] = 0
     advertise: Annotated[str, _doc("host peers connect to; empty: the bind address")] = ""
     discovery: Annotated[DiscoveryName, _doc("how nodes find each other")] = "mdns"
     seeds: Annotated[list[str], _doc("static discovery: ROUTER endpoints, tcp://HOST:PORT")] = []
-    heartbeat_interval: Annotated[float, _doc("s between two heartbeats")] = 0.5
+    heartbeat_interval: Annotated[
+        float,
+        _doc("s between two heartbeats", ge=MIN_HEARTBEAT_INTERVAL, le=MAX_DURATION, unit="s"),
+    ] = 0.5
     suspect_after: Annotated[
-        float, _doc("s without traffic from a peer: SUSPECT (out of routing)")
+        float,
+        _doc(
+            "s without traffic from a peer: SUSPECT (out of routing)",
+            ge=MIN_DURATION,
+            le=MAX_DURATION,
+            unit="s",
+        ),
     ] = 1.25
     acceptable_pause: Annotated[
-        float, _doc("s of silence past the usual gap that is no death (GC, busy loop)")
+        float,
+        _doc(
+            "s of silence past the usual gap that is no death (GC, busy loop)",
+            ge=0,
+            le=MAX_DURATION,
+            unit="s",
+        ),
     ] = 1.5
     phi_threshold: Annotated[
-        float, _doc("phi-accrual suspicion at which a SUSPECT peer is FAULTED")
+        float, _doc("phi-accrual suspicion at which a SUSPECT peer is FAULTED", gt=0, le=1000)
     ] = 8.0
-    faulted_after: Annotated[float, _doc("s without traffic: FAULTED whatever phi says")] = 5.0
+    faulted_after: Annotated[
+        float,
+        _doc(
+            "s without traffic: FAULTED whatever phi says",
+            ge=MIN_DURATION,
+            le=MAX_DURATION,
+            unit="s",
+        ),
+    ] = 5.0
     breaker_threshold: Annotated[
-        int, _doc("consecutive failures that isolate a node (circuit OPEN)")
+        int, _doc("consecutive failures that isolate a node (circuit OPEN)", ge=1, le=MAX_COUNT)
     ] = 5
-    breaker_cooldown: Annotated[float, _doc("s before an isolated node gets one probe request")] = (
-        5.0
-    )
-    request_timeout: Annotated[float, _doc("s, the default deadline of send()")] = 5.0
-    drain_timeout: Annotated[float, _doc("s to finish in-flight work on shutdown")] = 10.0
-    max_message_size: Annotated[int, _doc("bytes; larger frames are refused by libzmq")] = (
-        16 * 1024 * 1024
-    )
-    max_concurrency: Annotated[int, _doc("handlers running at once; past it: OVERLOADED")] = 1024
-    max_in_flight: Annotated[int, _doc("this node's own requests awaiting replies")] = 10_000
+    breaker_cooldown: Annotated[
+        float,
+        _doc(
+            "s before an isolated node gets one probe request",
+            ge=MIN_DURATION,
+            le=MAX_DURATION,
+            unit="s",
+        ),
+    ] = 5.0
+    request_timeout: Annotated[
+        float,
+        _doc("s, the default deadline of send()", ge=MIN_DURATION, le=MAX_DURATION, unit="s"),
+    ] = 5.0
+    drain_timeout: Annotated[
+        float, _doc("s to finish in-flight work on shutdown", ge=0, le=MAX_DURATION, unit="s")
+    ] = 10.0
+    max_message_size: Annotated[
+        int,
+        _doc(
+            "bytes; larger frames are refused by libzmq",
+            ge=1,
+            le=MAX_MESSAGE_SIZE,
+            unit="bytes",
+        ),
+    ] = 16 * 1024 * 1024
+    max_concurrency: Annotated[
+        int, _doc("handlers running at once; past it: OVERLOADED", ge=1, le=MAX_COUNT)
+    ] = 1024
+    max_in_flight: Annotated[
+        int, _doc("this node's own requests awaiting replies", ge=1, le=MAX_COUNT)
+    ] = 10_000
     routing: Annotated[RoutingName, _doc("how a request picks among the nodes")] = "round_robin"
-    weight: Annotated[int, _doc("share of traffic under weighted routing; 0: none")] = 1
+    weight: Annotated[
+        int, _doc("share of traffic under weighted routing; 0: none", ge=0, le=MAX_COUNT)
+    ] = 1
     log_level: Annotated[str, _doc("DEBUG, INFO, WARNING, ERROR or CRITICAL")] = "INFO"
     metadata: Annotated[dict[str, str], _doc("labels other nodes see, KEY=VALUE")] = {}
 
     def validated(self) -> NodeOptions:
         """Return a copy with derived defaults filled in, or raise ``ConfigError``."""
-        opts = self if self.node_id else msgspec.structs.replace(self, node_id=default_node_id())
-        if not _NODE_ID.match(opts.node_id):
+        # A round trip through msgspec checks every type and range, also of options built
+        # directly (NodeOptions(weight=2**70) runs no check of its own).
+        checked = options_from_mapping(msgspec.structs.asdict(self), source="")
+        opts = (
+            checked
+            if checked.node_id
+            else msgspec.structs.replace(checked, node_id=default_node_id())
+        )
+        if not _NODE_ID.fullmatch(opts.node_id):
             raise ConfigError(
                 f"node_id {opts.node_id!r} is not valid: use 1-64 letters, digits, '.', '_', ':' "
                 "or '-', starting with a letter or digit"
             )
         if not opts.cluster or len(opts.cluster) > 63:
             raise ConfigError(f"cluster {opts.cluster!r} must be 1-63 characters")
-        for name in ("port", "pub_port"):
-            value = getattr(opts, name)
-            if not 0 <= value <= 65535:
-                raise ConfigError(f"{name} {value} is out of range; use 0 (any free port) to 65535")
         if opts.port and opts.port == opts.pub_port:
             raise ConfigError(f"port and pub_port are both {opts.port}; they must differ")
-        positive = ("heartbeat_interval", "suspect_after", "faulted_after", "request_timeout")
-        for name in positive:
-            if getattr(opts, name) <= 0:
-                raise ConfigError(f"{name} must be > 0 seconds, got {getattr(opts, name)}")
-        if opts.drain_timeout < 0:
-            raise ConfigError(f"drain_timeout must be >= 0 seconds, got {opts.drain_timeout}")
         if not opts.heartbeat_interval < opts.suspect_after < opts.faulted_after:
             raise ConfigError(
                 "need heartbeat_interval < suspect_after < faulted_after, got "
                 f"{opts.heartbeat_interval} / {opts.suspect_after} / {opts.faulted_after} s"
             )
-        if opts.acceptable_pause < 0 or opts.phi_threshold <= 0 or opts.breaker_cooldown <= 0:
-            raise ConfigError(
-                "acceptable_pause must be >= 0 s, phi_threshold > 0 and breaker_cooldown > 0 s"
-            )
-        for name in ("max_message_size", "max_concurrency", "max_in_flight", "breaker_threshold"):
-            if getattr(opts, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(opts, name)}")
-        if opts.weight < 0:
-            raise ConfigError(f"weight must be >= 0, got {opts.weight}")
         if opts.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(
                 f"log_level {opts.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
@@ -180,7 +244,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 
     An IPv6 address is written in brackets, ``tcp://[::1]:5555``, and comes back bare.
     """
-    m = _ENDPOINT.match(endpoint.strip())
+    m = _ENDPOINT.fullmatch(endpoint.strip())
     if not m or not 0 < int(m.group(2)) <= 65535:
         raise ConfigError(
             f"endpoint {endpoint!r} is not usable; write it as tcp://HOST:PORT "
@@ -203,6 +267,7 @@ class Setting:
     choices: tuple[str, ...]  # a Literal's values; () for any value of the type
     type_name: str  # for --help: int, float, str...
     help: str
+    range: str  # "0.001 to 3600 s"; "" for a setting with no range
 
 
 @functools.cache
@@ -229,9 +294,26 @@ def settings() -> tuple[Setting, ...]:
                 choices=choices,
                 type_name=getattr(origin or kind, "__name__", "str"),
                 help=next((m.description or "" for m in extras if isinstance(m, msgspec.Meta)), ""),
+                range=next((_range_text(m) for m in extras if isinstance(m, msgspec.Meta)), ""),
             )
         )
     return tuple(found)
+
+
+def _range_text(meta: msgspec.Meta) -> str:
+    """A field's range as an error names it: ``0.001 to 3600 s``, ``more than 0, up to 1000``."""
+    if meta.le is None or (meta.ge is None and meta.gt is None):
+        return ""
+    unit = (meta.extra or {}).get("unit", "")
+    low = _number(meta.ge) if meta.ge is not None else f"more than {_number(meta.gt)}, up"
+    return f"{low} to {_number(meta.le)}" + (f" {unit}" if unit else "")
+
+
+def _number(value: float | None) -> str:
+    # As a flag or TOML takes it: 3600 not 3600.0, 2147483647 not 2.14748e+09.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 @functools.cache
@@ -274,6 +356,10 @@ def options_from_mapping(
         raise ConfigError(prefix + _explain(str(exc), data, label)) from None
 
 
+#: msgspec's words for a value of the right type outside its range ("Expected `int` <= 5").
+_OUT_OF_RANGE = re.compile(r"Expected `\w+` [<>]=? ")
+
+
 def _explain(msg: str, data: Mapping[str, Any], label: Label) -> str:
     # msgspec says "Invalid enum value 'fast' - at `$.routing`": name the setting instead,
     # as its source names it, and for a choice list the choices.
@@ -284,6 +370,8 @@ def _explain(msg: str, data: Mapping[str, Any], label: Label) -> str:
     shown = f"{label(s)}{data[s.name]!r}"
     if s.choices:
         return f"{shown} is not one of {', '.join(s.choices)}"
+    if s.range and _OUT_OF_RANGE.match(msg):
+        return f"{shown} is out of range; use {s.range}"
     return f"{shown}: {msg[: m.start()]}"
 
 

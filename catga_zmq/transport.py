@@ -621,12 +621,10 @@ class Transport:
         for reader in (self._router_reader, self._sub_reader):
             if reader is not None:
                 reader.close()
-        # Sockets made before a failed bind have no reader: close them too, or
-        # ctx.term() waits for them forever.
-        for sock in (self.router, self.pub, self.sub):
-            if sock is not None and not sock.closed:
-                sock.close(LINGER)
-        self.ctx.term()
+        # destroy(), not term(): it first closes every socket still open on the context
+        # (those of a failed bind have no reader; one whose setsockopt raised has not
+        # even a name here), where term() would wait for them forever.
+        self.ctx.destroy(LINGER)
 
 
 __all__ = ["Dealer", "Outbox", "Reader", "Transport"]
