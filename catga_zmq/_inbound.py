@@ -46,6 +46,11 @@ def decode_batch(
     header does not decode is rejected, and the others are still served (or resolved)."""
     try:
         records = batch_decoder.decode(frame)
+    except RecursionError:
+        # Skipping over a Raw recurses too: decoding record by record would only fail
+        # the same way a second time, at the same cost.
+        reject(peer, f"{what}-batch", f"a {what} batch is nested too deep")
+        return []
     except DECODE_ERRORS:
         records = _decode_records(frame, peer, what, reject)
     last = ""

@@ -104,8 +104,16 @@ class HeartbeatBody(msgspec.Struct, array_like=True, gc=False):
 
 
 #: What decoding untrusted bytes may raise: msgspec reports bad UTF-8 in a str field
-#: as UnicodeDecodeError, not as DecodeError.
-DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+#: as UnicodeDecodeError, not as DecodeError, and a value nested deeper than the
+#: interpreter's recursion limit (about a thousand one-byte arrays, even where a Raw
+#: only skips over it) as RecursionError. Lengths are checked against the frame before
+#: anything is allocated, so a forged length is a DecodeError, never a MemoryError.
+DECODE_ERRORS: Final = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    UnicodeDecodeError,
+    RecursionError,
+)
 
 _header_encoder: Final = msgspec.msgpack.Encoder()
 #: Decodes a header without checking version or kind (the node answers those itself).
