@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 import pytest
 import zmq
 from conftest import MakeNode, unbatch, wait_until
 
-from catga_zmq import Node, Request
-from catga_zmq.protocol import Kind, encode_header
+from catga_zmq import Candidate, MemoryDiscovery, MemoryHub, Node, Request
+from catga_zmq import _inbound as inbound
+from catga_zmq.protocol import (
+    HEARTBEAT_TOPIC,
+    PROTOCOL_VERSION,
+    HeartbeatBody,
+    Kind,
+    encode_header,
+)
 
 _enc = msgspec.msgpack.encode
 
@@ -86,3 +94,156 @@ async def test_deeply_nested_frames_are_counted_rejections(
     dealer.send_multipart(request("after", rid=9))
     assert await answer(dealer, 9) == WEcho("after")
     assert tracebacks(caplog) == []
+
+
+# Long strings ---------------------------------------------------------------------------
+
+#: Far over every bound, well under max_message_size.
+LONG = "x" * (1 << 20)
+
+
+def longest_line(caplog: pytest.LogCaptureFixture) -> int:
+    return max((len(r.getMessage()) for r in caplog.records), default=0)
+
+
+async def test_oversized_header_strings_are_counted_rejections(
+    make_node: MakeNode,
+    dealer_to: Callable[[Node], zmq.Socket[bytes]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a = await echo_node(make_node)
+    dealer = dealer_to(a)
+    payload = _enc(WSay("x"))
+    name = WSay.__wire_name__
+    headers = [
+        encode_header(int(Kind.REQ), 1, name, LONG, 5000),  # source
+        encode_header(int(Kind.REQ), 2, name, "raw", 5000, 0, LONG),  # trace id
+        encode_header(int(Kind.REQ), 3, name + LONG, "raw", 5000),  # type name
+    ]
+    before = a.stats().frames_rejected
+    for header in headers:
+        dealer.send_multipart([header, payload])
+        dealer.send(_enc([(msgspec.Raw(header), msgspec.Raw(payload))]))
+    await wait_until(lambda: a.stats().frames_rejected >= before + 2 * len(headers), timeout=10)
+    dealer.send_multipart(request("after", rid=9))
+    assert await answer(dealer, 9) == WEcho("after")
+    assert a.stats().frames_rejected == before + 2 * len(headers)
+    assert longest_line(caplog) < 1000
+
+
+class RawPub:
+    """A raw PUB announced through the test's hub as node 'evil': the node subscribes to it."""
+
+    def __init__(self, zctx: zmq.Context[zmq.Socket[bytes]], hub: MemoryHub, cluster: str) -> None:
+        self.pub = zctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        port = self.pub.bind_to_random_port("tcp://127.0.0.1")
+        self.pub_endpoint = f"tcp://127.0.0.1:{port}"
+        # A ROUTER endpoint where nobody listens: the node's DEALER to it never connects.
+        dead = zctx.socket(zmq.ROUTER)
+        self.endpoint = f"tcp://127.0.0.1:{dead.bind_to_random_port('tcp://127.0.0.1')}"
+        dead.close(0)
+        self.cluster = cluster
+        self.discovery = MemoryDiscovery(hub)
+
+    async def announce(self) -> None:
+        await self.discovery.register(
+            Candidate(
+                endpoint=self.endpoint,
+                node_id="evil",
+                pub_endpoint=self.pub_endpoint,
+                cluster=self.cluster,
+                version=PROTOCOL_VERSION,
+            )
+        )
+
+    def heartbeat(self, **changes: Any) -> bytes:
+        fields: dict[str, Any] = {
+            "node_id": "evil",
+            "incarnation": 1,
+            "seq": 1,
+            "status": "alive",
+            "cluster": self.cluster,
+            "endpoint": self.endpoint,
+            "pub_endpoint": self.pub_endpoint,
+        }
+        fields.update(changes)
+        return _enc(HeartbeatBody(**fields))
+
+    async def until(
+        self, done: Callable[[], bool], frames: list[list[bytes]], timeout: float = 10.0
+    ) -> None:
+        """Publish ``frames`` over and over (the SUB may join late) until ``done()``."""
+        async with asyncio.timeout(timeout):
+            while not done():
+                for f in frames:
+                    self.pub.send_multipart(f)
+                await asyncio.sleep(0.02)
+
+    async def aclose(self) -> None:
+        self.pub.close(0)
+        await self.discovery.aclose()
+
+
+@pytest.fixture
+async def raw_pub(
+    zctx: zmq.Context[zmq.Socket[bytes]], hub: MemoryHub, make_node: MakeNode
+) -> AsyncIterator[Callable[[Node], RawPub]]:
+    made: list[RawPub] = []
+
+    def make(node: Node) -> RawPub:
+        peer = RawPub(zctx, hub, node.options.cluster)
+        made.append(peer)
+        return peer
+
+    yield make
+    for peer in made:
+        await peer.aclose()
+
+
+def hb_header(source: str = "evil", kind: Kind = Kind.HB) -> bytes:
+    return encode_header(int(kind), 0, "", source)
+
+
+async def test_oversized_heartbeat_strings_are_counted_and_logged_short(
+    make_node: MakeNode, raw_pub: Callable[[Node], RawPub], caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await echo_node(make_node)
+    peer = raw_pub(a)
+    await peer.announce()
+    before = a.stats().frames_rejected
+    frames = [
+        # Of another cluster, with a long node id and cluster name: both were logged whole.
+        [HEARTBEAT_TOPIC, hb_header(), peer.heartbeat(node_id=LONG, cluster=LONG)],
+        [HEARTBEAT_TOPIC, hb_header(), peer.heartbeat(endpoint="tcp://" + LONG + ":1")],
+    ]
+    await peer.until(lambda: a.stats().frames_rejected >= before + 20, frames)
+    assert "evil" not in {m.node_id for m in a.members()}
+    assert longest_line(caplog) < 1000
+
+
+def test_log_once_table_is_bounded_and_logs_real_problems_after_a_flood(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The table itself (no socket shows it): 6,000 invented 1 KiB peers, then a real one."""
+    now = [0.0]
+    stats = {"frames_rejected": 0}
+    reject = inbound.Rejections(stats, clock=lambda: now[0])
+    big = "p" * 1024
+    with caplog.at_level(logging.WARNING, logger="catga_zmq.node"):
+        for i in range(6000):
+            reject(f"{i}{big}", f"problem{big}", f"detail {big}")
+        flood_lines = len(caplog.records)
+        now[0] += inbound.LOG_WINDOW + 1  # the flood is over
+        reject("b", "version", "protocol version 9")
+    assert stats["frames_rejected"] == 6001
+    assert flood_lines <= inbound.LOG_BURST
+    table = reject._logged
+    assert len(table) <= inbound.LOG_ONCE_LIMIT
+    assert sum(len(p) + len(q) for p, q in table) <= len(table) * (
+        inbound.MAX_PEER + inbound.MAX_PROBLEM
+    )
+    lines = [r.getMessage() for r in caplog.records[flood_lines:]]
+    assert any("rejected 5900 more frames" in line for line in lines), lines
+    assert any("from b: protocol version 9" in line for line in lines), lines
+    assert longest_line(caplog) < 1000
