@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from conftest import MakeNode, unbatch, wait_until
+from conftest import PATIENT, MakeNode, parts, unbatch, wait_until
 
-from catga_zmq import Candidate, MemoryDiscovery, MemoryHub, Node, Request
+from catga_zmq import Candidate, Event, MemoryDiscovery, MemoryHub, Node, Request
 from catga_zmq import _inbound as inbound
 from catga_zmq.protocol import (
     HEARTBEAT_TOPIC,
@@ -26,6 +26,7 @@ from catga_zmq.protocol import (
     HeartbeatBody,
     Kind,
     encode_header,
+    topic_for,
 )
 
 _enc = msgspec.msgpack.encode
@@ -247,3 +248,68 @@ def test_log_once_table_is_bounded_and_logs_real_problems_after_a_flood(
     assert any("rejected 5900 more frames" in line for line in lines), lines
     assert any("from b: protocol version 9" in line for line in lines), lines
     assert longest_line(caplog) < 1000
+
+
+# Event sequence numbers -----------------------------------------------------------------
+
+
+class WHappened(Event):
+    n: int
+
+
+def event(n: int, seq: int, source: str = "b") -> list[bytes]:
+    name = WHappened.__wire_name__
+    return [topic_for(name), encode_header(int(Kind.EVT), seq, name, source), _enc(WHappened(n))]
+
+
+async def subscriber_with_member(
+    make_node: MakeNode, raw_pub: Callable[[Node], RawPub]
+) -> tuple[Node, RawPub, list[int]]:
+    """Node 'a' subscribed to WHappened, with node 'b' a member, and a raw PUB whose
+    frames 'a' reads: it claims to be 'b', as anyone on PUB/SUB can."""
+    a, b = make_node("a", **PATIENT), make_node("b", **PATIENT)
+    got: list[int] = []
+
+    @a.subscribe
+    async def on(evt: WHappened) -> None:
+        got.append(evt.n)
+
+    await a.start()
+    await b.start()
+    await wait_until(lambda: "b" in {m.node_id for m in a.members()}, timeout=10)
+    peer = raw_pub(a)
+    await peer.announce()
+    # PUB drops what it sends before the SUB has connected: wait for one to arrive.
+    await peer.until(lambda: got == [0], [event(0, seq=1)])
+    got.clear()
+    return a, peer, got
+
+
+async def test_a_sequence_jump_beyond_reason_is_a_rejection_not_a_loss(
+    make_node: MakeNode, raw_pub: Callable[[Node], RawPub]
+) -> None:
+    a, peer, got = await subscriber_with_member(make_node, raw_pub)  # seq 1 seen
+    before = a.stats().frames_rejected
+    peer.pub.send_multipart(event(2, seq=2**62))
+    await wait_until(lambda: a.stats().frames_rejected > before, timeout=10)
+    peer.pub.send_multipart(event(3, seq=3))  # the event of seq 2 was lost
+    await wait_until(lambda: 3 in got, timeout=10)
+    assert got == [3]
+    assert a.stats().events_lost == 1
+    assert a.stats().frames_rejected == before + 1
+
+
+async def test_event_sequences_are_kept_for_members_only(
+    make_node: MakeNode, raw_pub: Callable[[Node], RawPub]
+) -> None:
+    a, peer, got = await subscriber_with_member(make_node, raw_pub)
+    forged = [f"forged-{i}" for i in range(2000)]
+    # Each invented source: seq 1, then seq 10, which was a gap of 8 for each of them.
+    frames = [event(0, seq, source) for source in forged for seq in (1, 10)]
+    for f in frames:
+        peer.pub.send_multipart(f)
+    marker = [event(99, seq=2)]  # as from the member, after the forged ones
+    await peer.until(lambda: 99 in got, marker)
+    assert a.stats().events_lost == 0
+    sources = {source for source, _ in parts(a).events._seen}
+    assert sources == {"b"}
