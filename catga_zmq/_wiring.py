@@ -127,6 +127,7 @@ class Parts:
             reject=reject,
             stats=stats,
             on_traffic=on_traffic,
+            is_member=peers.__contains__,
         )
         self.gossip = gossip = Gossip(
             me=me,

@@ -19,7 +19,7 @@ Every decode here is typed and bounded: a frame that does not decode raises
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -47,6 +47,24 @@ _KINDS: Final = frozenset(int(k) for k in Kind)
 FLAG_NONE: Final = 0
 
 
+#: The longest string each header field takes; a longer one fails the header's decode, so
+#: it is a counted rejection and never reaches a table or a log line. A node id is at most
+#: 64 characters (config), a wire name ``module.QualName`` fits in 256, and a W3C
+#: ``traceparent`` is 55.
+MAX_TYPE_NAME: Final = 256
+MAX_SOURCE: Final = 64
+MAX_TRACE_ID: Final = 128
+#: The same for a heartbeat's strings: ``tcp://`` + a 253-character host name + a port
+#: fits in an endpoint, a cluster name is at most 63 characters (config).
+MAX_ENDPOINT: Final = 300
+MAX_CLUSTER: Final = 64
+MAX_STATUS: Final = 16
+
+TypeName = Annotated[str, msgspec.Meta(max_length=MAX_TYPE_NAME)]
+NodeId = Annotated[str, msgspec.Meta(max_length=MAX_SOURCE)]
+Endpoint = Annotated[str, msgspec.Meta(max_length=MAX_ENDPOINT)]
+
+
 class Header(msgspec.Struct, array_like=True, gc=False):
     """Every frame's first part (after the topic on PUB/SUB).
 
@@ -61,11 +79,11 @@ class Header(msgspec.Struct, array_like=True, gc=False):
     version: int
     kind: int
     request_id: int
-    type_name: str
-    source: str
+    type_name: TypeName
+    source: NodeId
     budget_ms: int = 0
     flags: int = 0
-    trace_id: str = ""
+    trace_id: Annotated[str, msgspec.Meta(max_length=MAX_TRACE_ID)] = ""
 
 
 class ErrorBody(msgspec.Struct, array_like=True, gc=False):
@@ -84,19 +102,19 @@ class HeartbeatBody(msgspec.Struct, array_like=True, gc=False):
     on discovery once the first heartbeat has arrived.
     """
 
-    node_id: str
+    node_id: NodeId
     incarnation: int
     seq: int
-    status: str
-    cluster: str
-    endpoint: str
-    pub_endpoint: str
+    status: Annotated[str, msgspec.Meta(max_length=MAX_STATUS)]
+    cluster: Annotated[str, msgspec.Meta(max_length=MAX_CLUSTER)]
+    endpoint: Endpoint
+    pub_endpoint: Endpoint
     load: float = 0.0
     in_flight: int = 0
     weight: int = 1
     interval_ms: int = 500
-    handles: list[str] = []
-    subscribes: list[str] = []
+    handles: list[TypeName] = []
+    subscribes: list[TypeName] = []
     metadata: dict[str, str] = {}
     #: The largest message this node takes (its MAXMSGSIZE): a caller refuses a larger
     #: request before sending it, since libzmq would drop the whole connection.
@@ -104,8 +122,16 @@ class HeartbeatBody(msgspec.Struct, array_like=True, gc=False):
 
 
 #: What decoding untrusted bytes may raise: msgspec reports bad UTF-8 in a str field
-#: as UnicodeDecodeError, not as DecodeError.
-DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+#: as UnicodeDecodeError, not as DecodeError, and a value nested deeper than the
+#: interpreter's recursion limit (about a thousand one-byte arrays, even where a Raw
+#: only skips over it) as RecursionError. Lengths are checked against the frame before
+#: anything is allocated, so a forged length is a DecodeError, never a MemoryError.
+DECODE_ERRORS: Final = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    UnicodeDecodeError,
+    RecursionError,
+)
 
 _header_encoder: Final = msgspec.msgpack.Encoder()
 #: Decodes a header without checking version or kind (the node answers those itself).
