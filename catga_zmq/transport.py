@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -43,6 +44,17 @@ log = logging.getLogger("catga_zmq.transport")
 READ_BATCH: Final = 256
 #: Passes over one socket per loop callback (a pass that sent replies reads again).
 READ_PASSES: Final = 4
+#: Messages all readers of one event loop handle in one loop iteration, at most. Reads
+#: after a send happen inside the iteration that sent, so without a shared bound one
+#: iteration could read for seconds under a flood, and heartbeats and timers would wait.
+#: A multiple of ``CLOCK_EVERY``.
+LOOP_MESSAGES: Final = 1024
+#: Time (s) the readers of one loop spend in one iteration before they yield, at most
+#: (give or take ``CLOCK_EVERY`` messages): a 10 ms timer runs about on time.
+LOOP_SECONDS: Final = 0.010
+#: Messages between two reads of the clock: a clock read costs more than a message's
+#: share of the budget check should.
+CLOCK_EVERY: Final = 64
 RECONNECT_IVL: Final = 100  # ms, libzmq's first reconnect delay
 RECONNECT_IVL_MAX: Final = 2000  # ms, the most it backs off to
 LINGER: Final = 0  # ms: unsent frames of a closing node are dropped, not flushed
@@ -88,15 +100,77 @@ def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
     return parts
 
 
+class LoopBudget:
+    """What the readers of one event loop may still read in this loop iteration.
+
+    The first reader to read in an iteration arms it (``LOOP_MESSAGES``, and a deadline
+    ``LOOP_SECONDS`` on); a callback scheduled then re-arms it in the next iteration. A
+    reader that finds it spent reschedules itself (``Reader.kick``) rather than read on:
+    the timers, heartbeats and other callbacks of the loop run first.
+    """
+
+    __slots__ = ("__weakref__", "_armed", "_loop", "deadline", "left")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Weak: the budget is a value of a dict keyed weakly by its loop.
+        self._loop = weakref.ref(loop)
+        self._armed = False
+        #: Messages left in this iteration.
+        self.left = 0
+        #: ``time.monotonic()`` after which this iteration reads no more.
+        self.deadline = 0.0
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> LoopBudget:
+        """The budget every reader of ``loop`` shares (several nodes in one loop too)."""
+        found = _BUDGETS.get(loop)
+        if found is None:
+            found = _BUDGETS[loop] = cls(loop)
+        return found
+
+    def take(self, wanted: int, now: float) -> int:
+        """Reserve up to ``wanted`` messages of this iteration (``now`` is
+        ``time.monotonic()``); 0 when it is spent.
+
+        What a reader does not use it gives back (``left += unused``): reads nested in a
+        handler (a send's ``after_send``) see only what remains.
+        """
+        if not self._armed:
+            self._armed = True
+            self.left = LOOP_MESSAGES
+            self.deadline = now + LOOP_SECONDS
+            loop = self._loop()
+            if loop is not None:
+                loop.call_soon(self._rearm)
+        elif self.left <= 0 or now > self.deadline:
+            return 0
+        granted = wanted if wanted < self.left else self.left
+        self.left -= granted
+        return granted
+
+    def _rearm(self) -> None:
+        self._armed = False
+
+
+#: One budget per running loop; it goes with its loop.
+_BUDGETS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBudget] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class Reader:
     """Reads one socket from the event loop; ``handle`` gets each multipart message.
 
     ``after_pass``, if set, runs after each pass over the socket and returns whether it
     sent something on it (which may have consumed the FD's edge: the socket is then
     read again, a bounded number of times per callback).
+
+    Every reader of a loop draws on one ``LoopBudget``: when it is spent, a reader
+    leaves the rest for the next loop iteration.
     """
 
     __slots__ = (
+        "_budget",
         "_busy",
         "_loop",
         "_scheduled",
@@ -115,6 +189,7 @@ class Reader:
         after_pass: Callable[[], bool] | None = None,
     ) -> None:
         self._loop = loop
+        self._budget = LoopBudget.of(loop)
         self.sock = sock
         self.handle = handle
         self.after_pass = after_pass
@@ -137,17 +212,19 @@ class Reader:
         """Read what waits now: a send may have consumed the FD's edge.
 
         At once rather than on the next loop iteration (one iteration less per round
-        trip). Inside a pass (a reply sent by a handler of the message being read)
-        nothing is needed: that pass reads on until nothing is left.
+        trip), as far as the loop's budget lasts; past it, in the next iteration.
+        Inside a pass (a reply sent by a handler of the message being read) nothing is
+        needed: that pass reads on until nothing is left.
         """
         if not self.reading:
             self.read()
 
     def read(self) -> None:
         self._scheduled = False
-        after_pass = self.after_pass
+        after_pass, budget = self.after_pass, self._budget
         for _ in range(READ_PASSES):
-            full = self._pass()
+            now = time.monotonic()
+            full = self._pass(budget.take(READ_BATCH, now), now)
             sent = after_pass is not None and after_pass()
             if full:
                 break  # more may be waiting: go on in the next loop iteration
@@ -155,10 +232,23 @@ class Reader:
                 return
         self.kick()
 
-    def _pass(self) -> bool:
-        """Read until nothing waits, or ``READ_BATCH`` messages; True in the latter case."""
-        sock, handle = self.sock, self.handle
-        self.batch_started = time.monotonic()
+    def read_all(self) -> None:
+        """Read everything that waits now, past the loop's budget (bounded by the
+        socket's queue): for the replies that came in before a connection dropped."""
+        budget = self._budget
+        for _ in range(READ_PASSES * 64):
+            budget.left -= READ_BATCH  # charged to this iteration all the same
+            if not self._pass(READ_BATCH, time.monotonic()):
+                return
+        self.kick()
+
+    def _pass(self, limit: int, now: float) -> bool:
+        """Read until nothing waits, or ``limit`` messages (or the loop's time is up);
+        True in the latter case: more may wait. ``limit`` was taken from the budget."""
+        if limit <= 0:
+            return True
+        sock, handle, budget = self.sock, self.handle, self._budget
+        self.batch_started = now
         self.reading = True
         # Two ways to know when to stop, both of which re-arm the FD's edge: ask EVENTS
         # before each message, or receive until EAGAIN. EVENTS costs about a third of
@@ -168,7 +258,14 @@ class Reader:
         busy = self._busy
         count = 0
         try:
-            for count in range(READ_BATCH):  # noqa: B007 - count is read in finally
+            for count in range(limit):
+                # The clock every CLOCK_EVERY messages only: a few slow frames in a row
+                # (each handler's cost is the sender's choice) end the iteration too.
+                # Past the deadline, ``take`` grants nothing more in this iteration.
+                if count & (CLOCK_EVERY - 1) == CLOCK_EVERY - 1 and (
+                    time.monotonic() > budget.deadline
+                ):
+                    return True
                 if not busy and not _get(sock, _EVENTS) & _POLLIN:
                     return False
                 frames = recv_frames(sock)
@@ -178,7 +275,7 @@ class Reader:
                     # A frame the handler did not expect must not stop the reading of
                     # the rest (nor reach the loop's exception handler as if fatal).
                     log.exception("a frame on %s could not be handled; dropped", self.sock)
-            count = READ_BATCH
+            count = limit
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:
@@ -188,6 +285,7 @@ class Reader:
         finally:
             self.reading = False
             self._busy = count >= 2
+            budget.left += limit - count  # what this pass did not read goes back
         return True
 
     def close(self) -> None:
@@ -288,7 +386,7 @@ class Dealer:
         if event == _EVENT_DISCONNECTED and self.transport.on_disconnect is not None:
             # Replies that came in before the connection went are read first, and
             # requests still in the outbox were never sent: they may go elsewhere.
-            self.reader.read()
+            self.reader.read_all()
             self.transport.unsend(self, "dropped the connection before they were sent")
             self.transport.on_disconnect(self.endpoint)
 
@@ -627,4 +725,4 @@ class Transport:
         self.ctx.destroy(LINGER)
 
 
-__all__ = ["Dealer", "Outbox", "Reader", "Transport"]
+__all__ = ["Dealer", "LoopBudget", "Outbox", "Reader", "Transport"]
