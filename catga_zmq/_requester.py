@@ -36,11 +36,13 @@ from .membership import Membership, NodeStatus, Peer
 from .messages import Message, Request, response_type
 from .protocol import (
     DECODE_ERRORS,
+    ENCODE_ERRORS,
     PROTOCOL_VERSION,
     Codec,
     Header,
     Kind,
     decode_error,
+    encode_failure,
     encode_header,
     header_decoder,
 )
@@ -248,8 +250,10 @@ class Requester:
     def _encode(self, message: Message, name: str) -> bytes:
         try:
             payload = self.codec.encode(message)
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise SerializationFailed(f"{name} could not be encoded: {exc}") from None
+        except ENCODE_ERRORS as exc:
+            raise SerializationFailed(
+                f"{name} could not be encoded: {encode_failure(message, exc)}"
+            ) from None
         if len(payload) > self.options.max_message_size:
             raise SerializationFailed(
                 f"{name} is {len(payload)} bytes, over max_message_size "

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import msgspec
 
-from .errors import ProtocolError
+from .errors import ProtocolError, ValidationFailed
 
 #: Bumped on any incompatible change of the header or of a built-in body.
 PROTOCOL_VERSION: Final = 2
@@ -126,6 +126,33 @@ def encode_batch(records: list[tuple[msgspec.Raw, msgspec.Raw]]) -> bytes:
     return _header_encoder.encode(records)
 
 
+#: What encoding a value may raise besides msgspec.EncodeError: TypeError for a type it
+#: does not know, UnicodeEncodeError for a str that is not valid UTF-8 (a lone surrogate
+#: such as "\ud800"), OverflowError for an int outside the 64-bit range, RecursionError
+#: for a value nested deeper than the interpreter's recursion limit.
+ENCODE_ERRORS: Final = (
+    msgspec.EncodeError,
+    TypeError,
+    UnicodeEncodeError,
+    OverflowError,
+    RecursionError,
+)
+
+
+def encode_failure(value: Any, exc: BaseException) -> str:
+    """Why ``value`` did not encode, naming its first field that fails alone, if any.
+
+    Only called once encoding has failed: the search costs nothing on the way that works.
+    """
+    fields = getattr(type(value), "__struct_fields__", ())
+    for name in fields:
+        try:
+            _header_encoder.encode(getattr(value, name))
+        except ENCODE_ERRORS as field_exc:
+            return f"field {name!r}: {field_exc}"
+    return str(exc)
+
+
 def encode_header(
     kind: int,
     request_id: int,
@@ -135,10 +162,30 @@ def encode_header(
     flags: int = 0,
     trace_id: str = "",
 ) -> bytes:
-    # A tuple encodes to the same msgpack array as the array-like Header, at half the cost.
-    return _header_encoder.encode(
-        (PROTOCOL_VERSION, kind, request_id, type_name, source, budget_ms, flags, trace_id)
-    )
+    """A frame's header; ``ValidationFailed`` naming the field that does not encode."""
+    try:
+        # A tuple encodes to the same msgpack array as the array-like Header, at half the cost.
+        return _header_encoder.encode(
+            (PROTOCOL_VERSION, kind, request_id, type_name, source, budget_ms, flags, trace_id)
+        )
+    except ENCODE_ERRORS as exc:
+        # Only what a caller passed can fail here (a trace id, in practice): name it.
+        fields: tuple[tuple[str, object], ...] = (
+            ("request_id", request_id),
+            ("type_name", type_name),
+            ("source", source),
+            ("budget_ms", budget_ms),
+            ("flags", flags),
+            ("trace_id", trace_id),
+        )
+        for name, value in fields:
+            try:
+                _header_encoder.encode(value)
+            except ENCODE_ERRORS as field_exc:
+                raise ValidationFailed(
+                    f"{name} {value!r:.80} cannot go in a frame header: {field_exc}"
+                ) from None
+        raise ValidationFailed(f"a frame header does not encode: {exc}") from None
 
 
 def decode_header(data: bytes | memoryview) -> Header:
