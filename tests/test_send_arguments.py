@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import re
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from conftest import MakeNode, member, wait_until
@@ -80,6 +82,107 @@ async def _assert_untouched(caller: Node, server: Node) -> None:
     assert caller.stats().requests_sent == 1
 
 
+# trace ids ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trace_id", [123, b"00-abc-01", ["x"]])
+async def test_a_trace_id_that_is_not_a_str_is_refused(
+    make_node: MakeNode, trace_id: object
+) -> None:
+    caller, (server,) = await _servers(make_node)
+    for _ in range(CALLS):
+        with pytest.raises(ValidationFailed, match="trace_id"):
+            await caller.send(Echo(), trace_id=trace_id, timeout=2)  # type: ignore[arg-type]
+    await _assert_untouched(caller, server)
+
+
+async def test_a_trace_id_with_a_lone_surrogate_is_refused(make_node: MakeNode) -> None:
+    caller, (server,) = await _servers(make_node)
+    for _ in range(CALLS):
+        with pytest.raises(ValidationFailed, match="trace_id"):
+            await caller.send(Echo(), trace_id="00-\ud800-01", timeout=2)
+    await _assert_untouched(caller, server)
+
+
+async def test_a_current_trace_that_is_not_a_str_is_refused(make_node: MakeNode) -> None:
+    caller, (server,) = await _servers(make_node)
+
+    async def bad_calls() -> None:
+        current_trace.set(123)  # type: ignore[arg-type]
+        for _ in range(CALLS):
+            with pytest.raises(ValidationFailed, match="current_trace"):
+                await caller.send(Echo(), timeout=2)
+
+    # In a context of its own: the test's context keeps its trace.
+    await asyncio.create_task(bad_calls(), context=contextvars.copy_context())
+    await _assert_untouched(caller, server)
+
+
+# keys ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [b"user-7", ("user", 7), 7.0, True])
+async def test_a_key_of_another_type_than_str_or_int_is_refused(
+    make_node: MakeNode, key: object
+) -> None:
+    caller, (server,) = await _servers(make_node)
+    for _ in range(CALLS):
+        with pytest.raises(ValidationFailed, match="key must be a str or an int"):
+            await caller.send(Echo(), key=key, timeout=2)  # type: ignore[arg-type]
+    await _assert_untouched(caller, server)
+
+
+async def test_an_int_key_routes_as_its_decimal_string(make_node: MakeNode) -> None:
+    caller, _ = await _servers(make_node, 3)
+    spread: set[str] = set()
+    for i in range(30):
+        by_int = await caller.send(Echo(), key=i, timeout=10)  # type: ignore[arg-type]
+        assert by_int == await caller.send(Echo(), key=str(i), timeout=10)
+        assert by_int == await caller.send(Keyed(user=str(i)), timeout=10)
+        spread.add(by_int)
+    assert len(spread) > 1  # the int did hash: not every key on one node
+
+
+async def test_a_key_with_a_lone_surrogate_is_hashed_like_any_str(make_node: MakeNode) -> None:
+    # A key is only hashed, never sent: any str has its place on the ring.
+    caller, _ = await _servers(make_node, 3)
+    keys = [f"user-\udc80{i}" for i in range(20)]
+    first = [await caller.send(Echo(), key=key, timeout=10) for key in keys]
+    again = [await caller.send(Echo(), key=key, timeout=10) for key in keys]
+    assert first == again
+    assert len(set(first)) > 1
+
+
+# other arguments ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", ["5", Decimal("5"), True, [1]])
+async def test_a_timeout_that_is_not_a_number_is_refused(
+    make_node: MakeNode, timeout: object
+) -> None:
+    caller, (server,) = await _servers(make_node)
+    for _ in range(CALLS):
+        with pytest.raises(ValidationFailed, match="timeout must be a number of seconds"):
+            await caller.send(Echo(), timeout=timeout)  # type: ignore[arg-type]
+    await _assert_untouched(caller, server)
+
+
+async def test_a_timeout_of_any_real_number_is_taken(make_node: MakeNode) -> None:
+    caller, (server,) = await _servers(make_node)
+    assert await caller.send(Echo(), timeout=Fraction(10)) == server.node_id  # type: ignore[arg-type]
+    with pytest.raises(ValidationFailed, match="timeout must be a number of seconds"):
+        await caller.send(Echo(), timeout=Fraction(10**400))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("node", [0, b"s0"])
+async def test_a_node_that_is_not_a_str_is_refused(make_node: MakeNode, node: object) -> None:
+    caller, (server,) = await _servers(make_node)
+    for _ in range(CALLS):
+        with pytest.raises(ValidationFailed, match="node must be a node id"):
+            await caller.send(Echo(), node=node, timeout=2)  # type: ignore[arg-type]
+    await _assert_untouched(caller, server)
+
+
 # the message --------------------------------------------------------------------------
 
 
@@ -89,6 +192,7 @@ async def _assert_untouched(caller: Node, server: Node) -> None:
         (Echo(text="\ud800"), "text"),
         (Echo(number=2**64), "number"),
         (Echo(number=-(2**63) - 1), "number"),
+        (Keyed(user="\ud800"), "user"),  # its routing key too
     ],
 )
 async def test_a_message_field_msgpack_cannot_hold_is_a_serialization_failure(
