@@ -14,6 +14,7 @@ from .protocol import (
     DECODE_ERRORS,
     ENCODE_ERRORS,
     HEARTBEAT_TOPIC,
+    TRACE_ID_LIMIT,
     Codec,
     Header,
     Kind,
@@ -66,6 +67,11 @@ class EventBus:
             # Receivers could not decode its header: they would drop it unseen.
             raise ValidationFailed(
                 f"current_trace must be a str, got {type(trace).__qualname__} {trace!r:.80}"
+            )
+        if len(trace) > TRACE_ID_LIMIT:
+            raise ValidationFailed(
+                f"current_trace is {len(trace)} characters, over the {TRACE_ID_LIMIT} "
+                "a frame header takes"
             )
         name = type(event).__wire_name__
         try:

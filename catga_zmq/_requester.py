@@ -39,6 +39,7 @@ from .protocol import (
     DECODE_ERRORS,
     ENCODE_ERRORS,
     PROTOCOL_VERSION,
+    TRACE_ID_LIMIT,
     Codec,
     Header,
     Kind,
@@ -165,6 +166,11 @@ class Requester:
         if type(trace) is not str and not isinstance(trace, str):
             raise ValidationFailed(
                 f"trace_id (or current_trace) must be a str, got {_described(trace)}"
+            )
+        if len(trace) > TRACE_ID_LIMIT:
+            raise ValidationFailed(
+                f"trace_id (or current_trace) is {len(trace)} characters, over the "
+                f"{TRACE_ID_LIMIT} a frame header takes"
             )
         if timeout is not None and type(timeout) is not float and type(timeout) is not int:
             timeout = _seconds(timeout)

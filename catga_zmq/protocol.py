@@ -18,10 +18,12 @@ Every decode here is typed and bounded: a frame that does not decode raises
 
 from __future__ import annotations
 
+import sys
 from enum import IntEnum
 from typing import Any, Final
 
 import msgspec
+import msgspec.inspect
 
 from .errors import ProtocolError, ValidationFailed
 
@@ -186,6 +188,24 @@ def encode_header(
                     f"{name} {value!r:.80} cannot go in a frame header: {field_exc}"
                 ) from None
         raise ValidationFailed(f"a frame header does not encode: {exc}") from None
+
+
+def header_max_length(field: str) -> int | None:
+    """The longest str a receiver's ``Header`` takes in ``field`` (None: any length).
+
+    A sender checks what it puts in a header against this same bound: a longer value
+    fails the receiver's decode, and the frame is dropped there unanswered.
+    """
+    info = msgspec.inspect.type_info(Header)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for f in info.fields:
+        if f.name == field:
+            return f.type.max_length if isinstance(f.type, msgspec.inspect.StrType) else None
+    raise KeyError(field)
+
+
+#: The longest trace id a sender puts in a header: what the receiver's decode takes.
+TRACE_ID_LIMIT: Final = header_max_length("trace_id") or sys.maxsize
 
 
 def decode_header(data: bytes | memoryview) -> Header:

@@ -13,6 +13,7 @@ import pytest
 from conftest import MakeNode, member, wait_until
 
 from catga_zmq import (
+    Context,
     Event,
     Node,
     Request,
@@ -40,6 +41,12 @@ class Keyed(Request[str]):
     user: str = ""
 
 
+class Traced(Request[str]):
+    """Answered with the trace id its handler saw."""
+
+    __wire_name__ = "args.Traced"
+
+
 class Said(Event):
     __wire_name__ = "args.Said"
     text: str = ""
@@ -53,8 +60,12 @@ def _answer_as(node: Node) -> None:
     async def keyed(req: Keyed) -> str:
         return node.node_id
 
+    async def traced(req: Traced, ctx: Context) -> str:
+        return ctx.trace_id
+
     node.handler(echo, message_type=Echo)
     node.handler(keyed, message_type=Keyed)
+    node.handler(traced, message_type=Traced)
 
 
 async def _servers(make_node: MakeNode, n: int = 1) -> tuple[Node, list[Node]]:
@@ -69,17 +80,18 @@ async def _servers(make_node: MakeNode, n: int = 1) -> tuple[Node, list[Node]]:
     return caller, servers
 
 
-async def _assert_untouched(caller: Node, server: Node) -> None:
-    """``server`` got nothing from the bad calls and ``caller`` holds nothing against it.
+async def _assert_untouched(caller: Node, server: Node, handled: int = 0) -> None:
+    """``server`` got nothing from the bad calls (but ``handled`` good ones) and
+    ``caller`` holds nothing against it.
 
     A good request after them is answered, and one connection keeps its order: a frame
     sent by a bad call would have arrived (and been rejected or run) before it.
     """
     assert await caller.send(Echo(), node=server.node_id, timeout=10) == server.node_id
     stats = server.stats()
-    assert (stats.frames_rejected, stats.requests_handled) == (0, 1)
+    assert (stats.frames_rejected, stats.requests_handled) == (0, handled + 1)
     assert member(caller, server.node_id).circuit is CircuitState.CLOSED
-    assert caller.stats().requests_sent == 1
+    assert caller.stats().requests_sent == handled + 1
 
 
 # trace ids ----------------------------------------------------------------------------
@@ -102,6 +114,27 @@ async def test_a_trace_id_with_a_lone_surrogate_is_refused(make_node: MakeNode) 
         with pytest.raises(ValidationFailed, match="trace_id"):
             await caller.send(Echo(), trace_id="00-\ud800-01", timeout=2)
     await _assert_untouched(caller, server)
+
+
+@pytest.mark.parametrize("length", [55, 128, 129, 4096, 100_000])
+async def test_a_trace_id_send_takes_is_one_the_receiver_takes(
+    make_node: MakeNode, length: int
+) -> None:
+    # The sender's bound is the receiver's Header's (protocol.header_max_length): a trace
+    # id fails at the call or arrives whole, never is a header dropped unanswered there.
+    caller, (server,) = await _servers(make_node)
+    trace = "t" * length
+    answered = 0
+    for _ in range(CALLS):
+        try:
+            got = await caller.send(Traced(), trace_id=trace, timeout=5)
+        except ValidationFailed as exc:
+            assert "trace_id" in str(exc)
+        else:
+            assert got == trace
+            answered += 1
+    assert answered in (0, CALLS)
+    await _assert_untouched(caller, server, handled=answered)
 
 
 async def test_a_current_trace_that_is_not_a_str_is_refused(make_node: MakeNode) -> None:
@@ -224,14 +257,19 @@ async def test_a_message_for_a_local_handler_is_checked_as_for_a_remote_one(
 # publish ------------------------------------------------------------------------------
 
 
-async def _subscribed(make_node: MakeNode) -> tuple[Node, Node, list[Said]]:
-    """A publisher and a subscriber that has had its first event from it."""
+async def _subscribed(
+    make_node: MakeNode, traces: list[str] | None = None
+) -> tuple[Node, Node, list[Said]]:
+    """A publisher and a subscriber that has had its first event from it (and puts the
+    trace id of each in ``traces``)."""
     publisher, subscriber = make_node("p"), make_node("sub")
     got: list[Said] = []
 
     @subscriber.subscribe
-    async def on(evt: Said) -> None:
+    async def on(evt: Said, ctx: Context) -> None:
         got.append(evt)
+        if traces is not None:
+            traces.append(ctx.trace_id)
 
     await publisher.start()
     await subscriber.start()
@@ -284,3 +322,28 @@ async def test_publishing_under_a_bad_current_trace_is_refused_without_a_gap(
 
     await asyncio.create_task(bad_publish(), context=contextvars.copy_context())
     await _assert_nothing_lost(publisher, subscriber, got)
+
+
+@pytest.mark.parametrize("length", [55, 128, 129, 4096, 100_000])
+async def test_a_current_trace_publish_takes_is_one_the_receiver_takes(
+    make_node: MakeNode, length: int
+) -> None:
+    traces: list[str] = []
+    publisher, subscriber, got = await _subscribed(make_node, traces)
+    trace = "t" * length
+
+    async def publish() -> bool:
+        current_trace.set(trace)
+        try:
+            await publisher.publish(Said("traced"))
+        except ValidationFailed as exc:
+            assert "current_trace" in str(exc)
+            return False
+        return True
+
+    if await asyncio.create_task(publish(), context=contextvars.copy_context()):
+        await wait_until(lambda: any(e.text == "traced" for e in got), timeout=10)
+        assert traces[-1] == trace
+    else:
+        await _assert_nothing_lost(publisher, subscriber, got)
+    assert subscriber.stats().frames_rejected == 0
