@@ -47,6 +47,12 @@ class Traced(Request[str]):
     __wire_name__ = "args.Traced"
 
 
+class BadReply(Request[str]):
+    """Answered with a str msgpack cannot hold."""
+
+    __wire_name__ = "args.BadReply"
+
+
 class Said(Event):
     __wire_name__ = "args.Said"
     text: str = ""
@@ -65,7 +71,12 @@ def _answer_as(node: Node) -> None:
 
     node.handler(echo, message_type=Echo)
     node.handler(keyed, message_type=Keyed)
+
+    async def bad_reply(req: BadReply) -> str:
+        return "\ud800"
+
     node.handler(traced, message_type=Traced)
+    node.handler(bad_reply, message_type=BadReply)
 
 
 async def _servers(make_node: MakeNode, n: int = 1) -> tuple[Node, list[Node]]:
@@ -252,6 +263,18 @@ async def test_a_message_for_a_local_handler_is_checked_as_for_a_remote_one(
     with pytest.raises(SerializationFailed, match=r"args\.Echo could not be encoded"):
         await caller.send(Echo(number=2**64), node="c", timeout=2)
     assert caller.stats().requests_handled == 0
+
+
+async def test_a_reply_msgpack_cannot_hold_is_a_serialization_failure(
+    make_node: MakeNode,
+) -> None:
+    caller, (server,) = await _servers(make_node)
+    _answer_as(caller)  # after start: only for the local call below
+    for target in (server.node_id, "c"):
+        with pytest.raises(SerializationFailed, match=r"the reply to args\.BadReply"):
+            await caller.send(BadReply(), node=target, timeout=5)
+    assert server.stats().requests_failed == 1
+    assert member(caller, server.node_id).circuit is CircuitState.CLOSED
 
 
 # publish ------------------------------------------------------------------------------
