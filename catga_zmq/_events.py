@@ -6,13 +6,22 @@ import asyncio
 from collections.abc import Callable
 from typing import Final
 
-import msgspec
-
 from ._inbound import Rejections
 from .errors import SerializationFailed, ValidationFailed
 from .mediator import Context, Mediator
 from .messages import Event
-from .protocol import DECODE_ERRORS, HEARTBEAT_TOPIC, Codec, Header, Kind, encode_header, topic_for
+from .protocol import (
+    DECODE_ERRORS,
+    ENCODE_ERRORS,
+    HEARTBEAT_TOPIC,
+    TRACE_ID_LIMIT,
+    Codec,
+    Header,
+    Kind,
+    encode_failure,
+    encode_header,
+    topic_for,
+)
 from .transport import Transport
 
 #: publish() yields to the event loop once per this many events.
@@ -65,19 +74,32 @@ class EventBus:
             raise ValidationFailed(
                 f"publish() takes an Event, got {type(event).__qualname__}; use send() for requests"
             )
+        if type(trace) is not str and not isinstance(trace, str):
+            # Receivers could not decode its header: they would drop it unseen.
+            raise ValidationFailed(
+                f"current_trace must be a str, got {type(trace).__qualname__} {trace!r:.80}"
+            )
+        if len(trace) > TRACE_ID_LIMIT:
+            raise ValidationFailed(
+                f"current_trace is {len(trace)} characters, over the {TRACE_ID_LIMIT} "
+                "a frame header takes"
+            )
         name = type(event).__wire_name__
         try:
             payload = self.codec.encode(event)
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise SerializationFailed(f"{name} could not be encoded: {exc}") from None
+        except ENCODE_ERRORS as exc:
+            raise SerializationFailed(
+                f"{name} could not be encoded: {encode_failure(event, exc)}"
+            ) from None
         if len(payload) > self.max_message_size:
             raise SerializationFailed(
                 f"{name} is {len(payload)} bytes, over max_message_size "
                 f"{self.max_message_size}; publish less or raise it on every node"
             )
         seq = self._seq.get(name, 0) + 1
-        self._seq[name] = seq
         header = encode_header(_EVT, seq, name, self.node_id, 0, 0, trace)
+        # Only once the header encoded: a number never sent would be a gap to subscribers.
+        self._seq[name] = seq
         self.transport.broadcast(topic_for(name), header, payload)
         self.stats["events_published"] += 1
         if name in self.mediator.subscribers:

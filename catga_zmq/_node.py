@@ -563,9 +563,23 @@ class Node:
     ) -> T:
         """Send a request to the node chosen by routing and return its typed response.
 
-        ``timeout`` (s, default ``request_timeout``) is a deadline that travels with the
-        request: the handler's node does not start it later, and cancels it at the
-        deadline. ``key`` is the consistent-hash key; ``node`` sends to that node only.
+        ``timeout`` (s, a real number, default ``request_timeout``) is a deadline that
+        travels with the request: the handler's node does not start it later, and
+        cancels it at the deadline. ``node`` (a node id) sends to that node only.
+        ``trace_id`` (a str, default ``current_trace``) travels in the header.
+
+        ``key`` is the consistent-hash key: a str, any str (it is hashed here, never
+        sent), or an int, which routes as its decimal string, so ``key=7``, ``key="7"``
+        and a ``__routing_key__`` field holding 7 go to the same node. Any other type
+        is refused: pass ``str(value)`` for a UUID, say. Without ``key``, the value of
+        the message's ``__routing_key__`` field as a str is the key.
+
+        Every argument is checked before anything is sent, and a bad one never counts
+        against a node: ``ValidationFailed`` names the argument (a ``timeout``,
+        ``key``, ``node`` or ``trace_id`` of the wrong type or out of range, a trace id
+        that is not valid UTF-8); ``SerializationFailed`` names the field of the message
+        that msgspec cannot encode (a str with a lone surrogate, an int outside the
+        64-bit range, a type it does not know) or says it is too large.
 
         Raises (all ``CatgaError``): ``NoNodes`` (no live node handles the type),
         ``RequestTimeout`` (also a ``TimeoutError``), ``HandlerError`` (the handler
@@ -588,6 +602,11 @@ class Node:
         the subscriber counts as sequence gaps (``events_lost`` in its ``Stats``).
         It yields to the event loop now and then, so a tight publishing loop cannot
         starve heartbeats and requests.
+
+        Checked before anything is sent: ``SerializationFailed`` names the field of the
+        event that msgspec cannot encode (a str with a lone surrogate, an int outside
+        the 64-bit range) or says it is too large; ``ValidationFailed`` when
+        ``current_trace`` holds something other than a valid str.
         """
         parts = self._running_parts(draining_too=True)
         await parts.events.publish(event, current_trace.get())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import numbers
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -36,11 +37,14 @@ from .membership import Membership, NodeStatus, Peer
 from .messages import Message, Request, response_type
 from .protocol import (
     DECODE_ERRORS,
+    ENCODE_ERRORS,
     PROTOCOL_VERSION,
+    TRACE_ID_LIMIT,
     Codec,
     Header,
     Kind,
     decode_error,
+    encode_failure,
     encode_header,
     header_decoder,
 )
@@ -66,6 +70,47 @@ _REQ: Final = int(Kind.REQ)
 _REP: Final = int(Kind.REP)
 _ERR: Final = int(Kind.ERR)
 _LIVE: Final = (NodeStatus.ALIVE, NodeStatus.DRAINING, NodeStatus.SUSPECT)
+
+
+def _described(value: object) -> str:
+    """A bad argument in an error message: its type and the start of its repr."""
+    return f"{type(value).__qualname__} {value!r:.80}"
+
+
+def _seconds(timeout: object) -> float:
+    """``send(timeout=)`` of a type other than float or int: any real number but a bool."""
+    if isinstance(timeout, numbers.Real) and not isinstance(timeout, bool):
+        try:
+            return float(timeout)
+        except OverflowError:
+            pass  # above any float: out of range, said below like any other
+    raise ValidationFailed(
+        f"timeout must be a number of seconds, > 0 and at most {MAX_TIMEOUT:.0f}, "
+        f"got {_described(timeout)}"
+    )
+
+
+def _routing_key(key: object) -> str:
+    """``send(key=)`` of a type other than str: an int routes as its decimal string."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool):
+        try:
+            return str(int(key))  # int(): an IntEnum member routes as its value
+        except ValueError:
+            pass  # over Python's limit of digits for int -> str
+    raise ValidationFailed(f"key must be a str or an int, got {_described(key)}")
+
+
+def _field_key(message: Message, field: str, name: str) -> str:
+    """The routing key from the message's ``__routing_key__`` field: its value as a str."""
+    value = getattr(message, field)
+    if type(value) is str:
+        return value
+    try:
+        return str(value)
+    except ValueError as exc:  # an int over Python's limit of digits for int -> str
+        raise SerializationFailed(f"{name} could not be encoded: field {field!r}: {exc}") from None
 
 
 class Requester:
@@ -115,6 +160,24 @@ class Requester:
             raise ValidationFailed(
                 f"send() takes a Request, got {cls.__qualname__}; use publish() for events"
             )
+        # Checked here, before anything is sent: a frame the receiver cannot decode is
+        # dropped there unanswered, and its timeout would count against a healthy node.
+        # Exact type tests first: the arguments of almost every call pass them at once.
+        if type(trace) is not str and not isinstance(trace, str):
+            raise ValidationFailed(
+                f"trace_id (or current_trace) must be a str, got {_described(trace)}"
+            )
+        if len(trace) > TRACE_ID_LIMIT:
+            raise ValidationFailed(
+                f"trace_id (or current_trace) is {len(trace)} characters, over the "
+                f"{TRACE_ID_LIMIT} a frame header takes"
+            )
+        if timeout is not None and type(timeout) is not float and type(timeout) is not int:
+            timeout = _seconds(timeout)
+        if key is not None and type(key) is not str:
+            key = _routing_key(key)
+        if node is not None and type(node) is not str and not isinstance(node, str):
+            raise ValidationFailed(f"node must be a node id (a str), got {_described(node)}")
         budget = self.options.request_timeout if timeout is None else timeout
         if not 0 < budget <= MAX_TIMEOUT:
             raise ValidationFailed(
@@ -132,7 +195,7 @@ class Requester:
         loop = self.loop
         deadline = loop.time() + budget
         if key is None and cls.__routing_key__:
-            key = str(getattr(message, cls.__routing_key__))
+            key = _field_key(message, cls.__routing_key__, name)
         idempotent = cls.__idempotent__
         payload: bytes | None = None
         tried: list[Peer] = []
@@ -248,8 +311,10 @@ class Requester:
     def _encode(self, message: Message, name: str) -> bytes:
         try:
             payload = self.codec.encode(message)
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise SerializationFailed(f"{name} could not be encoded: {exc}") from None
+        except ENCODE_ERRORS as exc:
+            raise SerializationFailed(
+                f"{name} could not be encoded: {encode_failure(message, exc)}"
+            ) from None
         if len(payload) > self.options.max_message_size:
             raise SerializationFailed(
                 f"{name} is {len(payload)} bytes, over max_message_size "

@@ -39,6 +39,7 @@ from .mediator import Call, Context, Mediator
 from .messages import Message
 from .protocol import (
     DECODE_ERRORS,
+    ENCODE_ERRORS,
     PROTOCOL_VERSION,
     Codec,
     Header,
@@ -266,7 +267,7 @@ class RequestServer:
     def _encode_reply(self, type_name: str, result: Any) -> bytes:
         try:
             body = self.codec.encode(result)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except ENCODE_ERRORS as exc:
             raise SerializationFailed(
                 f"the reply to {type_name} could not be encoded: {exc}", node=self.node_id
             ) from None
@@ -289,7 +290,7 @@ class RequestServer:
             raise refused
         try:
             copy = entry.decoder.decode(self.codec.encode(message))
-        except (TypeError, msgspec.EncodeError) as exc:
+        except ENCODE_ERRORS as exc:
             raise SerializationFailed(f"{name} could not be encoded: {exc}") from None
         except DECODE_ERRORS as exc:
             raise _undecodable(name, exc, self.node_id) from None

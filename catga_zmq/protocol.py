@@ -18,12 +18,14 @@ Every decode here is typed and bounded: a frame that does not decode raises
 
 from __future__ import annotations
 
+import sys
 from enum import IntEnum
 from typing import Annotated, Any, Final
 
 import msgspec
+import msgspec.inspect
 
-from .errors import ProtocolError
+from .errors import ProtocolError, ValidationFailed
 
 #: Bumped on any incompatible change of the header or of a built-in body.
 PROTOCOL_VERSION: Final = 2
@@ -152,6 +154,33 @@ def encode_batch(records: list[tuple[msgspec.Raw, msgspec.Raw]]) -> bytes:
     return _header_encoder.encode(records)
 
 
+#: What encoding a value may raise besides msgspec.EncodeError: TypeError for a type it
+#: does not know, UnicodeEncodeError for a str that is not valid UTF-8 (a lone surrogate
+#: such as "\ud800"), OverflowError for an int outside the 64-bit range, RecursionError
+#: for a value nested deeper than the interpreter's recursion limit.
+ENCODE_ERRORS: Final = (
+    msgspec.EncodeError,
+    TypeError,
+    UnicodeEncodeError,
+    OverflowError,
+    RecursionError,
+)
+
+
+def encode_failure(value: Any, exc: BaseException) -> str:
+    """Why ``value`` did not encode, naming its first field that fails alone, if any.
+
+    Only called once encoding has failed: the search costs nothing on the way that works.
+    """
+    fields = getattr(type(value), "__struct_fields__", ())
+    for name in fields:
+        try:
+            _header_encoder.encode(getattr(value, name))
+        except ENCODE_ERRORS as field_exc:
+            return f"field {name!r}: {field_exc}"
+    return str(exc)
+
+
 def encode_header(
     kind: int,
     request_id: int,
@@ -161,10 +190,48 @@ def encode_header(
     flags: int = 0,
     trace_id: str = "",
 ) -> bytes:
-    # A tuple encodes to the same msgpack array as the array-like Header, at half the cost.
-    return _header_encoder.encode(
-        (PROTOCOL_VERSION, kind, request_id, type_name, source, budget_ms, flags, trace_id)
-    )
+    """A frame's header; ``ValidationFailed`` naming the field that does not encode."""
+    try:
+        # A tuple encodes to the same msgpack array as the array-like Header, at half the cost.
+        return _header_encoder.encode(
+            (PROTOCOL_VERSION, kind, request_id, type_name, source, budget_ms, flags, trace_id)
+        )
+    except ENCODE_ERRORS as exc:
+        # Only what a caller passed can fail here (a trace id, in practice): name it.
+        fields: tuple[tuple[str, object], ...] = (
+            ("request_id", request_id),
+            ("type_name", type_name),
+            ("source", source),
+            ("budget_ms", budget_ms),
+            ("flags", flags),
+            ("trace_id", trace_id),
+        )
+        for name, value in fields:
+            try:
+                _header_encoder.encode(value)
+            except ENCODE_ERRORS as field_exc:
+                raise ValidationFailed(
+                    f"{name} {value!r:.80} cannot go in a frame header: {field_exc}"
+                ) from None
+        raise ValidationFailed(f"a frame header does not encode: {exc}") from None
+
+
+def header_max_length(field: str) -> int | None:
+    """The longest str a receiver's ``Header`` takes in ``field`` (None: any length).
+
+    A sender checks what it puts in a header against this same bound: a longer value
+    fails the receiver's decode, and the frame is dropped there unanswered.
+    """
+    info = msgspec.inspect.type_info(Header)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for f in info.fields:
+        if f.name == field:
+            return f.type.max_length if isinstance(f.type, msgspec.inspect.StrType) else None
+    raise KeyError(field)
+
+
+#: The longest trace id a sender puts in a header: what the receiver's decode takes.
+TRACE_ID_LIMIT: Final = header_max_length("trace_id") or sys.maxsize
 
 
 def decode_header(data: bytes | memoryview) -> Header:

@@ -22,8 +22,13 @@ DEFAULT_VNODES: Final = 160
 
 
 def stable_hash(data: str) -> int:
-    """A 64-bit hash of ``data``, the same in every process and run (BLAKE2b)."""
-    return int.from_bytes(hashlib.blake2b(data.encode(), digest_size=8).digest(), "big")
+    """A 64-bit hash of ``data``, the same in every process and run (BLAKE2b).
+
+    Any str hashes, a lone surrogate too: a key is never sent, only hashed, and
+    "surrogatepass" still gives each str its own bytes (and a valid one its UTF-8).
+    """
+    raw = data.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
 class HashRing:
