@@ -4,6 +4,12 @@ Discovery and greetings only find addresses and connect to them; membership is d
 by heartbeats (see membership.py). So a discovery record that goes away stops the
 greetings to that address, and drops the sockets of an address that never joined,
 but never marks a heartbeating node LEFT.
+
+Anyone can greet a node with any address, so what greetings bring is held on
+probation: at most ``max_addresses`` addresses are kept, DEALERs are opened to at
+most ``max_peers`` endpoints that are not members, an address that has not
+heartbeated within ``ADDRESS_PROOF_TIME`` is forgotten with its sockets.
+Discovery records and seeds were configured, not claimed: they are not on probation.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ GOSSIP_ATTEMPTS: Final = 5
 FRESH_ATTEMPTS: Final = 3
 #: A peer that said BYE: its sockets stay this long for the replies still on the way.
 LEFT_LINGER: Final = 1.0  # s
+#: An address learned from a greeting or from gossip is forgotten, its sockets closed,
+#: unless its node heartbeats within this (a real node does within milliseconds).
+ADDRESS_PROOF_TIME: Final = 30.0  # s
 
 
 class Gossip:
@@ -73,6 +82,10 @@ class Gossip:
         #: endpoint: what an ``Info`` answer passes on, so a joiner learns of nodes
         #: that joined a moment before it, not only of those already ALIVE here.
         self.addresses: dict[str, PeerAddress] = {}
+        #: Addresses on probation, by endpoint: the timer that forgets them unless
+        #: their node heartbeats first.
+        self._probation: dict[str, asyncio.TimerHandle] = {}
+        self.proof_time = ADDRESS_PROOF_TIME
 
     def my_address(self) -> PeerAddress:
         me = self.me
@@ -87,11 +100,13 @@ class Gossip:
         async for change in discovery.watch():
             c = change.candidate
             if change.kind is ChangeKind.ADDED:
-                self.add_candidate(c, greet=self.enabled)
+                self.add_candidate(c, greet=self.enabled, trusted=True)
             else:
                 self.forget_address(c.endpoint)
 
-    def add_candidate(self, c: Candidate, *, greet: bool) -> None:
+    def add_candidate(self, c: Candidate, *, greet: bool, trusted: bool = False) -> None:
+        """Connect to ``c`` (and greet it if asked). ``trusted``: it comes from discovery
+        or the seeds, not from what another node claims, and is not on probation."""
         me = self.me
         if c.endpoint == me.endpoint:
             return
@@ -111,16 +126,81 @@ class Gossip:
         if c.node_id == me.node_id:
             # Another node with this node's id: its heartbeats tell which is younger.
             if c.pub_endpoint:
-                self.transport.subscribe_to(c.pub_endpoint)
+                self._connect(c.endpoint, c.pub_endpoint, dealer=False)
             return
+        trusted = trusted or c.endpoint in self.options.seeds
         if c.pub_endpoint and c.node_id:
-            self.addresses[c.endpoint] = PeerAddress(
-                c.node_id, c.endpoint, c.pub_endpoint, self.options.cluster, PROTOCOL_VERSION
-            )
-            self.transport.subscribe_to(c.pub_endpoint)
-            self.transport.dealer(c.endpoint)
-        if (greet or not c.pub_endpoint) and c.endpoint not in self._greeted:
+            if not self._keep(c, trusted):
+                return
+            if not self._connect(c.endpoint, c.pub_endpoint, dealer=self._room_for(c.endpoint)):
+                return
+        if (
+            (greet or not c.pub_endpoint)
+            and c.endpoint not in self._greeted
+            and (trusted or self._room_for(c.endpoint))
+        ):
             self.greet(c.endpoint, attempts=0 if c.node_id is None else GOSSIP_ATTEMPTS)
+
+    def _keep(self, c: Candidate, trusted: bool) -> bool:
+        """Write ``c`` into the address book, unless it is full (then reject it)."""
+        assert c.node_id is not None and c.pub_endpoint is not None
+        if c.endpoint not in self.addresses:
+            if len(self.addresses) >= self.options.max_addresses:
+                self.reject(
+                    "the address book",
+                    "full",
+                    f"{c.node_id} at {c.endpoint} not kept: this node keeps "
+                    f"{self.options.max_addresses} addresses (max_addresses)",
+                )
+                return False
+            if not trusted and not self._is_member_endpoint(c.endpoint):
+                self._on_probation(c.endpoint)
+        self.addresses[c.endpoint] = PeerAddress(
+            c.node_id, c.endpoint, c.pub_endpoint, self.options.cluster, PROTOCOL_VERSION
+        )
+        return True
+
+    def _room_for(self, endpoint: str) -> bool:
+        """May a DEALER be opened to ``endpoint``, not (yet) a member's? Members have
+        their own bound (``max_peers``, heartbeats); addresses share this one, so the
+        two together stay under the context's socket limit."""
+        dealers = self.transport.dealers
+        return endpoint in dealers or len(dealers) < self.options.max_peers
+
+    def _connect(self, endpoint: str, pub_endpoint: str, *, dealer: bool) -> bool:
+        """Subscribe to ``pub_endpoint`` (and open a DEALER to ``endpoint``); on failure
+        (no socket to be had) log it and forget the address: False."""
+        try:
+            self.transport.subscribe_to(pub_endpoint)
+            if dealer:
+                self.transport.dealer(endpoint)
+        except TransportFailed as exc:
+            log.warning("%s", exc.message)
+            self.forget_address(endpoint)
+            return False
+        return True
+
+    def _is_member_endpoint(self, endpoint: str) -> bool:
+        return any(p.endpoint == endpoint for p in self.membership.peers.values())
+
+    # probation -----------------------------------------------------------------------
+
+    def _on_probation(self, endpoint: str) -> None:
+        if endpoint not in self._probation:
+            self._probation[endpoint] = self.loop.call_later(
+                self.proof_time, self._unproven, endpoint
+            )
+
+    def _proven(self, endpoint: str) -> None:
+        handle = self._probation.pop(endpoint, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _unproven(self, endpoint: str) -> None:
+        """Its probation ended: an address whose node never heartbeated is forgotten."""
+        self._probation.pop(endpoint, None)
+        if self.running and not self._is_member_endpoint(endpoint):
+            self.forget_address(endpoint)
 
     def _usable(self, who: str, *endpoints: str | None) -> bool:
         for endpoint in endpoints:
@@ -136,7 +216,13 @@ class Gossip:
     def on_fresh(self, hb: HeartbeatBody) -> None:
         """A node's first heartbeat (or its new incarnation's): connect now, not on the
         first request, and ask it whom it knows."""
-        self.transport.dealer(hb.endpoint)
+        self._proven(hb.endpoint)
+        try:
+            self.transport.dealer(hb.endpoint)
+        except TransportFailed as exc:
+            # A member without a DEALER yet: send() opens one (or says why it cannot).
+            log.warning("%s", exc.message)
+            return
         if hb.max_message_size:
             self.transport.set_peer_limit(hb.endpoint, hb.max_message_size)
         if self.enabled:
@@ -178,7 +264,6 @@ class Gossip:
         payload = self.codec.encode(Info(caller=self.my_address()))
         target = Peer(node_id=endpoint, endpoint=endpoint, pub_endpoint="", incarnation=0)
         give_up = self.loop.time() + attempts * GREETING_TIMEOUT if attempts else math.inf
-        self.transport.dealer(endpoint)
         try:
             while self.running and self.loop.time() < give_up:
                 deadline = self.loop.time() + GREETING_TIMEOUT
@@ -221,6 +306,8 @@ class Gossip:
             Candidate(endpoint, info.node_id, info.pub_endpoint, info.cluster, info.version),
             greet=False,
         )
+        if endpoint not in self.addresses:  # refused (the book is full): not passed on
+            self._greeted.discard(endpoint)
         for p in info.peers:
             self.add_candidate(
                 Candidate(p.endpoint, p.node_id, p.pub_endpoint, p.cluster, p.version),
@@ -236,6 +323,8 @@ class Gossip:
         if any(p.endpoint == endpoint for p in self.membership.peers.values()):
             return
         address = self.addresses.pop(endpoint, None)
+        self._proven(endpoint)  # nothing left to prove
+        self._greeted.discard(endpoint)
         self.transport.drop_peer(endpoint, address.pub_endpoint if address else "")
         log.info("forgot %s: it never joined", endpoint)
 
@@ -264,6 +353,7 @@ class Gossip:
             return
         self.transport.drop_peer(peer.endpoint, peer.pub_endpoint)
         self.addresses.pop(peer.endpoint, None)
+        self._proven(peer.endpoint)
         self._greeted.discard(peer.endpoint)
         if peer.endpoint in self.options.seeds and self.enabled:
             # A seed that comes back at the same address knows nothing of this node.

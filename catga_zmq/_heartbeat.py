@@ -141,6 +141,15 @@ class Heartbeats:
             self.membership.on_bye(hb.node_id, hb.incarnation)
             return
         known = self.membership.peers.get(hb.node_id)
+        if known is None and len(self.membership.peers) >= self.options.max_peers:
+            # Each member holds sockets: a flood of invented nodes must not take them all.
+            self.reject(
+                "the peer table",
+                "full",
+                f"a heartbeat from {hb.node_id!r}, a new node, dropped: this node keeps "
+                f"{self.options.max_peers} peers (max_peers)",
+            )
+            return
         if (
             known is None or known.endpoint != hb.endpoint or known.pub_endpoint != hb.pub_endpoint
         ) and not self._usable(hb.node_id, hb.endpoint, hb.pub_endpoint):

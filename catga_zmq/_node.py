@@ -252,7 +252,10 @@ class Node:
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
         transport = Transport(
-            opts.node_id, max_message_size=opts.max_message_size, hwm=max(1000, opts.max_in_flight)
+            opts.node_id,
+            max_message_size=opts.max_message_size,
+            hwm=max(1000, opts.max_in_flight),
+            max_peers=opts.max_peers,
         )
         try:
             transport.bind(opts.bind, opts.port, opts.pub_port, opts.advertise)

@@ -96,7 +96,8 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     - Failure detection: ``heartbeat_interval``, ``suspect_after``, ``acceptable_pause``,
       ``phi_threshold``, ``faulted_after``.
     - Resilience: ``breaker_threshold``, ``breaker_cooldown``, ``request_timeout``.
-    - Capacity: ``max_concurrency`` (handlers at once), ``max_in_flight`` (own requests).
+    - Capacity: ``max_concurrency`` (handlers at once), ``max_in_flight`` (own requests),
+      ``max_peers`` and ``max_addresses`` (peers and addresses kept, so sockets too).
     - Routing: ``routing`` (the strategy) and ``weight`` (share under weighted routing).
     - Lifecycle: ``drain_timeout``, ``log_level``.
 
@@ -190,6 +191,10 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = 1
     log_level: Annotated[str, _doc("DEBUG, INFO, WARNING, ERROR or CRITICAL")] = "INFO"
     metadata: Annotated[dict[str, str], _doc("labels other nodes see, KEY=VALUE")] = {}
+    max_peers: Annotated[
+        int, _doc("members kept (and addresses connected to before they join); more: refused")
+    ] = 256
+    max_addresses: Annotated[int, _doc("addresses heard of and kept before they join")] = 1024
 
     def validated(self) -> NodeOptions:
         """Return a copy with derived defaults filled in, or raise ``ConfigError``."""

@@ -29,6 +29,9 @@ log = logging.getLogger("catga_zmq.membership")
 
 #: Events a slow ``watch()`` consumer may fall behind before the oldest are dropped.
 WATCH_QUEUE_LIMIT = 1000
+#: A FAULTED or LEFT member is forgotten after this many ``faulted_after`` of silence:
+#: long enough for a restart or a short partition to come back as the same member.
+FORGET_FACTOR = 12
 
 
 class NodeStatus(StrEnum):
@@ -45,8 +48,9 @@ class NodeStatus(StrEnum):
       requests in flight to it end (``TransportFailed``; idempotent ones go to another
       node). A heartbeat brings it back.
     - ``LEFT``: it said goodbye (BYE), discovery withdrew it, or it restarted and its
-      new run took its place. A LEFT or FAULTED member is forgotten after 5 minutes
-      of silence.
+      new run took its place. A LEFT or FAULTED member is forgotten after
+      ``FORGET_FACTOR`` times ``faulted_after`` of silence (60 s by default), so
+      members invented by forged heartbeats do not hold sockets for long.
 
     The value (``"alive"``, ...) is what ``NodeInfo``, ``NodeStats`` and the command
     line show.
@@ -253,7 +257,7 @@ class Membership:
         acceptable_pause: float = 1.5,
         phi_threshold: float = 8.0,
         min_std: float = 0.1,
-        forget_after: float = 300.0,
+        forget_after: float | None = None,
     ) -> None:
         self.me = me
         self.suspect_after = suspect_after
@@ -261,7 +265,10 @@ class Membership:
         self.acceptable_pause = acceptable_pause
         self.phi_threshold = phi_threshold
         self.min_std = min_std
-        self.forget_after = forget_after
+        #: s of silence after which a FAULTED or LEFT member is forgotten.
+        self.forget_after = (
+            forget_after if forget_after is not None else FORGET_FACTOR * faulted_after
+        )
         self.peers: dict[str, Peer] = {}
         # Weakly held: an iterator that is dropped, even unread, unsubscribes itself.
         self._watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 import weakref
@@ -376,7 +377,7 @@ class Dealer:
                     sock.disable_monitor()
                 self.monitor.close()
             sock.close(LINGER)
-            raise TransportFailed(f"cannot connect to {endpoint!r}: {exc}") from None
+            raise TransportFailed(transport._no_socket(endpoint, exc)) from None
         self.reader = Reader(transport.loop, sock, transport.on_reply)
 
     def _on_monitor(self, frames: list[bytes]) -> None:
@@ -405,10 +406,16 @@ def _unset(frames: list[bytes]) -> None:
 class Transport:
     """The node's sockets. Knows frames, not message types."""
 
-    def __init__(self, node_id: str, *, max_message_size: int, hwm: int) -> None:
+    def __init__(
+        self, node_id: str, *, max_message_size: int, hwm: int, max_peers: int = 256
+    ) -> None:
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        # A DEALER and its monitor per member and per address not yet joined (each at
+        # most max_peers), and a few of the node's own: libzmq's default of 1,023
+        # sockets ran out at about 340 peers. Capped at what this libzmq can take.
+        self.ctx.set(zmq.MAX_SOCKETS, min(2 * max_peers * 2 + 64, self.ctx.get(zmq.SOCKET_LIMIT)))
         self.max_message_size = max_message_size
         self.hwm = hwm
         #: Where frames go; set before ``bind()``. A reply handler sees replies from
@@ -511,10 +518,23 @@ class Transport:
     # outbound requests ----------------------------------------------------------------
 
     def dealer(self, endpoint: str) -> Dealer:
+        """The DEALER to ``endpoint``, made on first use; ``TransportFailed`` if it cannot be."""
         found = self.dealers.get(endpoint)
         if found is None:
-            found = self.dealers[endpoint] = Dealer(self, endpoint)
+            try:
+                found = Dealer(self, endpoint)
+            except zmq.ZMQError as exc:
+                raise TransportFailed(self._no_socket(endpoint, exc)) from None
+            self.dealers[endpoint] = found
         return found
+
+    def _no_socket(self, endpoint: str, exc: zmq.ZMQError) -> str:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return (
+                f"cannot open a socket for {endpoint}: too many sockets ({exc}); "
+                "raise max_peers, or the open-file limit (ulimit -n)"
+            )
+        return f"cannot connect to {endpoint!r}: {exc}"
 
     def set_peer_limit(self, endpoint: str, max_message_size: int) -> None:
         """The largest message the peer at ``endpoint`` takes (it advertises it)."""
@@ -685,12 +705,16 @@ class Transport:
     # PUB/SUB ------------------------------------------------------------------------------
 
     def subscribe_to(self, pub_endpoint: str) -> None:
+        """Connect the SUB socket to ``pub_endpoint``; ``TransportFailed`` if it cannot."""
         if pub_endpoint in self.subscribed or self.sub is None:
             return
+        try:
+            if pub_endpoint.startswith("tcp://["):
+                self.sub.setsockopt(zmq.IPV6, 1)  # applies to this and later connects only
+            self.sub.connect(pub_endpoint)
+        except zmq.ZMQError as exc:
+            raise TransportFailed(self._no_socket(pub_endpoint, exc)) from None
         self.subscribed.add(pub_endpoint)
-        if pub_endpoint.startswith("tcp://["):
-            self.sub.setsockopt(zmq.IPV6, 1)  # applies to this and later connects only
-        self.sub.connect(pub_endpoint)
         if self._sub_reader is not None:
             self._sub_reader.kick()
 

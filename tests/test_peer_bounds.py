@@ -1,0 +1,267 @@
+"""Sockets and membership under invented peers: bounded, expiring, never passed on.
+
+Heartbeats are forged on a raw PUB socket that the node subscribes to (announced through
+the test's MemoryHub), greetings (``Info`` with a ``caller``) on a raw DEALER. Nothing
+listens at the invented endpoints: the node's DEALERs to them never connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+import pytest
+import zmq
+from conftest import MakeNode, parts, unbatch, wait_until
+
+from catga_zmq import (
+    Candidate,
+    Info,
+    MemoryDiscovery,
+    MemoryHub,
+    Node,
+    Ping,
+    TransportFailed,
+)
+from catga_zmq.membership import Membership, Peer
+from catga_zmq.protocol import (
+    HEARTBEAT_TOPIC,
+    PROTOCOL_VERSION,
+    Header,
+    HeartbeatBody,
+    Kind,
+    decode_header,
+)
+from catga_zmq.system import NodeInfo, PeerAddress
+
+_enc = msgspec.msgpack.encode
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nowhere() -> str:
+    return f"tcp://127.0.0.1:{closed_port()}"
+
+
+def header(kind: Kind, source: str, rid: int = 1, type_name: str = "", version: int = 0) -> bytes:
+    return _enc(Header(version or PROTOCOL_VERSION, int(kind), rid, type_name, source, 2000))
+
+
+class Forger:
+    """A raw PUB announced as node 'forger' through the hub, so nodes subscribe to it."""
+
+    def __init__(self, zctx: zmq.Context[zmq.Socket[bytes]], hub: MemoryHub, cluster: str) -> None:
+        self.pub = zctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub_endpoint = f"tcp://127.0.0.1:{self.pub.bind_to_random_port('tcp://127.0.0.1')}"
+        self.cluster = cluster
+        self.discovery = MemoryDiscovery(hub)
+
+    async def announce(self) -> None:
+        await self.discovery.register(
+            Candidate(nowhere(), "forger", self.pub_endpoint, self.cluster, PROTOCOL_VERSION)
+        )
+
+    def heartbeat(self, node_id: str, endpoint: str) -> list[bytes]:
+        body = HeartbeatBody(
+            node_id=node_id,
+            incarnation=1,
+            seq=1,
+            status="alive",
+            cluster=self.cluster,
+            endpoint=endpoint,
+            pub_endpoint=self.pub_endpoint,
+        )
+        return [HEARTBEAT_TOPIC, header(Kind.HB, node_id), _enc(body)]
+
+    async def aclose(self) -> None:
+        self.pub.close(0)
+        await self.discovery.aclose()
+
+
+@pytest.fixture
+async def forger(
+    zctx: zmq.Context[zmq.Socket[bytes]], hub: MemoryHub, make_node: MakeNode
+) -> AsyncIterator[Callable[[Node], Forger]]:
+    made: list[Forger] = []
+
+    def make(node: Node) -> Forger:
+        f = Forger(zctx, hub, node.options.cluster)
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        await f.aclose()
+
+
+async def join_invented(node: Node, forger: Forger, node_id: str) -> str:
+    """Forge heartbeats of ``node_id`` until ``node`` has it as a member; its endpoint."""
+    endpoint = nowhere()
+    async with asyncio.timeout(10):
+        while node_id not in {m.node_id for m in node.members()}:
+            forger.pub.send_multipart(forger.heartbeat(node_id, endpoint))
+            await asyncio.sleep(0.02)
+    return endpoint
+
+
+def greeting(rid: int, caller: PeerAddress | None) -> list[bytes]:
+    return [header(Kind.REQ, "raw", rid, Info.__wire_name__), _enc(Info(caller=caller))]
+
+
+def invented_address(node: Node, node_id: str) -> PeerAddress:
+    return PeerAddress(node_id, nowhere(), nowhere(), node.options.cluster, PROTOCOL_VERSION)
+
+
+async def answers(sock: zmq.Socket[bytes], count: int, timeout: float = 10.0) -> list[list[bytes]]:
+    got: list[list[bytes]] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            if sock.poll(0):
+                got.extend(unbatch(sock.recv_multipart()))
+            else:
+                await asyncio.sleep(0.005)
+    return got
+
+
+async def info_of(node: Node, sock: zmq.Socket[bytes], rid: int) -> NodeInfo:
+    sock.send_multipart(greeting(rid, None))
+    [[raw_header, body]] = await answers(sock, 1)
+    assert decode_header(raw_header).kind == int(Kind.REP)
+    return msgspec.msgpack.decode(body, type=NodeInfo)
+
+
+# bounds --------------------------------------------------------------------------------
+
+
+async def test_heartbeats_of_new_nodes_past_max_peers_are_dropped_and_counted(
+    make_node: MakeNode, forger: Callable[[Node], Forger]
+) -> None:
+    a = make_node("a", max_peers=4)
+    await a.start()
+    f = forger(a)
+    await f.announce()
+    await join_invented(a, f, "n0")  # the node hears the forger: the control
+    frames = [f.heartbeat(f"n{i}", nowhere()) for i in range(1, 20)]
+    rejected = a.stats().frames_rejected
+    async with asyncio.timeout(10):
+        while a.stats().frames_rejected < rejected + 15:
+            for frame in frames:
+                f.pub.send_multipart(frame)
+            await asyncio.sleep(0.02)
+    others = [m for m in a.members() if not m.local]
+    assert len(others) == 4, [m.node_id for m in others]
+    # One DEALER per member and per address not yet joined (the forger's): no more.
+    assert len(parts(a).transport.dealers) <= 2 * 4
+    assert a.healthy
+
+
+async def test_greetings_past_max_addresses_are_not_kept_and_info_still_answers(
+    make_node: MakeNode, dealer_to: Callable[[Node], zmq.Socket[bytes]]
+) -> None:
+    a = make_node("a", max_peers=3, max_addresses=5)
+    await a.start()
+    sock = dealer_to(a)
+    for rid in range(1, 31):
+        sock.send_multipart(greeting(rid, invented_address(a, f"x{rid}")))
+    got = await answers(sock, 30)
+    assert [decode_header(h).kind for h, _ in got] == [int(Kind.REP)] * 30
+    gossip = parts(a).gossip
+    assert len(gossip.addresses) <= 5
+    assert len(parts(a).transport.dealers) <= 3
+    assert len(parts(a).transport.subscribed) <= 5
+    assert a.stats().frames_rejected >= 25  # each address refused is counted
+
+
+async def test_running_out_of_sockets_is_transport_failed_and_info_still_answers(
+    make_node: MakeNode, dealer_to: Callable[[Node], zmq.Socket[bytes]]
+) -> None:
+    # max_peers=1: the context takes 2 * 1 * 2 + 64 sockets; fill them past the bound.
+    a = make_node("a", max_peers=1, discovery=None)
+    await a.start()
+    transport = parts(a).transport
+    with pytest.raises(TransportFailed) as info:
+        for _ in range(100):
+            transport.dealer(nowhere())
+    assert "too many sockets" in info.value.message
+    assert "max_peers" in info.value.message
+    with pytest.raises(TransportFailed):
+        transport.dealer(nowhere())  # and again: never a raw zmq.ZMQError
+    # A greeting whose caller needs a socket that cannot be had is still answered.
+    sock = dealer_to(a)
+    sock.send_multipart(greeting(1, invented_address(a, "late")))
+    [[raw_header, body]] = await answers(sock, 1)
+    assert decode_header(raw_header).kind == int(Kind.REP), body
+    assert (await a.send(Ping(), node="a", timeout=2)).node_id == "a"
+
+
+# expiry ---------------------------------------------------------------------------------
+
+
+async def test_a_greeted_address_that_never_heartbeats_is_forgotten(
+    make_node: MakeNode, dealer_to: Callable[[Node], zmq.Socket[bytes]]
+) -> None:
+    a = make_node("a", discovery=None)
+    await a.start()
+    parts(a).gossip.proof_time = 0.5  # s; 30 s by default
+    caller = invented_address(a, "ghost")
+    sock = dealer_to(a)
+    sock.send_multipart(greeting(1, caller))
+    await answers(sock, 1)
+    assert caller.endpoint in parts(a).gossip.addresses  # kept on probation
+    assert caller.pub_endpoint in parts(a).transport.subscribed
+    await wait_until(lambda: caller.endpoint not in parts(a).gossip.addresses, timeout=10)
+    assert caller.endpoint not in parts(a).transport.dealers
+    assert caller.pub_endpoint not in parts(a).transport.subscribed
+
+
+async def test_a_greeted_address_whose_node_heartbeats_stays(
+    make_node: MakeNode,
+    forger: Callable[[Node], Forger],
+    dealer_to: Callable[[Node], zmq.Socket[bytes]],
+) -> None:
+    """The control of the test above: a node that proves itself is kept."""
+    a = make_node("a")
+    await a.start()
+    parts(a).gossip.proof_time = 0.5
+    f = forger(a)
+    await f.announce()
+    endpoint = await join_invented(a, f, "real")
+    sock = dealer_to(a)
+    sock.send_multipart(
+        greeting(
+            1, PeerAddress("real", endpoint, f.pub_endpoint, a.options.cluster, PROTOCOL_VERSION)
+        )
+    )
+    await answers(sock, 1)
+    async with asyncio.timeout(5):
+        for _ in range(20):  # keep it ALIVE past its probation
+            f.pub.send_multipart(f.heartbeat("real", endpoint))
+            await asyncio.sleep(0.05)
+    assert endpoint in parts(a).gossip.addresses
+    assert endpoint in parts(a).transport.dealers
+
+
+async def test_an_invented_member_that_goes_silent_is_forgotten_soon(
+    make_node: MakeNode, forger: Callable[[Node], Forger]
+) -> None:
+    a = make_node("a")  # faulted_after 0.6 s: forgotten after 12 times that, 7.2 s
+    await a.start()
+    f = forger(a)
+    await f.announce()
+    endpoint = await join_invented(a, f, "fake")
+    assert endpoint in parts(a).transport.dealers
+    await wait_until(lambda: "fake" not in {m.node_id for m in a.members()}, timeout=30)
+    assert endpoint not in parts(a).transport.dealers
+
+
+def test_members_are_forgotten_after_a_minute_by_default() -> None:
+    me = Peer("me", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", 1, local=True)
+    assert Membership(me, suspect_after=1.25, faulted_after=5.0).forget_after == 60.0
