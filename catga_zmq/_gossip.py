@@ -8,7 +8,8 @@ but never marks a heartbeating node LEFT.
 Anyone can greet a node with any address, so what greetings bring is held on
 probation: at most ``max_addresses`` addresses are kept, DEALERs are opened to at
 most ``max_peers`` endpoints that are not members, an address that has not
-heartbeated within ``ADDRESS_PROOF_TIME`` is forgotten with its sockets.
+heartbeated within ``ADDRESS_PROOF_TIME`` is forgotten with its sockets, and an
+``Info`` answer passes on only members heard from and addresses that answered.
 Discovery records and seeds were configured, not claimed: they are not on probation.
 """
 
@@ -243,13 +244,26 @@ class Gossip:
             )
 
     def known_addresses(self) -> list[PeerAddress]:
-        """What an ``Info`` answer passes on: every address heard of, less the gone."""
+        """What an ``Info`` answer passes on: members heard from (ALIVE) and addresses
+        that answered a greeting; never an address only claimed, which may be anyone's."""
+        cluster = self.options.cluster
+        known = {
+            p.endpoint: PeerAddress(
+                p.node_id, p.endpoint, p.pub_endpoint, cluster, PROTOCOL_VERSION
+            )
+            for p in self.membership.peers.values()
+            if p.status is NodeStatus.ALIVE
+        }
         gone = {
             p.endpoint
             for p in self.membership.peers.values()
             if p.status in (NodeStatus.LEFT, NodeStatus.FAULTED)
         }
-        return [a for ep, a in self.addresses.items() if ep not in gone]
+        for endpoint in self._greeted:
+            address = self.addresses.get(endpoint)
+            if address is not None and endpoint not in known and endpoint not in gone:
+                known[endpoint] = address
+        return list(known.values())
 
     # greetings -----------------------------------------------------------------------
 

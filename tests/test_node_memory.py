@@ -537,13 +537,14 @@ async def test_a_gossiped_address_that_never_answers_is_forgotten(make_node: Mak
     a = make_node("a", discovery=None)
     serve_say(a)
     await a.start()
-    # The seed knows an address where nothing listens (a stale discovery record, say);
-    # it passes it on in its Info reply.
+    # The seed knows an address where nothing listens any more (it answered a greeting
+    # once, then its node died); it passes it on in its Info reply.
     ghost = f"tcp://127.0.0.1:{_closed_port()}"
     ghost_pub = f"tcp://127.0.0.1:{_closed_port()}"
     parts(a).gossip.add_candidate(
         Candidate(ghost, "ghost", ghost_pub, a.options.cluster, PROTOCOL_VERSION), greet=False
     )
+    parts(a).gossip._greeted.add(ghost)
     b = make_node("b", discovery=StaticDiscovery([a.endpoint]))
     await b.start()
     await wait_until(lambda: ghost in parts(b).transport.dealers, timeout=5)

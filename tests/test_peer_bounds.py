@@ -265,3 +265,22 @@ async def test_an_invented_member_that_goes_silent_is_forgotten_soon(
 def test_members_are_forgotten_after_a_minute_by_default() -> None:
     me = Peer("me", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", 1, local=True)
     assert Membership(me, suspect_after=1.25, faulted_after=5.0).forget_after == 60.0
+
+
+# gossip ---------------------------------------------------------------------------------
+
+
+async def test_info_passes_on_only_members_and_addresses_that_answered(
+    make_node: MakeNode, dealer_to: Callable[[Node], zmq.Socket[bytes]]
+) -> None:
+    a, b = make_node("a"), make_node("b")
+    await a.start()
+    await b.start()
+    await a.wait_for_peers(1, timeout=5)
+    sock = dealer_to(a)
+    claimed = invented_address(a, "claimed")
+    sock.send_multipart(greeting(1, claimed))
+    await answers(sock, 1)
+    assert claimed.endpoint in parts(a).gossip.addresses  # heard of, and connected to
+    passed_on = {p.endpoint: p.node_id for p in (await info_of(a, sock, 2)).peers}
+    assert passed_on == {b.endpoint: "b"}
