@@ -89,29 +89,20 @@ class Rejections:
 
 
 def decode_batch(
-    frame: bytes,
-    peer: str,
-    what: str,
-    reject: Rejections,
-    on_traffic: Callable[[str], None],
+    frame: bytes, peer: str, what: str, reject: Rejections
 ) -> list[tuple[Header, msgspec.Raw]]:
-    """The records of a batch frame, each sender's traffic noted once; a record whose
-    header does not decode is rejected, and the others are still served (or resolved)."""
+    """The records of a batch frame; a record whose header does not decode is rejected,
+    and the others are still served (or resolved). No record is proof of life here:
+    each is, once its own checks pass (see ``Membership.on_traffic``)."""
     try:
-        records = batch_decoder.decode(frame)
+        return batch_decoder.decode(frame)
     except RecursionError:
         # Skipping over a Raw recurses too: decoding record by record would only fail
         # the same way a second time, at the same cost.
         reject(peer, f"{what}-batch", f"a {what} batch is nested too deep")
         return []
     except DECODE_ERRORS:
-        records = _decode_records(frame, peer, what, reject)
-    last = ""
-    for header, _ in records:
-        if header.source != last:  # one proof of life per sender and batch
-            last = header.source
-            on_traffic(last)
-    return records
+        return _decode_records(frame, peer, what, reject)
 
 
 def _decode_records(

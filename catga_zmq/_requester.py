@@ -409,7 +409,7 @@ class Requester:
 
     def on_reply(self, frames: list[bytes]) -> None:
         if len(frames) == 1:
-            for header, body in decode_batch(frames[0], "?", "reply", self.reject, self.on_traffic):
+            for header, body in decode_batch(frames[0], "?", "reply", self.reject):
                 self._reply(header, body)
             return
         if len(frames) != 2:
@@ -420,7 +420,6 @@ class Requester:
         except DECODE_ERRORS as exc:
             self.reject("?", "reply-header", f"reply header does not decode: {exc}")
             return
-        self.on_traffic(header.source)
         self._reply(header, frames[1])
 
     def _reply(self, header: Header, body: bytes | msgspec.Raw) -> None:
@@ -432,6 +431,10 @@ class Requester:
         if header.kind != _REP and header.kind != _ERR:
             self.reject(header.source, "kind", f"frame kind {header.kind} as a reply")
             return
+        # Proof of life only from the node the request went to: a reply read on its
+        # DEALER that names another node, or no request of ours, proves nothing.
+        if self.pending.target(header.request_id) == header.source:
+            self.on_traffic(header.source)
         self.pending.resolve(header.request_id, (header.kind, body, header.source))
 
     # lost nodes ----------------------------------------------------------------------

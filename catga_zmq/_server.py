@@ -123,7 +123,7 @@ class RequestServer:
         if len(frames) == 2:
             ident = frames[0]
             for record_header, record in decode_batch(
-                frames[1], ident.hex(), "request", self.reject, self.on_traffic
+                frames[1], ident.hex(), "request", self.reject
             ):
                 self._request(ident, record_header, record)
             return
@@ -140,7 +140,6 @@ class RequestServer:
         except DECODE_ERRORS as exc:
             self.reject(ident.hex(), "header", f"header does not decode: {exc}")
             return
-        self.on_traffic(header.source)
         self._request(ident, header, payload)
 
     def _request(self, ident: bytes, header: Header, payload: bytes | msgspec.Raw) -> None:
@@ -155,6 +154,8 @@ class RequestServer:
             else:
                 self.reject(header.source, "kind", f"frame kind {header.kind} sent to a ROUTER")
             return
+        # Proof of life only now: a frame that failed its checks may be anyone's.
+        self.on_traffic(header.source)
         entry = self.mediator.handlers.get(header.type_name)
         if entry is None:
             self._answer_error(

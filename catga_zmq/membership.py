@@ -2,8 +2,10 @@
 
 Membership is decided by heartbeats, never by discovery. A candidate becomes ALIVE on
 its first heartbeat; silence makes it SUSPECT, then FAULTED (out of routing); a BYE
-makes it LEFT at once. Any frame from a peer counts as proof of life. A heartbeat with a
-higher incarnation is a restarted node and replaces the old entry.
+makes it LEFT at once. A frame that passed its checks, from the connection of the
+node it names, counts as proof of life too (a reply to a request sent to that node,
+a well-formed request): a forged frame naming a silent node must not keep it ALIVE.
+A heartbeat with a higher incarnation is a restarted node and replaces the old entry.
 
 ::
 
@@ -376,7 +378,7 @@ class Membership:
             self._emit(event(peer.snapshot()))
 
     def on_traffic(self, node_id: str, now: float) -> None:
-        """Any frame from a peer proves it alive, heartbeat or not."""
+        """A checked frame from the peer's own connection proves it alive, heartbeat or not."""
         peer = self.peers.get(node_id)
         if peer is None:
             return

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 import pytest
 import zmq
-from conftest import MakeNode, parts, unbatch, wait_until
+from conftest import MakeNode, member, parts, unbatch, wait_until
 
 from catga_zmq import (
     Candidate,
@@ -22,6 +23,7 @@ from catga_zmq import (
     MemoryDiscovery,
     MemoryHub,
     Node,
+    NodeStatus,
     Ping,
     TransportFailed,
 )
@@ -33,6 +35,7 @@ from catga_zmq.protocol import (
     HeartbeatBody,
     Kind,
     decode_header,
+    encode_batch,
 )
 from catga_zmq.system import NodeInfo, PeerAddress
 
@@ -284,3 +287,73 @@ async def test_info_passes_on_only_members_and_addresses_that_answered(
     assert claimed.endpoint in parts(a).gossip.addresses  # heard of, and connected to
     passed_on = {p.endpoint: p.node_id for p in (await info_of(a, sock, 2)).peers}
     assert passed_on == {b.endpoint: "b"}
+
+
+# proof of life --------------------------------------------------------------------------
+
+
+async def test_rejected_frames_naming_a_silent_member_do_not_keep_it_alive(
+    make_node: MakeNode,
+    forger: Callable[[Node], Forger],
+    dealer_to: Callable[[Node], zmq.Socket[bytes]],
+) -> None:
+    a = make_node("a")
+    await a.start()
+    f = forger(a)
+    await f.announce()
+    await join_invented(a, f, "victim")
+    sock = dealer_to(a)
+    wrong_version = [header(Kind.REQ, "victim", 1, Ping.__wire_name__, version=99), b"\x80"]
+    wrong_kind = [header(Kind.HB, "victim"), b"\x80"]
+    batch: list[tuple[Any, Any]] = [
+        (msgspec.Raw(header(Kind.REP, "victim", 3)), msgspec.Raw(b"\x80")),
+    ]
+    # Its heartbeats stop; frames that fail their checks keep naming it (SUSPECT after
+    # 0.3 s of silence, FAULTED after 0.6 s).
+    async with asyncio.timeout(15):
+        while member(a, "victim").status is NodeStatus.ALIVE:
+            sock.send_multipart(wrong_version)
+            sock.send_multipart(wrong_kind)
+            sock.send_multipart([encode_batch(batch)])
+            await asyncio.sleep(0.02)
+    assert member(a, "victim").status in (NodeStatus.SUSPECT, NodeStatus.FAULTED)
+    assert a.stats().frames_rejected >= 3
+
+
+async def test_replies_to_no_request_sent_to_it_do_not_keep_a_silent_member_alive(
+    make_node: MakeNode,
+    forger: Callable[[Node], Forger],
+    zctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    a = make_node("a")
+    await a.start()
+    f = forger(a)
+    await f.announce()
+    # The invented member's ROUTER is real here, so that replies reach a's DEALER.
+    router = zctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+    call: asyncio.Task[Any] | None = None
+    try:
+        async with asyncio.timeout(10):
+            while "victim" not in {m.node_id for m in a.members()}:
+                f.pub.send_multipart(f.heartbeat("victim", endpoint))
+                await asyncio.sleep(0.02)
+        # One request of a's tells the ROUTER the identity of a's DEALER.
+        call = asyncio.create_task(a.send(Ping(), node="victim", timeout=20))
+        async with asyncio.timeout(10):
+            while not router.poll(0):
+                f.pub.send_multipart(f.heartbeat("victim", endpoint))
+                await asyncio.sleep(0.02)
+        ident = router.recv_multipart()[0]
+        # Its heartbeats stop; replies naming it keep coming, to no request of a's.
+        async with asyncio.timeout(15):
+            while member(a, "victim").status is NodeStatus.ALIVE:
+                router.send_multipart([ident, header(Kind.REP, "victim", 10**9), b"\xc0"])
+                await asyncio.sleep(0.02)
+        assert member(a, "victim").status in (NodeStatus.SUSPECT, NodeStatus.FAULTED)
+    finally:
+        if call is not None:
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+        router.close(0)
