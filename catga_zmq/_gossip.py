@@ -146,6 +146,10 @@ class Gossip:
         """Write ``c`` into the address book, unless it is full (then reject it)."""
         assert c.node_id is not None and c.pub_endpoint is not None
         if c.endpoint not in self.addresses:
+            if len(self.addresses) >= self.options.max_addresses and trusted and self._probation:
+                # A configured address (discovery, seeds) takes the place of the oldest
+                # claimed one: a flood of greetings must not shut real nodes out.
+                self.forget_address(next(iter(self._probation)))
             if len(self.addresses) >= self.options.max_addresses:
                 self.reject(
                     "the address book",

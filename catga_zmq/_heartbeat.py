@@ -141,8 +141,13 @@ class Heartbeats:
             self.membership.on_bye(hb.node_id, hb.incarnation)
             return
         known = self.membership.peers.get(hb.node_id)
-        if known is None and len(self.membership.peers) >= self.options.max_peers:
+        if (
+            known is None
+            and len(self.membership.peers) >= self.options.max_peers
+            and not self.membership.make_room()
+        ):
             # Each member holds sockets: a flood of invented nodes must not take them all.
+            # (A FAULTED or LEFT member gives way to a new node; a live one does not.)
             self.reject(
                 "the peer table",
                 "full",

@@ -202,6 +202,7 @@ class Peer:
 
 _ROUTABLE = (NodeStatus.ALIVE,)
 _SILENT = frozenset((NodeStatus.SUSPECT, NodeStatus.FAULTED))
+_GONE = frozenset((NodeStatus.FAULTED, NodeStatus.LEFT))
 
 
 class Watcher:
@@ -405,6 +406,18 @@ class Membership:
             self.on_lost(peer)
         if self.on_gone is not None:
             self.on_gone(peer)
+
+    def make_room(self) -> bool:
+        """Forget the longest-silent FAULTED or LEFT member, to make room for a new one
+        when the table is full; False if every member is live."""
+        gone = [p for p in self.peers.values() if p.status in _GONE]
+        if not gone:
+            return False
+        peer = min(gone, key=lambda p: p.last_seen)
+        del self.peers[peer.node_id]
+        if self.on_gone is not None:
+            self.on_gone(peer)
+        return True
 
     def excuse(self, stall: float) -> None:
         """This node was stalled for ``stall`` s: that silence was its own, not its peers'.

@@ -205,6 +205,42 @@ async def test_running_out_of_sockets_is_transport_failed_and_info_still_answers
     assert (await a.send(Ping(), node="a", timeout=2)).node_id == "a"
 
 
+async def test_a_faulted_member_gives_way_to_a_new_node_when_the_table_is_full(
+    make_node: MakeNode, forger: Callable[[Node], Forger]
+) -> None:
+    a = make_node("a", max_peers=2)
+    await a.start()
+    parts(a).membership.forget_after = 1000.0  # s: not forgotten meanwhile by age
+    f = forger(a)
+    await f.announce()
+    await join_invented(a, f, "n0")
+    await join_invented(a, f, "n1")
+    await wait_until(
+        lambda: all(m.status is NodeStatus.FAULTED for m in a.members() if not m.local),
+        timeout=10,
+    )
+    await join_invented(a, f, "n2")
+    assert len([m for m in a.members() if not m.local]) == 2
+    assert member(a, "n2").status is NodeStatus.ALIVE
+
+
+async def test_a_discovered_node_takes_the_place_of_a_claimed_address_when_the_book_is_full(
+    make_node: MakeNode, dealer_to: Callable[[Node], zmq.Socket[bytes]]
+) -> None:
+    a = make_node("a", max_addresses=3)
+    await a.start()
+    sock = dealer_to(a)
+    for rid in range(1, 6):
+        sock.send_multipart(greeting(rid, invented_address(a, f"x{rid}")))
+    await answers(sock, 5)
+    assert len(parts(a).gossip.addresses) == 3
+    b = make_node("b")
+    await b.start()
+    await wait_until(lambda: "b" in {m.node_id for m in a.members()}, timeout=10)
+    assert b.endpoint in parts(a).gossip.addresses
+    assert len(parts(a).gossip.addresses) <= 3
+
+
 # expiry ---------------------------------------------------------------------------------
 
 
