@@ -191,10 +191,19 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = 1
     log_level: Annotated[str, _doc("DEBUG, INFO, WARNING, ERROR or CRITICAL")] = "INFO"
     metadata: Annotated[dict[str, str], _doc("labels other nodes see, KEY=VALUE")] = {}
+    # Four sockets a peer (a DEALER and its monitor, for members and for addresses
+    # alike) stay under libzmq's 65,535 sockets a context.
     max_peers: Annotated[
-        int, _doc("members kept (and addresses connected to before they join); more: refused")
+        int,
+        _doc(
+            "members kept (and addresses connected to before they join); more: refused",
+            ge=1,
+            le=16_000,
+        ),
     ] = 256
-    max_addresses: Annotated[int, _doc("addresses heard of and kept before they join")] = 1024
+    max_addresses: Annotated[
+        int, _doc("addresses heard of and kept before they join", ge=1, le=MAX_COUNT)
+    ] = 1024
 
     def validated(self) -> NodeOptions:
         """Return a copy with derived defaults filled in, or raise ``ConfigError``."""
