@@ -101,17 +101,15 @@ class PendingMap:
         if heap:
             self._arm(heap[0][0])
 
-    def target(self, request_id: int) -> str | None:
-        """The node a pending request was sent to (None: not pending)."""
-        entry = self._entries.get(request_id)
-        return entry[1] if entry is not None else None
-
-    def resolve(self, request_id: int, reply: Reply) -> None:
+    def resolve(self, request_id: int, reply: Reply) -> bool:
+        """Hand ``reply`` to its waiter; True when it came from the node the request
+        went to (``reply[2]``), which is the only reply that proves that node alive."""
         entry = self._entries.pop(request_id, None)
         if entry is None or entry[0].done():
             self.late_replies += 1  # after its timeout or cancellation: nobody waits
-            return
+            return entry is not None and entry[1] == reply[2]
         entry[0].set_result(reply)
+        return entry[1] == reply[2]
 
     def fail(self, request_id: int, exc: CatgaError) -> None:
         entry = self._entries.pop(request_id, None)

@@ -433,9 +433,8 @@ class Requester:
             return
         # Proof of life only from the node the request went to: a reply read on its
         # DEALER that names another node, or no request of ours, proves nothing.
-        if self.pending.target(header.request_id) == header.source:
+        if self.pending.resolve(header.request_id, (header.kind, body, header.source)):
             self.on_traffic(header.source)
-        self.pending.resolve(header.request_id, (header.kind, body, header.source))
 
     # lost nodes ----------------------------------------------------------------------
 

@@ -105,6 +105,8 @@ class RequestServer:
         self.loop = asyncio.get_running_loop()
         #: Handlers running now (remote and local calls).
         self.running = 0
+        #: The sender whose traffic the frame being read has already noted.
+        self._noted = ""
         #: False once the node drains: new requests are refused (OVERLOADED).
         self.accepting = True
         #: Handler tasks still running -> the deadline their caller sent (0.0: none).
@@ -122,6 +124,7 @@ class RequestServer:
     def on_request(self, frames: list[bytes]) -> None:
         if len(frames) == 2:
             ident = frames[0]
+            self._noted = ""
             for record_header, record in decode_batch(
                 frames[1], ident.hex(), "request", self.reject
             ):
@@ -140,6 +143,7 @@ class RequestServer:
         except DECODE_ERRORS as exc:
             self.reject(ident.hex(), "header", f"header does not decode: {exc}")
             return
+        self._noted = ""
         self._request(ident, header, payload)
 
     def _request(self, ident: bytes, header: Header, payload: bytes | msgspec.Raw) -> None:
@@ -154,8 +158,11 @@ class RequestServer:
             else:
                 self.reject(header.source, "kind", f"frame kind {header.kind} sent to a ROUTER")
             return
-        # Proof of life only now: a frame that failed its checks may be anyone's.
-        self.on_traffic(header.source)
+        # Proof of life only now: a frame that failed its checks may be anyone's. Once
+        # per sender and frame: a batch holds many records of one sender.
+        if header.source != self._noted:
+            self._noted = header.source
+            self.on_traffic(header.source)
         entry = self.mediator.handlers.get(header.type_name)
         if entry is None:
             self._answer_error(
