@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ._gossip import Gossip
 from ._requester import Requester
@@ -79,28 +80,37 @@ class Builtins:
         counts: dict[str, int] = {}
         for p in self.membership.peers.values():
             counts[p.status.value] = counts.get(p.status.value, 0) + 1
-        stats = self.stats
-        problems = self.problems()
-        return NodeStats(
-            node_id=self.membership.me.node_id,
+        return stats_of(
+            self.membership.me.node_id,
+            self.stats,
+            self.problems(),
             uptime=time.monotonic() - self.started_at,
             running=self.server.running,
             pending=len(self.requester.pending),
-            requests_handled=stats["requests_handled"],
-            requests_failed=stats["requests_failed"],
-            requests_refused=stats["requests_refused"],
-            requests_sent=stats["requests_sent"],
-            events_published=stats["events_published"],
-            events_received=stats["events_received"],
-            events_lost=stats["events_lost"],
             events_dropped=sum(
                 sub.dropped for subs in self.mediator.subscribers.values() for sub in subs
             ),
-            frames_rejected=stats["frames_rejected"],
             replies_dropped=self.transport.dropped_replies,
             late_replies=self.requester.pending.late_replies,
             members=counts,
             batches_sent=self.transport.batches_sent,
-            healthy=not problems,
-            problems=problems,
         )
+
+
+#: What ``NodeStats`` says of the parts of a node that has none (not started).
+_IDLE: dict[str, Any] = {
+    "uptime": 0.0,
+    "running": 0,
+    "pending": 0,
+    "events_dropped": 0,
+    "replies_dropped": 0,
+    "late_replies": 0,
+    "batches_sent": 0,
+}
+
+
+def stats_of(node_id: str, counters: dict[str, int], problems: list[str], **live: Any) -> NodeStats:
+    """``NodeStats`` from a node's counters (named as its fields) and, when it runs,
+    what its parts say (``live``)."""
+    fields: dict[str, Any] = {**_IDLE, "members": {}, **counters, **live}
+    return NodeStats(node_id=node_id, healthy=not problems, problems=problems, **fields)

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from enum import StrEnum
 from typing import Any, Final, TypeVar, overload
 
+from ._builtins import stats_of
 from ._supervisor import Supervisor
 from ._wiring import Parts, make_discovery
 from .config import NodeOptions
@@ -479,27 +480,7 @@ class Node:
         """This node's counters now: what the built-in ``Stats`` request answers."""
         if self._parts is not None:
             return self._parts.builtins.snapshot()
-        c = self._counters
-        return NodeStats(
-            node_id=self.node_id,
-            uptime=0.0,
-            running=0,
-            pending=0,
-            requests_handled=c["requests_handled"],
-            requests_failed=c["requests_failed"],
-            requests_refused=c["requests_refused"],
-            requests_sent=c["requests_sent"],
-            events_published=c["events_published"],
-            events_received=c["events_received"],
-            events_lost=c["events_lost"],
-            events_dropped=0,
-            frames_rejected=c["frames_rejected"],
-            replies_dropped=0,
-            late_replies=0,
-            members={},
-            healthy=False,
-            problems=self.problems(),
-        )
+        return stats_of(self.node_id, self._counters, self.problems())
 
     # membership view -----------------------------------------------------------------------
 
