@@ -428,7 +428,7 @@ def _assert_usage_error(result: subprocess.CompletedProcess[str], *words: str) -
     [
         (["--seeds", "localhost:5"], ["localhost:5"]),
         (["--app", "nonexistent_mod:node"], ["nonexistent_mod"]),
-        (["--heartbeat-interval", "0"], ["heartbeat_interval"]),
+        (["--heartbeat-interval", "0"], ["--heartbeat-interval", "0.01 to 3600"]),
     ],
     ids=["seeds", "app", "heartbeat-interval"],
 )

@@ -17,14 +17,12 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
+from _forge import RawPeer, raw_peer_fixture
 from conftest import MakeNode, parts, unbatch, wait_until
 
 from catga_zmq import (
-    Candidate,
     CatgaError,
     Event,
-    MemoryDiscovery,
-    MemoryHub,
     Node,
     NodeStatus,
     Ping,
@@ -345,77 +343,21 @@ async def test_router_counts_an_undecodable_payload(
 # SUB -----------------------------------------------------------------------------------
 
 
-class EvilPeer:
-    """A raw PUB announced through the hub as node 'evil', so the node subscribes to it."""
-
-    def __init__(self, zctx: zmq.Context[zmq.Socket[bytes]], hub: MemoryHub, cluster: str) -> None:
-        self.pub = zctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        port = self.pub.bind_to_random_port("tcp://127.0.0.1")
-        self.pub_endpoint = f"tcp://127.0.0.1:{port}"
-        # A ROUTER endpoint where nobody listens: the node's DEALER to it never connects.
-        self.dead = zctx.socket(zmq.ROUTER)
-        dead_port = self.dead.bind_to_random_port("tcp://127.0.0.1")
-        self.dead.close(0)
-        self.endpoint = f"tcp://127.0.0.1:{dead_port}"
-        self.cluster = cluster
-        self.discovery = MemoryDiscovery(hub)
-
-    async def announce(self) -> None:
-        await self.discovery.register(
-            Candidate(
-                endpoint=self.endpoint,
-                node_id="evil",
-                pub_endpoint=self.pub_endpoint,
-                cluster=self.cluster,
-                version=PROTOCOL_VERSION,
-            )
-        )
+class EvilPeer(RawPeer):
+    """A raw peer 'evil' that says it handles ``GSay``."""
 
     def heartbeat(self, **changes: Any) -> HeartbeatBody:
-        fields: dict[str, Any] = {
-            "node_id": "evil",
-            "incarnation": 1,
-            "seq": 1,
-            "status": "alive",
-            "cluster": self.cluster,
-            "endpoint": self.endpoint,
-            "pub_endpoint": self.pub_endpoint,
-            "handles": [GSay.__wire_name__],
-        }
-        fields.update(changes)
-        return HeartbeatBody(**fields)
+        return self.heartbeat_body(**{"handles": [GSay.__wire_name__], **changes})
 
     async def flood(
         self, node: Node, frames: list[list[bytes]], at_least: int, timeout: float = 5.0
     ) -> None:
         """Publish ``frames`` over and over until ``node`` has rejected ``at_least`` more."""
         target = node.stats().frames_rejected + at_least
-        async with asyncio.timeout(timeout):
-            while node.stats().frames_rejected < target:
-                for f in frames:
-                    self.pub.send_multipart(f)
-                await asyncio.sleep(0.02)
-
-    async def aclose(self) -> None:
-        self.pub.close(0)
-        await self.discovery.aclose()
+        await self.publish_until(lambda: node.stats().frames_rejected >= target, frames, timeout)
 
 
-@pytest.fixture
-async def evil(
-    zctx: zmq.Context[zmq.Socket[bytes]], hub: MemoryHub, make_node: MakeNode
-) -> AsyncIterator[Callable[[Node], EvilPeer]]:
-    made: list[EvilPeer] = []
-
-    def make(node: Node) -> EvilPeer:
-        peer = EvilPeer(zctx, hub, node.options.cluster)
-        made.append(peer)
-        return peer
-
-    yield make
-    for peer in made:
-        await peer.aclose()
+evil = raw_peer_fixture(EvilPeer)
 
 
 async def test_sub_rejects_garbage_broadcasts(

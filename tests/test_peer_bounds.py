@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import pytest
 import zmq
+from _forge import RawPeer, raw_peer_fixture
 from conftest import MakeNode, member, parts, unbatch, wait_until
 
 from catga_zmq import (
-    Candidate,
     Info,
-    MemoryDiscovery,
     MemoryHub,
     Node,
     NodeStatus,
@@ -32,7 +31,6 @@ from catga_zmq.protocol import (
     HEARTBEAT_TOPIC,
     PROTOCOL_VERSION,
     Header,
-    HeartbeatBody,
     Kind,
     decode_header,
     encode_batch,
@@ -57,52 +55,18 @@ def header(kind: Kind, source: str, rid: int = 1, type_name: str = "", version: 
     return _enc(Header(version or PROTOCOL_VERSION, int(kind), rid, type_name, source, 2000))
 
 
-class Forger:
-    """A raw PUB announced as node 'forger' through the hub, so nodes subscribe to it."""
+class Forger(RawPeer):
+    """A raw peer 'forger' that publishes heartbeats of nodes it invents."""
 
     def __init__(self, zctx: zmq.Context[zmq.Socket[bytes]], hub: MemoryHub, cluster: str) -> None:
-        self.pub = zctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub_endpoint = f"tcp://127.0.0.1:{self.pub.bind_to_random_port('tcp://127.0.0.1')}"
-        self.cluster = cluster
-        self.discovery = MemoryDiscovery(hub)
-
-    async def announce(self) -> None:
-        await self.discovery.register(
-            Candidate(nowhere(), "forger", self.pub_endpoint, self.cluster, PROTOCOL_VERSION)
-        )
+        super().__init__(zctx, hub, cluster, node_id="forger")
 
     def heartbeat(self, node_id: str, endpoint: str) -> list[bytes]:
-        body = HeartbeatBody(
-            node_id=node_id,
-            incarnation=1,
-            seq=1,
-            status="alive",
-            cluster=self.cluster,
-            endpoint=endpoint,
-            pub_endpoint=self.pub_endpoint,
-        )
+        body = self.heartbeat_body(node_id=node_id, endpoint=endpoint)
         return [HEARTBEAT_TOPIC, header(Kind.HB, node_id), _enc(body)]
 
-    async def aclose(self) -> None:
-        self.pub.close(0)
-        await self.discovery.aclose()
 
-
-@pytest.fixture
-async def forger(
-    zctx: zmq.Context[zmq.Socket[bytes]], hub: MemoryHub, make_node: MakeNode
-) -> AsyncIterator[Callable[[Node], Forger]]:
-    made: list[Forger] = []
-
-    def make(node: Node) -> Forger:
-        f = Forger(zctx, hub, node.options.cluster)
-        made.append(f)
-        return f
-
-    yield make
-    for f in made:
-        await f.aclose()
+forger = raw_peer_fixture(Forger)
 
 
 async def join_invented(node: Node, forger: Forger, node_id: str) -> str:

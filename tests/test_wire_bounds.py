@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import pytest
 import zmq
+from _forge import RawPeer, raw_peer_fixture
 from conftest import PATIENT, MakeNode, parts, unbatch, wait_until
 
-from catga_zmq import Candidate, Event, MemoryDiscovery, MemoryHub, Node, Request
+from catga_zmq import Event, Node, Request
 from catga_zmq import _inbound as inbound
 from catga_zmq.protocol import (
     HEARTBEAT_TOPIC,
-    PROTOCOL_VERSION,
-    HeartbeatBody,
     Kind,
     encode_header,
     topic_for,
@@ -132,74 +131,19 @@ async def test_oversized_header_strings_are_counted_rejections(
     assert longest_line(caplog) < 1000
 
 
-class RawPub:
-    """A raw PUB announced through the test's hub as node 'evil': the node subscribes to it."""
-
-    def __init__(self, zctx: zmq.Context[zmq.Socket[bytes]], hub: MemoryHub, cluster: str) -> None:
-        self.pub = zctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        port = self.pub.bind_to_random_port("tcp://127.0.0.1")
-        self.pub_endpoint = f"tcp://127.0.0.1:{port}"
-        # A ROUTER endpoint where nobody listens: the node's DEALER to it never connects.
-        dead = zctx.socket(zmq.ROUTER)
-        self.endpoint = f"tcp://127.0.0.1:{dead.bind_to_random_port('tcp://127.0.0.1')}"
-        dead.close(0)
-        self.cluster = cluster
-        self.discovery = MemoryDiscovery(hub)
-
-    async def announce(self) -> None:
-        await self.discovery.register(
-            Candidate(
-                endpoint=self.endpoint,
-                node_id="evil",
-                pub_endpoint=self.pub_endpoint,
-                cluster=self.cluster,
-                version=PROTOCOL_VERSION,
-            )
-        )
+class RawPub(RawPeer):
+    """A raw peer 'evil' whose heartbeats are ready to send."""
 
     def heartbeat(self, **changes: Any) -> bytes:
-        fields: dict[str, Any] = {
-            "node_id": "evil",
-            "incarnation": 1,
-            "seq": 1,
-            "status": "alive",
-            "cluster": self.cluster,
-            "endpoint": self.endpoint,
-            "pub_endpoint": self.pub_endpoint,
-        }
-        fields.update(changes)
-        return _enc(HeartbeatBody(**fields))
+        return _enc(self.heartbeat_body(**changes))
 
     async def until(
         self, done: Callable[[], bool], frames: list[list[bytes]], timeout: float = 10.0
     ) -> None:
-        """Publish ``frames`` over and over (the SUB may join late) until ``done()``."""
-        async with asyncio.timeout(timeout):
-            while not done():
-                for f in frames:
-                    self.pub.send_multipart(f)
-                await asyncio.sleep(0.02)
-
-    async def aclose(self) -> None:
-        self.pub.close(0)
-        await self.discovery.aclose()
+        await self.publish_until(done, frames, timeout)
 
 
-@pytest.fixture
-async def raw_pub(
-    zctx: zmq.Context[zmq.Socket[bytes]], hub: MemoryHub, make_node: MakeNode
-) -> AsyncIterator[Callable[[Node], RawPub]]:
-    made: list[RawPub] = []
-
-    def make(node: Node) -> RawPub:
-        peer = RawPub(zctx, hub, node.options.cluster)
-        made.append(peer)
-        return peer
-
-    yield make
-    for peer in made:
-        await peer.aclose()
+raw_pub = raw_peer_fixture(RawPub)
 
 
 def hb_header(source: str = "evil", kind: Kind = Kind.HB) -> bytes:
