@@ -160,10 +160,25 @@ class Gossip:
                 return False
             if not trusted and not self._is_member_endpoint(c.endpoint):
                 self._on_probation(c.endpoint)
+        else:
+            self._moved(c.endpoint, c.pub_endpoint)
         self.addresses[c.endpoint] = PeerAddress(
             c.node_id, c.endpoint, c.pub_endpoint, self.options.cluster, PROTOCOL_VERSION
         )
         return True
+
+    def _moved(self, endpoint: str, pub_endpoint: str) -> None:
+        """A known address now names another PUB endpoint: unsubscribe from the old one
+        unless a member or another address still uses it. Otherwise every re-greeting
+        with a new PUB endpoint would add one more SUB connection, without bound."""
+        old = self.addresses[endpoint].pub_endpoint
+        if old == pub_endpoint:
+            return
+        in_use = any(p.pub_endpoint == old for p in self.membership.peers.values()) or any(
+            a.pub_endpoint == old for e, a in self.addresses.items() if e != endpoint
+        )
+        if not in_use:
+            self.transport.unsubscribe_from(old)
 
     def _room_for(self, endpoint: str) -> bool:
         """May a DEALER be opened to ``endpoint``, not (yet) a member's? Members have

@@ -617,6 +617,9 @@ class Transport:
         found = self.dealers.pop(endpoint, None)
         if found is not None:
             found.close()
+        self.unsubscribe_from(pub_endpoint)
+
+    def unsubscribe_from(self, pub_endpoint: str) -> None:
         if pub_endpoint in self.subscribed and self.sub is not None:
             self.subscribed.discard(pub_endpoint)
             with contextlib.suppress(zmq.ZMQError):  # not connected in libzmq's view: no-op

@@ -147,6 +147,25 @@ async def test_greetings_past_max_addresses_are_not_kept_and_info_still_answers(
     assert a.stats().frames_rejected >= 25  # each address refused is counted
 
 
+async def test_a_known_address_greeting_with_new_pub_endpoints_keeps_one_subscription(
+    make_node: MakeNode, dealer_to: Callable[[Node], zmq.Socket[bytes]]
+) -> None:
+    # The same endpoint, claimed again and again with another PUB endpoint each time:
+    # the old subscription goes when the new one comes, or each greeting adds one more.
+    a = make_node("a", max_peers=3, max_addresses=5)
+    await a.start()
+    sock = dealer_to(a)
+    before = set(parts(a).transport.subscribed)
+    endpoint = nowhere()
+    pubs = [f"tcp://127.0.0.1:{port}" for port in range(40001, 40031)]
+    for rid, pub in enumerate(pubs, start=1):
+        address = PeerAddress("x", endpoint, pub, a.options.cluster, PROTOCOL_VERSION)
+        sock.send_multipart(greeting(rid, address))
+    await answers(sock, len(pubs))
+    assert parts(a).transport.subscribed - before == {pubs[-1]}
+    assert parts(a).gossip.addresses[endpoint].pub_endpoint == pubs[-1]
+
+
 async def test_running_out_of_sockets_is_transport_failed_and_info_still_answers(
     make_node: MakeNode, dealer_to: Callable[[Node], zmq.Socket[bytes]]
 ) -> None:
