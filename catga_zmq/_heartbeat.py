@@ -10,6 +10,7 @@ from typing import Final
 
 import msgspec
 
+from ._clock import now_ms
 from ._inbound import Rejections
 from .config import NodeOptions, parse_endpoint
 from .errors import ConfigError, ProtocolError
@@ -81,7 +82,7 @@ class Heartbeats:
 
     def send(self, kind: Kind = Kind.HB) -> None:
         body = msgspec.msgpack.encode(self.body())
-        header = encode_header(int(kind), self._seq, "", self.me.node_id)
+        header = encode_header(int(kind), self._seq, "", self.me.node_id, sent_ms=now_ms())
         self.transport.broadcast(HEARTBEAT_TOPIC, header, body)
         self.me.last_heartbeat = time.time()
 
@@ -163,6 +164,10 @@ class Heartbeats:
             known is None or known.incarnation != hb.incarnation or known.status is NodeStatus.LEFT
         )
         self.membership.on_heartbeat(hb, self.loop.time())
+        if header.sent_ms and header.source == hb.node_id:
+            peer = self.membership.peers.get(hb.node_id)
+            if peer is not None and peer.incarnation == hb.incarnation:
+                peer.clock.sample(time.monotonic() * 1000 - header.sent_ms)
         if fresh:
             self.on_fresh(hb)
 

@@ -130,6 +130,7 @@ class Node:
             "requests_handled": 0,
             "requests_failed": 0,
             "requests_refused": 0,
+            "requests_expired": 0,
             "requests_sent": 0,
             "events_published": 0,
             "events_received": 0,

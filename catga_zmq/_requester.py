@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
+from ._clock import now_ms
 from ._inbound import Rejections, decode_batch
 from ._pending import PendingMap
 from ._server import DEADLINE_EXPIRED, RequestServer
@@ -342,7 +343,7 @@ class Requester:
         try:
             budget_ms = min(MAX_BUDGET_MS, max(1, int((deadline - self.loop.time()) * 1000)))
             rid, fut = pending.open(target.node_id, idempotent, deadline, name)
-            header = encode_header(_REQ, rid, name, self.node_id, budget_ms, 0, trace)
+            header = encode_header(_REQ, rid, name, self.node_id, budget_ms, 0, trace, now_ms())
             try:
                 # Alone in flight to that node: now. Else it joins the node's batch.
                 self.transport.send_request(

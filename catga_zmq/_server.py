@@ -15,7 +15,7 @@ import inspect
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -36,6 +36,7 @@ from .errors import (
     ValidationFailed,
 )
 from .mediator import Call, Context, Mediator
+from .membership import Peer
 from .messages import Message
 from .protocol import (
     DECODE_ERRORS,
@@ -93,6 +94,7 @@ class RequestServer:
         reject: Rejections,
         stats: dict[str, int],
         on_traffic: Callable[[str], None],
+        peers: Mapping[str, Peer],
     ) -> None:
         self.node_id = node_id
         self.options = options
@@ -102,6 +104,8 @@ class RequestServer:
         self.reject = reject
         self.stats = stats
         self.on_traffic = on_traffic
+        #: The members by node id: how late this node reads each one's frames.
+        self.peers = peers
         self.loop = asyncio.get_running_loop()
         #: Handlers running now (remote and local calls).
         self.running = 0
@@ -184,7 +188,21 @@ class RequestServer:
             self.reject(header.source, f"payload:{header.type_name}", err.message)
             self._answer_error(ident, header, err)
             return
-        deadline = self.transport.arrival + header.budget_ms / 1000 if header.budget_ms else 0.0
+        deadline = 0.0
+        if header.budget_ms:
+            arrival = self.transport.arrival
+            deadline = arrival + header.budget_ms / 1000
+            if header.sent_ms:
+                peer = self.peers.get(header.source)
+                if peer is not None:
+                    # The budget counts from the send, not from this read: a frozen
+                    # node reads late and must not start what its caller gave up on.
+                    waited = peer.clock.wait(arrival * 1000, header.sent_ms)
+                    if waited:
+                        deadline -= waited / 1000
+                        if deadline <= arrival:
+                            self._expired(ident, header, waited)
+                            return
         ctx = Context(
             header.type_name,
             self.node_id,
@@ -209,6 +227,15 @@ class RequestServer:
         self._serving[task] = deadline
         if deadline and self._sweep is None:
             self._sweep = self.loop.call_later(DEADLINE_SWEEP, self._cancel_expired)
+
+    def _expired(self, ident: bytes, header: Header, waited_ms: float) -> None:
+        self.stats["requests_expired"] += 1
+        why = (
+            f"{header.type_name} was read on {self.node_id} {waited_ms / 1000:.3f} s late "
+            f"(this node did not read meanwhile), past its {header.budget_ms / 1000:.3f} s "
+            "budget; not started"
+        )
+        self._answer(ident, header.request_id, RequestTimeout.code, why, DEADLINE_EXPIRED, False)
 
     def _refusal(self) -> Overloaded | None:
         """Why a new request is refused now (None: it may run)."""

@@ -105,6 +105,7 @@ class Parts:
             reject=reject,
             stats=stats,
             on_traffic=on_traffic,
+            peers=peers,
         )
         self.requester = requester = Requester(
             node_id=opts.node_id,

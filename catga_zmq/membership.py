@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from ._clock import ClockOffset
 from .protocol import HeartbeatBody
 from .resilience import CircuitBreaker, CircuitState, PhiAccrual
 
@@ -179,6 +180,8 @@ class Peer:
     breaker: CircuitBreaker | None = None  # created on the first failure
     detector: PhiAccrual | None = None
     max_message_size: int = 0  # the largest message it takes (0: not advertised)
+    #: How late this node reads its frames (from its heartbeats' send times).
+    clock: ClockOffset = field(default_factory=ClockOffset)
 
     def snapshot(self) -> ClusterNode:
         return ClusterNode(

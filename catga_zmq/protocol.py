@@ -28,7 +28,7 @@ import msgspec.inspect
 from .errors import ProtocolError, ValidationFailed
 
 #: Bumped on any incompatible change of the header or of a built-in body.
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 
 #: Topic of heartbeat and BYE frames on the PUB socket. Wire names cannot start with "!".
 HEARTBEAT_TOPIC: Final = b"!hb\x00"
@@ -76,6 +76,11 @@ class Header(msgspec.Struct, array_like=True, gc=False):
 
     For REQ/REP/ERR ``request_id`` pairs a reply with its request; for EVT it is the
     publisher's sequence number for that topic, so subscribers can count gaps.
+
+    ``sent_ms`` (REQ, HB) is the sender's monotonic clock when it sent the frame, in ms:
+    never compared with another node's clock, only with the same sender's heartbeats,
+    which tell a receiver how late it reads that sender's frames (see ``ClockOffset``).
+    0: not given.
     """
 
     version: int
@@ -86,6 +91,7 @@ class Header(msgspec.Struct, array_like=True, gc=False):
     budget_ms: int = 0
     flags: int = 0
     trace_id: Annotated[str, msgspec.Meta(max_length=MAX_TRACE_ID)] = ""
+    sent_ms: int = 0
 
 
 class ErrorBody(msgspec.Struct, array_like=True, gc=False):
@@ -189,12 +195,23 @@ def encode_header(
     budget_ms: int = 0,
     flags: int = 0,
     trace_id: str = "",
+    sent_ms: int = 0,
 ) -> bytes:
     """A frame's header; ``ValidationFailed`` naming the field that does not encode."""
     try:
         # A tuple encodes to the same msgpack array as the array-like Header, at half the cost.
         return _header_encoder.encode(
-            (PROTOCOL_VERSION, kind, request_id, type_name, source, budget_ms, flags, trace_id)
+            (
+                PROTOCOL_VERSION,
+                kind,
+                request_id,
+                type_name,
+                source,
+                budget_ms,
+                flags,
+                trace_id,
+                sent_ms,
+            )
         )
     except ENCODE_ERRORS as exc:
         # Only what a caller passed can fail here (a trace id, in practice): name it.

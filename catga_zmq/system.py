@@ -108,7 +108,9 @@ class NodeStats(msgspec.Struct):
       reply; ``requests_failed``: those answered with an error once taken (the
       handler raised, its reply could not be encoded, or its deadline had passed);
       ``requests_refused``: those answered ``OVERLOADED`` without running (at
-      ``max_concurrency``, or draining).
+      ``max_concurrency``, or draining); ``requests_expired``: those answered
+      ``TIMEOUT`` without running, because this node read them after their caller's
+      deadline (it was stalled: see ``catga_zmq._clock``).
     - ``requests_sent``: requests it sent to other nodes.
     - ``events_published``: events it published; ``events_received``: events from
       other nodes it delivered to its subscribers; ``events_lost``: events from other
@@ -142,6 +144,7 @@ class NodeStats(msgspec.Struct):
     batches_sent: int = 0  # frames that carried several requests or replies
     healthy: bool = True  # every background loop of the node runs
     problems: list[str] = []  # what is wrong when it is not healthy
+    requests_expired: int = 0
 
 
 class Stats(Request[NodeStats]):

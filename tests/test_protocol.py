@@ -53,7 +53,7 @@ def test_header_defaults_round_trip() -> None:
 
 def test_header_is_array_like_and_small() -> None:
     data = encode_header(int(Kind.REQ), 1, "a.B", "n")
-    assert msgspec.msgpack.decode(data) == [PROTOCOL_VERSION, 1, 1, "a.B", "n", 0, 0, ""]
+    assert msgspec.msgpack.decode(data) == [PROTOCOL_VERSION, 1, 1, "a.B", "n", 0, 0, "", 0]
     assert len(data) < 20
 
 
