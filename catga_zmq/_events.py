@@ -50,7 +50,6 @@ class EventBus:
         transport: Transport,
         reject: Rejections,
         stats: dict[str, int],
-        on_traffic: Callable[[str], None],
         is_member: Callable[[str], bool],
     ) -> None:
         self.node_id = node_id
@@ -60,7 +59,6 @@ class EventBus:
         self.transport = transport
         self.reject = reject
         self.stats = stats
-        self.on_traffic = on_traffic
         #: Gaps are counted only for members: anyone can claim any ``source`` on PUB/SUB,
         #: and a table keyed by claims grows with them.
         self.is_member = is_member
@@ -110,7 +108,8 @@ class EventBus:
     def on_event(self, header: Header, payload: bytes) -> None:
         name = header.type_name
         subs = self.mediator.subscribers.get(name)
-        self.on_traffic(header.source)
+        # No proof of life: the SUB socket reads every publisher alike, so an event
+        # may name any node as its source (heartbeats say who is alive).
         if not subs:
             return
         if self.is_member(header.source) and not self._sequence_ok(header, name):

@@ -46,8 +46,8 @@ class PendingMap:
     ) -> None:
         self._loop = loop
         self._clock = clock or loop.time
-        #: rid -> (future, node id, idempotent, type name)
-        self._entries: dict[int, tuple[asyncio.Future[Reply], str, bool, str]] = {}
+        #: rid -> (future, node id, idempotent, type name, endpoint it went to)
+        self._entries: dict[int, tuple[asyncio.Future[Reply], str, bool, str, str]] = {}
         self._heap: list[tuple[float, int]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -58,11 +58,11 @@ class PendingMap:
         return len(self._entries)
 
     def open(
-        self, node_id: str, idempotent: bool, deadline: float, type_name: str
+        self, node_id: str, idempotent: bool, deadline: float, type_name: str, endpoint: str
     ) -> tuple[int, asyncio.Future[Reply]]:
         self._next_id = rid = self._next_id + 1
         fut: asyncio.Future[Reply] = self._loop.create_future()
-        self._entries[rid] = (fut, node_id, idempotent, type_name)
+        self._entries[rid] = (fut, node_id, idempotent, type_name, endpoint)
         heap = self._heap
         if len(heap) > 2 * len(self._entries) + 1024:
             self._compact()
@@ -101,19 +101,35 @@ class PendingMap:
         if heap:
             self._arm(heap[0][0])
 
-    def resolve(self, request_id: int, reply: Reply) -> bool:
-        """Hand ``reply`` to its waiter; True when it came from the node the request
-        went to (``reply[2]``), which is the only reply that proves that node alive."""
-        entry = self._entries.pop(request_id, None)
-        if entry is None or entry[0].done():
+    def resolve(self, request_id: int, reply: Reply, endpoint: str) -> bool | None:
+        """Hand ``reply``, read on the DEALER to ``endpoint``, to its waiter.
+
+        True when it names the node the request went to (``reply[2]``): the only reply
+        that proves that node alive. None when the request did not go to ``endpoint``:
+        whoever answers there is not the node asked (request ids are guessable), and
+        the entry stays for the real answer.
+        """
+        entries = self._entries
+        entry = entries.get(request_id)
+        if entry is None:
             self.late_replies += 1  # after its timeout or cancellation: nobody waits
-            return entry is not None and entry[1] == reply[2]
-        entry[0].set_result(reply)
+            return False
+        if entry[4] != endpoint:
+            return None
+        del entries[request_id]
+        if entry[0].done():
+            self.late_replies += 1
+        else:
+            entry[0].set_result(reply)
         return entry[1] == reply[2]
 
-    def fail(self, request_id: int, exc: CatgaError) -> None:
-        entry = self._entries.pop(request_id, None)
-        if entry is not None and not entry[0].done():
+    def fail(self, request_id: int, exc: CatgaError, endpoint: str | None = None) -> None:
+        """Fail a request; with ``endpoint``, only if it went there (see ``resolve``)."""
+        entry = self._entries.get(request_id)
+        if entry is None or (endpoint is not None and entry[4] != endpoint):
+            return
+        del self._entries[request_id]
+        if not entry[0].done():
             entry[0].set_exception(exc)
 
     def forget(self, request_id: int) -> None:
@@ -133,11 +149,11 @@ class PendingMap:
         """Fail the requests in flight to ``node_id``; returns how many."""
         lost = [
             rid
-            for rid, (_, target, idempotent, _) in self._entries.items()
+            for rid, (_, target, idempotent, _, _) in self._entries.items()
             if target == node_id and (idempotent or not idempotent_only)
         ]
         for rid in lost:
-            fut, _, idempotent, _ = self._entries.pop(rid)
+            fut, _, idempotent, _, _ = self._entries.pop(rid)
             if not fut.done():
                 fut.set_exception(
                     TransportFailed(
@@ -164,6 +180,6 @@ class PendingMap:
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
-        for fut, _, _, _ in entries.values():
+        for fut, _, _, _, _ in entries.values():
             if not fut.done():
                 fut.set_exception(exc_factory())

@@ -342,7 +342,7 @@ class Requester:
         breaker = target.breaker if judged else None
         try:
             budget_ms = min(MAX_BUDGET_MS, max(1, int((deadline - self.loop.time()) * 1000)))
-            rid, fut = pending.open(target.node_id, idempotent, deadline, name)
+            rid, fut = pending.open(target.node_id, idempotent, deadline, name, target.endpoint)
             header = encode_header(_REQ, rid, name, self.node_id, budget_ms, 0, trace, now_ms())
             try:
                 # Alone in flight to that node: now. Else it joins the node's batch.
@@ -408,34 +408,48 @@ class Requester:
 
     # replies -------------------------------------------------------------------------
 
-    def on_reply(self, frames: list[bytes]) -> None:
+    def on_reply(self, frames: list[bytes], endpoint: str) -> None:
+        """Reply frames read on the DEALER to ``endpoint``."""
         if len(frames) == 1:
-            for header, body in decode_batch(frames[0], "?", "reply", self.reject):
-                self._reply(header, body)
+            for header, body in decode_batch(frames[0], endpoint, "reply", self.reject):
+                self._reply(header, body, endpoint)
             return
         if len(frames) != 2:
-            self.reject("?", "reply-frames", f"a reply of {len(frames)} frames, expected 2")
+            self.reject(endpoint, "reply-frames", f"a reply of {len(frames)} frames, expected 2")
             return
         try:
             header = header_decoder.decode(frames[0])
         except DECODE_ERRORS as exc:
-            self.reject("?", "reply-header", f"reply header does not decode: {exc}")
+            self.reject(endpoint, "reply-header", f"reply header does not decode: {exc}")
             return
-        self._reply(header, frames[1])
+        self._reply(header, frames[1], endpoint)
 
-    def _reply(self, header: Header, body: bytes | msgspec.Raw) -> None:
+    def _reply(self, header: Header, body: bytes | msgspec.Raw, endpoint: str) -> None:
         if header.version != PROTOCOL_VERSION:
             problem = f"{header.source} speaks protocol version {header.version}, this node {PROTOCOL_VERSION}"
             self.reject(header.source, "version", problem)
-            self.pending.fail(header.request_id, ProtocolError(problem, node=header.source))
+            self.pending.fail(
+                header.request_id, ProtocolError(problem, node=header.source), endpoint
+            )
             return
         if header.kind != _REP and header.kind != _ERR:
             self.reject(header.source, "kind", f"frame kind {header.kind} as a reply")
             return
-        # Proof of life only from the node the request went to: a reply read on its
-        # DEALER that names another node, or no request of ours, proves nothing.
-        if self.pending.resolve(header.request_id, (header.kind, body, header.source)):
+        # Proof of life only from the node the request went to, on the connection it
+        # went through: a reply that names another node, or no request of ours, proves
+        # nothing; one to a request that went elsewhere answers nothing.
+        resolved = self.pending.resolve(
+            header.request_id, (header.kind, body, header.source), endpoint
+        )
+        if resolved:
             self.on_traffic(header.source)
+        elif resolved is None:
+            self.reject(
+                endpoint,
+                "reply-connection",
+                f"a reply to request {header.request_id} read from {endpoint}, where that "
+                "request did not go; dropped",
+            )
 
     # lost nodes ----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import inspect
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
@@ -93,7 +93,6 @@ class RequestServer:
         transport: Transport,
         reject: Rejections,
         stats: dict[str, int],
-        on_traffic: Callable[[str], None],
         peers: Mapping[str, Peer],
     ) -> None:
         self.node_id = node_id
@@ -103,14 +102,11 @@ class RequestServer:
         self.transport = transport
         self.reject = reject
         self.stats = stats
-        self.on_traffic = on_traffic
         #: The members by node id: how late this node reads each one's frames.
         self.peers = peers
         self.loop = asyncio.get_running_loop()
         #: Handlers running now (remote and local calls).
         self.running = 0
-        #: The sender whose traffic the frame being read has already noted.
-        self._noted = ""
         #: False once the node drains: new requests are refused (OVERLOADED).
         self.accepting = True
         #: Handler tasks still running -> the deadline their caller sent (0.0: none).
@@ -128,7 +124,6 @@ class RequestServer:
     def on_request(self, frames: list[bytes]) -> None:
         if len(frames) == 2:
             ident = frames[0]
-            self._noted = ""
             for record_header, record in decode_batch(
                 frames[1], ident.hex(), "request", self.reject
             ):
@@ -147,7 +142,6 @@ class RequestServer:
         except DECODE_ERRORS as exc:
             self.reject(ident.hex(), "header", f"header does not decode: {exc}")
             return
-        self._noted = ""
         self._request(ident, header, payload)
 
     def _request(self, ident: bytes, header: Header, payload: bytes | msgspec.Raw) -> None:
@@ -162,11 +156,8 @@ class RequestServer:
             else:
                 self.reject(header.source, "kind", f"frame kind {header.kind} sent to a ROUTER")
             return
-        # Proof of life only now: a frame that failed its checks may be anyone's. Once
-        # per sender and frame: a batch holds many records of one sender.
-        if header.source != self._noted:
-            self._noted = header.source
-            self.on_traffic(header.source)
+        # No proof of life, however well formed: anyone can connect to a ROUTER and
+        # name any node as its source (a frozen node must not be kept ALIVE by others).
         entry = self.mediator.handlers.get(header.type_name)
         if entry is None:
             self._answer_error(

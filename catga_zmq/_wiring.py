@@ -88,7 +88,7 @@ class Parts:
         peers = membership.peers
 
         def on_traffic(node_id: str) -> None:
-            # Inlined membership.on_traffic for a known, live peer: this runs per frame.
+            # Inlined membership.on_traffic for a known, live peer: this runs per reply.
             peer = peers.get(node_id)
             if peer is not None:
                 if peer.status is NodeStatus.ALIVE or peer.status is NodeStatus.DRAINING:
@@ -104,7 +104,6 @@ class Parts:
             transport=transport,
             reject=reject,
             stats=stats,
-            on_traffic=on_traffic,
             peers=peers,
         )
         self.requester = requester = Requester(
@@ -127,7 +126,6 @@ class Parts:
             transport=transport,
             reject=reject,
             stats=stats,
-            on_traffic=on_traffic,
             is_member=peers.__contains__,
         )
         self.gossip = gossip = Gossip(

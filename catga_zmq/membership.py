@@ -2,9 +2,10 @@
 
 Membership is decided by heartbeats, never by discovery. A candidate becomes ALIVE on
 its first heartbeat; silence makes it SUSPECT, then FAULTED (out of routing); a BYE
-makes it LEFT at once. A frame that passed its checks, from the connection of the
-node it names, counts as proof of life too (a reply to a request sent to that node,
-a well-formed request): a forged frame naming a silent node must not keep it ALIVE.
+makes it LEFT at once. A reply counts as proof of life too, when it names the node its
+request went to and was read on the connection to that node's endpoint; nothing else
+does (anyone can send a request or publish an event naming any node as its source):
+a forged frame naming a silent node must not keep it ALIVE.
 A heartbeat with a higher incarnation is a restarted node and replaces the old entry.
 
 ::

@@ -378,7 +378,12 @@ class Dealer:
                 self.monitor.close()
             sock.close(LINGER)
             raise TransportFailed(transport._no_socket(endpoint, exc)) from None
-        self.reader = Reader(transport.loop, sock, transport.on_reply)
+        self.reader = Reader(transport.loop, sock, self._on_reply)
+
+    def _on_reply(self, frames: list[bytes]) -> None:
+        # With this DEALER's endpoint: a reply counts only for a request that went
+        # through this connection (see ``PendingMap.resolve``).
+        self.transport.on_reply(frames, self.endpoint)
 
     def _on_monitor(self, frames: list[bytes]) -> None:
         if len(frames) != 2 or len(frames[0]) < 6:
@@ -403,6 +408,10 @@ def _unset(frames: list[bytes]) -> None:
     raise RuntimeError("a transport's frame handlers are set before bind()")
 
 
+def _unset_reply(frames: list[bytes], endpoint: str) -> None:
+    _unset(frames)
+
+
 class Transport:
     """The node's sockets. Knows frames, not message types."""
 
@@ -423,7 +432,8 @@ class Transport:
         #: ``on_unsent`` the request ids of a batch that could not be sent.
         self.on_request: Callable[[list[bytes]], None] = _unset
         self.on_broadcast: Callable[[list[bytes]], None] = _unset
-        self.on_reply: Callable[[list[bytes]], None] = _unset
+        #: (frames, endpoint of the DEALER they were read on)
+        self.on_reply: Callable[[list[bytes], str], None] = _unset_reply
         self.on_disconnect: Callable[[str], None] | None = None
         self.on_unsent: Callable[[list[int], str], None] | None = None
         # Destinations written to in this loop iteration, flushed at its end.

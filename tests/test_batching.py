@@ -184,7 +184,8 @@ class Wired:
         """``count`` pending requests to ``peer``: (request id, future of the reply)."""
         deadline = asyncio.get_running_loop().time() + 5
         return [
-            self.pending.open(self.peer.node_id, False, deadline, "t.Req") for _ in range(count)
+            self.pending.open(self.peer.node_id, False, deadline, "t.Req", self.peer.endpoint)
+            for _ in range(count)
         ]
 
 
@@ -193,7 +194,7 @@ async def wired() -> AsyncIterator[Wired]:
     pending = PendingMap(asyncio.get_running_loop())
     disconnected: list[str] = []
     transport = Transport("t", max_message_size=1 << 20, hwm=1000)
-    transport.on_reply = lambda frames: None
+    transport.on_reply = lambda frames, endpoint: None
     transport.on_disconnect = disconnected.append
     transport.on_unsent = pending.fail_unsent
     ctx = zmq.Context()

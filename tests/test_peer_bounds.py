@@ -19,11 +19,13 @@ from _forge import RawPeer, raw_peer_fixture
 from conftest import MakeNode, member, parts, unbatch, wait_until
 
 from catga_zmq import (
+    Event,
     Info,
     MemoryHub,
     Node,
     NodeStatus,
     Ping,
+    Request,
     TransportFailed,
 )
 from catga_zmq.membership import Membership, Peer
@@ -137,7 +139,16 @@ async def test_greetings_past_max_addresses_are_not_kept_and_info_still_answers(
     await a.start()
     sock = dealer_to(a)
     for rid in range(1, 31):
-        sock.send_multipart(greeting(rid, invented_address(a, f"x{rid}")))
+        # Distinct endpoints (a closed port picked twice would be one address claimed
+        # twice, not two): nothing listens on them, loopback only.
+        address = PeerAddress(
+            f"x{rid}",
+            f"tcp://127.0.0.1:{40100 + rid}",
+            f"tcp://127.0.0.1:{40200 + rid}",
+            a.options.cluster,
+            PROTOCOL_VERSION,
+        )
+        sock.send_multipart(greeting(rid, address))
     got = await answers(sock, 30)
     assert [decode_header(h).kind for h, _ in got] == [int(Kind.REP)] * 30
     gossip = parts(a).gossip
@@ -375,4 +386,119 @@ async def test_replies_to_no_request_sent_to_it_do_not_keep_a_silent_member_aliv
         if call is not None:
             call.cancel()
             await asyncio.gather(call, return_exceptions=True)
+        router.close(0)
+
+
+async def test_well_formed_requests_naming_a_silent_member_do_not_keep_it_alive(
+    make_node: MakeNode,
+    forger: Callable[[Node], Forger],
+    dealer_to: Callable[[Node], zmq.Socket[bytes]],
+) -> None:
+    # Anyone can connect to a ROUTER and name any node as its source: a frozen node's
+    # name on well-formed requests from elsewhere must not keep it ALIVE.
+    a = make_node("a")
+    await a.start()
+    f = forger(a)
+    await f.announce()
+    await join_invented(a, f, "victim")
+    sock = dealer_to(a)
+    ping = [header(Kind.REQ, "victim", 1, Ping.__wire_name__), _enc(Ping())]
+    async with asyncio.timeout(15):
+        while member(a, "victim").status is NodeStatus.ALIVE:
+            sock.send_multipart(ping)
+            await asyncio.sleep(0.02)
+            while sock.poll(0):
+                sock.recv_multipart()  # answered all the same: the request was valid
+    assert member(a, "victim").status in (NodeStatus.SUSPECT, NodeStatus.FAULTED)
+
+
+class Noted(Event):
+    __wire_name__ = "bounds.Noted"
+    n: int
+
+
+async def test_events_naming_a_silent_member_do_not_keep_it_alive(
+    make_node: MakeNode, forger: Callable[[Node], Forger]
+) -> None:
+    a = make_node("a")
+    got: list[int] = []
+
+    @a.subscribe
+    async def on_noted(event: Noted) -> None:
+        got.append(event.n)
+
+    await a.start()
+    f = forger(a)
+    await f.announce()
+    await join_invented(a, f, "victim")
+    # The forger's PUB publishes events that name the victim as their source.
+    topic = Noted.__wire_name__.encode() + b"\x00"
+    n = 0
+    async with asyncio.timeout(15):
+        while member(a, "victim").status is NodeStatus.ALIVE:
+            n += 1
+            f.pub.send_multipart(
+                [topic, header(Kind.EVT, "victim", n, Noted.__wire_name__), _enc(Noted(n))]
+            )
+            await asyncio.sleep(0.02)
+    assert member(a, "victim").status in (NodeStatus.SUSPECT, NodeStatus.FAULTED)
+    assert got  # the events were read (and delivered): they just prove nothing
+
+
+class Slow(Request["Served"]):
+    __wire_name__ = "bounds.Slow"
+    seconds: float
+
+
+class Served(msgspec.Struct):
+    by: str
+
+
+async def test_replies_read_on_another_connection_answer_nothing(
+    make_node: MakeNode,
+    forger: Callable[[Node], Forger],
+    zctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    # A peer that a node has a DEALER to (an invented member here) sprays replies that
+    # name the real server, for every request id: none may answer the request that went
+    # to the real server, which must get the real server's reply.
+    a = make_node("a")
+    b = make_node("b")
+
+    @b.handler
+    async def slow(req: Slow) -> Served:
+        await asyncio.sleep(req.seconds)
+        return Served("b")
+
+    await a.start()
+    await b.start()
+    await a.wait_for_peers(1, timeout=10, handles=Slow)
+    f = forger(a)
+    await f.announce()
+    router = zctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+    probe: asyncio.Task[Any] | None = None
+    try:
+        async with asyncio.timeout(10):
+            while "liar" not in {m.node_id for m in a.members()}:
+                f.pub.send_multipart(f.heartbeat("liar", endpoint))
+                await asyncio.sleep(0.02)
+        probe = asyncio.create_task(a.send(Ping(), node="liar", timeout=20))
+        async with asyncio.timeout(10):
+            while not router.poll(0):
+                f.pub.send_multipart(f.heartbeat("liar", endpoint))
+                await asyncio.sleep(0.02)
+        ident = router.recv_multipart()[0]
+        call = asyncio.create_task(a.send(Slow(seconds=1.0), node="b", timeout=10))
+        await asyncio.sleep(0.2)  # the request to b is in flight
+        forged = _enc(Served("liar"))
+        for rid in range(1, 501):
+            router.send_multipart([ident, header(Kind.REP, "b", rid), forged])
+        assert await call == Served("b")
+        assert a.stats().frames_rejected >= 1  # the forged answer to it, at least
+    finally:
+        if probe is not None:
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
         router.close(0)
