@@ -8,8 +8,9 @@ listens at the invented endpoints: the node's DEALERs to them never connect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -79,6 +80,35 @@ async def join_invented(node: Node, forger: Forger, node_id: str) -> str:
             forger.pub.send_multipart(forger.heartbeat(node_id, endpoint))
             await asyncio.sleep(0.02)
     return endpoint
+
+
+@contextlib.asynccontextmanager
+async def invented_router(
+    node: Node, forger: Forger, zctx: zmq.Context[zmq.Socket[bytes]], node_id: str
+) -> AsyncIterator[tuple[zmq.Socket[bytes], bytes]]:
+    """An invented member ``node_id`` whose ROUTER is real, so that what it sends
+    reaches ``node``'s DEALER: the ROUTER and the identity of that DEALER."""
+    router = zctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+    call: asyncio.Task[Any] | None = None
+    try:
+        async with asyncio.timeout(10):
+            while node_id not in {m.node_id for m in node.members()}:
+                forger.pub.send_multipart(forger.heartbeat(node_id, endpoint))
+                await asyncio.sleep(0.02)
+        # One request of the node's tells the ROUTER the identity of its DEALER.
+        call = asyncio.create_task(node.send(Ping(), node=node_id, timeout=20))
+        async with asyncio.timeout(10):
+            while not router.poll(0):
+                forger.pub.send_multipart(forger.heartbeat(node_id, endpoint))
+                await asyncio.sleep(0.02)
+        yield router, router.recv_multipart()[0]
+    finally:
+        if call is not None:
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+        router.close(0)
 
 
 def greeting(rid: int, caller: PeerAddress | None) -> list[bytes]:
@@ -359,34 +389,13 @@ async def test_replies_to_no_request_sent_to_it_do_not_keep_a_silent_member_aliv
     await a.start()
     f = forger(a)
     await f.announce()
-    # The invented member's ROUTER is real here, so that replies reach a's DEALER.
-    router = zctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
-    call: asyncio.Task[Any] | None = None
-    try:
-        async with asyncio.timeout(10):
-            while "victim" not in {m.node_id for m in a.members()}:
-                f.pub.send_multipart(f.heartbeat("victim", endpoint))
-                await asyncio.sleep(0.02)
-        # One request of a's tells the ROUTER the identity of a's DEALER.
-        call = asyncio.create_task(a.send(Ping(), node="victim", timeout=20))
-        async with asyncio.timeout(10):
-            while not router.poll(0):
-                f.pub.send_multipart(f.heartbeat("victim", endpoint))
-                await asyncio.sleep(0.02)
-        ident = router.recv_multipart()[0]
+    async with invented_router(a, f, zctx, "victim") as (router, ident):
         # Its heartbeats stop; replies naming it keep coming, to no request of a's.
         async with asyncio.timeout(15):
             while member(a, "victim").status is NodeStatus.ALIVE:
                 router.send_multipart([ident, header(Kind.REP, "victim", 10**9), b"\xc0"])
                 await asyncio.sleep(0.02)
         assert member(a, "victim").status in (NodeStatus.SUSPECT, NodeStatus.FAULTED)
-    finally:
-        if call is not None:
-            call.cancel()
-            await asyncio.gather(call, return_exceptions=True)
-        router.close(0)
 
 
 async def test_well_formed_requests_naming_a_silent_member_do_not_keep_it_alive(
@@ -475,21 +484,7 @@ async def test_replies_read_on_another_connection_answer_nothing(
     await a.wait_for_peers(1, timeout=10, handles=Slow)
     f = forger(a)
     await f.announce()
-    router = zctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
-    probe: asyncio.Task[Any] | None = None
-    try:
-        async with asyncio.timeout(10):
-            while "liar" not in {m.node_id for m in a.members()}:
-                f.pub.send_multipart(f.heartbeat("liar", endpoint))
-                await asyncio.sleep(0.02)
-        probe = asyncio.create_task(a.send(Ping(), node="liar", timeout=20))
-        async with asyncio.timeout(10):
-            while not router.poll(0):
-                f.pub.send_multipart(f.heartbeat("liar", endpoint))
-                await asyncio.sleep(0.02)
-        ident = router.recv_multipart()[0]
+    async with invented_router(a, f, zctx, "liar") as (router, ident):
         call = asyncio.create_task(a.send(Slow(seconds=1.0), node="b", timeout=10))
         await asyncio.sleep(0.2)  # the request to b is in flight
         forged = _enc(Served("liar"))
@@ -497,8 +492,3 @@ async def test_replies_read_on_another_connection_answer_nothing(
             router.send_multipart([ident, header(Kind.REP, "b", rid), forged])
         assert await call == Served("b")
         assert a.stats().frames_rejected >= 1  # the forged answer to it, at least
-    finally:
-        if probe is not None:
-            probe.cancel()
-            await asyncio.gather(probe, return_exceptions=True)
-        router.close(0)
