@@ -65,6 +65,34 @@ MAX_STATUS: Final = 16
 TypeName = Annotated[str, msgspec.Meta(max_length=MAX_TYPE_NAME)]
 NodeId = Annotated[str, msgspec.Meta(max_length=MAX_SOURCE)]
 Endpoint = Annotated[str, msgspec.Meta(max_length=MAX_ENDPOINT)]
+ClusterName = Annotated[str, msgspec.Meta(max_length=MAX_CLUSTER)]
+Status = Annotated[str, msgspec.Meta(max_length=MAX_STATUS)]
+
+#: Metadata are labels (zone, rack, version): at most MAX_METADATA_ENTRIES pairs, each
+#: key a name of up to MAX_METADATA_KEY characters, each value up to MAX_METADATA_VALUE
+#: characters with no control character. Config refuses other metadata when a node is
+#: built, and heartbeats and ``Info`` answers are decoded with the same bounds.
+MAX_METADATA_ENTRIES: Final = 256
+MAX_METADATA_KEY: Final = 64
+MAX_METADATA_VALUE: Final = 1024
+
+#: A metadata key: a name, as a label key is (``zone``, ``app.kubernetes.io/name``).
+#: ``\A`` and ``\Z``: msgspec matches with re.search, and ``$`` would also match
+#: before a final newline ("zone\n").
+METADATA_KEY_PATTERN: Final = r"\A[A-Za-z0-9][A-Za-z0-9._/-]*\Z"
+#: No C0 or C1 control character (newline, NUL, ESC...) nor a Unicode line separator:
+#: such text would break the log lines and the tables it is shown in.
+NO_CONTROL_PATTERN: Final = r"\A[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z"
+MetadataKey = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=MAX_METADATA_KEY, pattern=METADATA_KEY_PATTERN),
+]
+MetadataValue = Annotated[
+    str, msgspec.Meta(max_length=MAX_METADATA_VALUE, pattern=NO_CONTROL_PATTERN)
+]
+Metadata = Annotated[
+    dict[MetadataKey, MetadataValue], msgspec.Meta(max_length=MAX_METADATA_ENTRIES)
+]
 
 
 class Header(msgspec.Struct, array_like=True, gc=False):
