@@ -27,7 +27,7 @@ from .config import NodeOptions, parse_endpoint
 from .discovery.base import Candidate, ChangeKind, Discovery
 from .errors import CatgaError, ConfigError, TransportFailed
 from .membership import Membership, NodeStatus, Peer
-from .protocol import PROTOCOL_VERSION, Codec, HeartbeatBody
+from .protocol import MAX_INFO_PEERS, PROTOCOL_VERSION, Codec, HeartbeatBody
 from .system import Info, NodeInfo, PeerAddress
 from .transport import Transport
 
@@ -282,7 +282,8 @@ class Gossip:
             address = self.addresses.get(endpoint)
             if address is not None and endpoint not in known and endpoint not in gone:
                 known[endpoint] = address
-        return list(known.values())
+        # Members first: a receiver refuses a longer list (MAX_INFO_PEERS).
+        return list(known.values())[:MAX_INFO_PEERS]
 
     # greetings -----------------------------------------------------------------------
 

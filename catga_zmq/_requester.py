@@ -376,12 +376,25 @@ class Requester:
             try:
                 return decoder.decode(body)
             except DECODE_ERRORS as exc:
-                raise SerializationFailed(
+                problem = (
                     f"the reply to {name} from {source} is not a "
-                    f"{getattr(decoder.type, '__qualname__', decoder.type)}: {exc}",
-                    node=source,
-                ) from None
-        err = decode_error(body)
+                    f"{getattr(decoder.type, '__qualname__', decoder.type)}: {exc}"
+                )
+                # A bad frame like any other (over a bound, say): counted, logged once.
+                self.reject(source, f"reply:{name}", problem)
+                raise SerializationFailed(problem, node=source) from None
+        try:
+            err = decode_error(body)
+        except ProtocolError as exc:
+            # Counted and logged like any bad frame; the request ends now, saying why.
+            # The node did answer: no verdict on it.
+            self.reject(source, "error-body", exc.message)
+            if breaker is not None:
+                breaker.release()
+            raise ProtocolError(
+                f"the error answer to {name} from {source} is not valid: {exc.message}",
+                node=source,
+            ) from None
         if err.code == RequestTimeout.code and err.error_type == DEADLINE_EXPIRED:
             # The handler's node cancelled it at the deadline this side sent: as much a
             # sign of a node in trouble as no answer at all.

@@ -34,6 +34,16 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from .errors import ConfigError
+from .protocol import (
+    MAX_CLUSTER,
+    MAX_ENDPOINT,
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_KEY,
+    MAX_METADATA_VALUE,
+    NO_CONTROL_PATTERN,
+    HeartbeatBody,
+    Metadata,
+)
 
 DiscoveryName = Literal["mdns", "static", "memory", "none"]
 RoutingName = Literal[
@@ -44,9 +54,42 @@ ENV_PREFIX = "CATGA_"
 #: Short flags for the settings typed most often, besides the one the rule gives.
 FLAG_ALIASES: dict[str, tuple[str, ...]] = {"node_id": ("--id",)}
 
+#: A node id: what the wire's headers take (protocol.MAX_SOURCE characters).
+NODE_ID_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
 # Matched with fullmatch: ``$`` alone also matches before a final newline ("abc\n").
-_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_NODE_ID = re.compile(NODE_ID_PATTERN)
 _ENDPOINT = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
+
+
+def _text(
+    text: str, allowed: str, *, pattern: str, max_length: int, min_length: int = 0
+) -> msgspec.Meta:
+    # As _doc for numbers: msgspec checks length and pattern wherever settings are
+    # converted, and ``allowed`` is what an error says to use instead. msgspec matches a
+    # pattern with re.search: each one anchors with \A and \Z, never ^ and $ ("$" also
+    # matches before a final newline).
+    return msgspec.Meta(
+        description=text,
+        pattern=pattern,
+        min_length=min_length,
+        max_length=max_length,
+        extra={"allowed": allowed},
+    )
+
+
+#: The longest host name (RFC 1035), for ``bind`` and ``advertise``.
+MAX_HOST: Final = 253
+#: What ``bind`` and ``advertise`` take: a host name, an IPv4 or IPv6 address (with a
+#: zone, ``fe80::1%eth0``, or in brackets), an interface name or ``*``.
+_HOST_CHARS: Final = r"[A-Za-z0-9._:%*\[\]-]"
+_HOST_ALLOWED: Final = (
+    f"a host name, an IPv4 or IPv6 address or *, up to {MAX_HOST} letters, digits, "
+    "'.', '-', '_', ':', '%', '[' or ']'"
+)
+#: Seeds a node greets at most: far past any real list.
+MAX_SEEDS: Final = 1024
+Seed = Annotated[str, msgspec.Meta(max_length=MAX_ENDPOINT, pattern=NO_CONTROL_PATTERN)]
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _doc(
@@ -105,18 +148,59 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     its default; ``validated()`` checks each value against it, then the values together.
     """
 
-    node_id: Annotated[str, _doc("node id; empty: host-pid-random")] = ""
-    cluster: Annotated[str, _doc("cluster name; nodes of another cluster are ignored")] = "default"
-    bind: Annotated[str, _doc("host or IP (v4 or v6) the ROUTER and PUB sockets bind to")] = (
-        "127.0.0.1"
-    )
+    node_id: Annotated[
+        str,
+        _text(
+            "node id; empty: host-pid-random",
+            "empty, or 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit",
+            pattern=rf"\A(?:{NODE_ID_PATTERN})?\Z",
+            max_length=64,
+        ),
+    ] = ""
+    cluster: Annotated[
+        str,
+        _text(
+            "cluster name; nodes of another cluster are ignored",
+            f"1-{MAX_CLUSTER - 1} characters, no control characters (newline, NUL...)",
+            pattern=NO_CONTROL_PATTERN,
+            min_length=1,
+            max_length=MAX_CLUSTER - 1,
+        ),
+    ] = "default"
+    bind: Annotated[
+        str,
+        _text(
+            "host or IP (v4 or v6) the ROUTER and PUB sockets bind to",
+            _HOST_ALLOWED,
+            pattern=rf"\A{_HOST_CHARS}+\Z",
+            max_length=MAX_HOST,
+        ),
+    ] = "127.0.0.1"
     port: Annotated[int, _doc("ROUTER (requests) port; 0: any free port", ge=0, le=65535)] = 0
     pub_port: Annotated[
         int, _doc("PUB (heartbeats and events) port; 0: any free port", ge=0, le=65535)
     ] = 0
-    advertise: Annotated[str, _doc("host peers connect to; empty: the bind address")] = ""
+    advertise: Annotated[
+        str,
+        _text(
+            "host peers connect to; empty: the bind address",
+            "empty, or " + _HOST_ALLOWED,
+            pattern=rf"\A{_HOST_CHARS}*\Z",
+            max_length=MAX_HOST,
+        ),
+    ] = ""
     discovery: Annotated[DiscoveryName, _doc("how nodes find each other")] = "mdns"
-    seeds: Annotated[list[str], _doc("static discovery: ROUTER endpoints, tcp://HOST:PORT")] = []
+    seeds: Annotated[
+        list[Seed],
+        msgspec.Meta(
+            description="static discovery: ROUTER endpoints, tcp://HOST:PORT",
+            max_length=MAX_SEEDS,
+            extra={
+                "allowed": f"at most {MAX_SEEDS} endpoints tcp://HOST:PORT, each up to "
+                f"{MAX_ENDPOINT} characters with no control characters"
+            },
+        ),
+    ] = []
     heartbeat_interval: Annotated[
         float,
         _doc("s between two heartbeats", ge=MIN_HEARTBEAT_INTERVAL, le=MAX_DURATION, unit="s"),
@@ -189,8 +273,27 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     weight: Annotated[
         int, _doc("share of traffic under weighted routing; 0: none", ge=0, le=MAX_COUNT)
     ] = 1
-    log_level: Annotated[str, _doc("DEBUG, INFO, WARNING, ERROR or CRITICAL")] = "INFO"
-    metadata: Annotated[dict[str, str], _doc("labels other nodes see, KEY=VALUE")] = {}
+    log_level: Annotated[
+        str,
+        _text(
+            "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+            "one of " + ", ".join(LOG_LEVELS) + " (any case)",
+            pattern=rf"\A(?i:{'|'.join(LOG_LEVELS)})\Z",
+            max_length=8,
+        ),
+    ] = "INFO"
+    metadata: Annotated[
+        Metadata,
+        msgspec.Meta(
+            description="labels other nodes see, KEY=VALUE",
+            extra={
+                "allowed": f"at most {MAX_METADATA_ENTRIES} KEY=VALUE pairs; each key 1-"
+                f"{MAX_METADATA_KEY} letters, digits, '.', '_', '/' or '-', starting with a "
+                f"letter or digit; each value up to {MAX_METADATA_VALUE} characters, no "
+                "control characters"
+            },
+        ),
+    ] = {}
     # Four sockets a peer (a DEALER and its monitor, for members and for addresses
     # alike) stay under libzmq's 65,535 sockets a context.
     max_peers: Annotated[
@@ -220,8 +323,6 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 f"node_id {opts.node_id!r} is not valid: use 1-64 letters, digits, '.', '_', ':' "
                 "or '-', starting with a letter or digit"
             )
-        if not opts.cluster or len(opts.cluster) > 63:
-            raise ConfigError(f"cluster {opts.cluster!r} must be 1-63 characters")
         if opts.port and opts.port == opts.pub_port:
             raise ConfigError(f"port and pub_port are both {opts.port}; they must differ")
         if not opts.heartbeat_interval < opts.suspect_after < opts.faulted_after:
@@ -229,10 +330,8 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 "need heartbeat_interval < suspect_after < faulted_after, got "
                 f"{opts.heartbeat_interval} / {opts.suspect_after} / {opts.faulted_after} s"
             )
-        if opts.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError(
-                f"log_level {opts.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
-            )
+        if opts.metadata:
+            _check_heartbeat_fits(opts)
         for seed in opts.seeds:
             try:
                 parse_endpoint(seed)
@@ -251,6 +350,33 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         data = msgspec.structs.asdict(self)
         data.update(changes)
         return options_from_mapping(data, source="")
+
+
+def _check_heartbeat_fits(opts: NodeOptions) -> None:
+    """Refuse metadata that would make this node's heartbeats larger than the frames
+    peers take (max_message_size: libzmq drops the connection of a larger one)."""
+    longest = "x" * MAX_ENDPOINT  # the endpoints are not known before the bind
+    size = len(
+        msgspec.msgpack.encode(
+            HeartbeatBody(
+                node_id=opts.node_id,
+                incarnation=2**63 - 1,
+                seq=2**63 - 1,
+                status="draining",
+                cluster=opts.cluster,
+                endpoint=longest,
+                pub_endpoint=longest,
+                metadata=opts.metadata,
+                max_message_size=opts.max_message_size,
+            )
+        )
+    )
+    if size > opts.max_message_size:
+        raise ConfigError(
+            f"metadata makes this node's heartbeats up to {size} bytes, over "
+            f"max_message_size={opts.max_message_size} bytes, the largest frame peers "
+            "take; use less metadata or raise max_message_size on every node"
+        )
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -282,6 +408,7 @@ class Setting:
     type_name: str  # for --help: int, float, str...
     help: str
     range: str  # "0.001 to 3600 s"; "" for a setting with no range
+    allowed: str  # what a text, list or table setting takes; "" for the others
 
 
 @functools.cache
@@ -299,6 +426,7 @@ def settings() -> tuple[Setting, ...]:
             "list" if origin is list else "table" if origin is dict else "value"
         )
         flag = "--" + name.replace("_", "-")
+        metas = [m for m in extras if isinstance(m, msgspec.Meta)]
         found.append(
             Setting(
                 name=name,
@@ -307,8 +435,11 @@ def settings() -> tuple[Setting, ...]:
                 shape=shape,
                 choices=choices,
                 type_name=getattr(origin or kind, "__name__", "str"),
-                help=next((m.description or "" for m in extras if isinstance(m, msgspec.Meta)), ""),
-                range=next((_range_text(m) for m in extras if isinstance(m, msgspec.Meta)), ""),
+                help=next((m.description for m in metas if m.description), ""),
+                range=next((_range_text(m) for m in metas), ""),
+                allowed=next(
+                    (str(m.extra["allowed"]) for m in metas if m.extra and "allowed" in m.extra), ""
+                ),
             )
         )
     return tuple(found)
@@ -372,21 +503,38 @@ def options_from_mapping(
 
 #: msgspec's words for a value of the right type outside its range ("Expected `int` <= 5").
 _OUT_OF_RANGE = re.compile(r"Expected `\w+` [<>]=? ")
+#: ...and for a text, list or table too long or of other characters than it takes.
+_NOT_ALLOWED = re.compile(r"Expected `\w+` (of length|matching regex) ")
+#: Where msgspec says it found the problem: `$.seeds[2]`, or `key` in `$.metadata`.
+_WHERE = re.compile(r" - at `(?:key` in `)?\$\.(\w+)")
+#: The most of a bad value an error shows: a value may be megabytes long.
+_SHOWN = 80
 
 
 def _explain(msg: str, data: Mapping[str, Any], label: Label) -> str:
     # msgspec says "Invalid enum value 'fast' - at `$.routing`": name the setting instead,
     # as its source names it, and for a choice list the choices.
-    m = re.search(r" - at `\$\.(\w+)", msg)
+    m = _WHERE.search(msg)
     s = _by_name().get(m.group(1)) if m else None
     if m is None or s is None:
         return msg
-    shown = f"{label(s)}{data[s.name]!r}"
+    shown = f"{label(s)}{_short_repr(data[s.name])}"
     if s.choices:
         return f"{shown} is not one of {', '.join(s.choices)}"
     if s.range and _OUT_OF_RANGE.match(msg):
         return f"{shown} is out of range; use {s.range}"
+    if s.allowed and _NOT_ALLOWED.match(msg):
+        return f"{shown} is not allowed; use {s.allowed}"
     return f"{shown}: {msg[: m.start()]}"
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    if len(text) <= _SHOWN:
+        return text
+    size = f"{len(value)} " if isinstance(value, str | list | dict) else ""
+    what = "characters" if isinstance(value, str) else "items"
+    return f"{text[:_SHOWN]}... ({size}{what})" if size else f"{text[:_SHOWN]}..."
 
 
 def options_from_text(

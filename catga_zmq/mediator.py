@@ -12,7 +12,7 @@ import logging
 import time
 import typing
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ import msgspec
 
 from .errors import ConfigError, RequestTimeout
 from .messages import Event, Message, Request, response_type
+from .protocol import MAX_HANDLES
 
 log = logging.getLogger("catga_zmq.mediator")
 
@@ -194,6 +195,8 @@ class Mediator:
                 f"{cls.__qualname__} already has a handler on this node "
                 f"({_describe(self.handlers[name].fn)}); a request type has exactly one"
             )
+        if name not in self.handlers and not name.startswith(BUILTIN_PREFIX):
+            _room_for(cls, self.handlers, "handles")
         entry = HandlerEntry(
             cls,
             fn,
@@ -207,6 +210,8 @@ class Mediator:
 
     def add_subscriber(self, fn: HandlerFn, message_type: type[Event] | None = None) -> None:
         cls, wants_ctx = _message_param(fn, message_type, Event, "subscriber")
+        if cls.__wire_name__ not in self.subscribers:
+            _room_for(cls, self.subscribers, "subscribes to")
         self.decoder(cls)
         self.subscribers.setdefault(cls.__wire_name__, []).append(
             SubscriberEntry(cls, fn, wants_ctx, inspect.iscoroutinefunction(fn))
@@ -304,6 +309,22 @@ def _wrap(behavior: Behavior, inner: Call) -> Call:
 
 def _describe(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+#: The wire names of the built-in requests: every node serves them, and heartbeats
+#: leave them out, so they take no room of MAX_HANDLES.
+BUILTIN_PREFIX = "catga."
+
+
+def _room_for(cls: type[Any], registered: Mapping[str, Any], does: str) -> None:
+    """Refuse one type more than MAX_HANDLES: heartbeats carry every name, and peers
+    refuse a heartbeat with more."""
+    if len(registered) >= MAX_HANDLES:
+        raise ConfigError(
+            f"{cls.__qualname__}: this node {does} {len(registered)} message types "
+            f"already, the most a heartbeat carries ({MAX_HANDLES}); spread them over "
+            "more nodes"
+        )
 
 
 def _message_param(

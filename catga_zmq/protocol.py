@@ -65,6 +65,56 @@ MAX_STATUS: Final = 16
 TypeName = Annotated[str, msgspec.Meta(max_length=MAX_TYPE_NAME)]
 NodeId = Annotated[str, msgspec.Meta(max_length=MAX_SOURCE)]
 Endpoint = Annotated[str, msgspec.Meta(max_length=MAX_ENDPOINT)]
+ClusterName = Annotated[str, msgspec.Meta(max_length=MAX_CLUSTER)]
+Status = Annotated[str, msgspec.Meta(max_length=MAX_STATUS)]
+
+#: Metadata are labels (zone, rack, version): at most MAX_METADATA_ENTRIES pairs, each
+#: key a name of up to MAX_METADATA_KEY characters, each value up to MAX_METADATA_VALUE
+#: characters with no control character. Config refuses other metadata when a node is
+#: built, and heartbeats and ``Info`` answers are decoded with the same bounds.
+MAX_METADATA_ENTRIES: Final = 256
+MAX_METADATA_KEY: Final = 64
+MAX_METADATA_VALUE: Final = 1024
+
+#: A metadata key: a name, as a label key is (``zone``, ``app.kubernetes.io/name``).
+#: ``\A`` and ``\Z``: msgspec matches with re.search, and ``$`` would also match
+#: before a final newline ("zone\n").
+METADATA_KEY_PATTERN: Final = r"\A[A-Za-z0-9][A-Za-z0-9._/-]*\Z"
+#: No C0 or C1 control character (newline, NUL, ESC...) nor a Unicode line separator:
+#: such text would break the log lines and the tables it is shown in.
+NO_CONTROL_PATTERN: Final = r"\A[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z"
+MetadataKey = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=MAX_METADATA_KEY, pattern=METADATA_KEY_PATTERN),
+]
+MetadataValue = Annotated[
+    str, msgspec.Meta(max_length=MAX_METADATA_VALUE, pattern=NO_CONTROL_PATTERN)
+]
+Metadata = Annotated[
+    dict[MetadataKey, MetadataValue], msgspec.Meta(max_length=MAX_METADATA_ENTRIES)
+]
+
+#: The bodies' other strings and lists, bounded the same way: a frame over a bound fails
+#: its decode, so it is a counted rejection (or, for an ERR reply, a ProtocolError that
+#: ends the caller's request) and is never stored. Generous for real use:
+#: - an error message of 8 KiB holds any useful exception text; a node cuts longer
+#:   messages of its own to fit (``encode_error``), so peers never refuse them;
+#: - an error code is a name such as ``SERIALIZATION_FAILED``; an error type is an
+#:   exception's class name;
+#: - a node handles (and subscribes to) at most MAX_HANDLES message types: the
+#:   mediator refuses more, so a heartbeat never carries more names than peers take;
+#: - an ``Info`` answer passes on at most MAX_INFO_PEERS addresses (the sender cuts its
+#:   list to that), over the 16,000 members a node keeps at most (``max_peers``).
+MAX_ERROR_MESSAGE: Final = 8192
+MAX_ERROR_CODE: Final = 64
+MAX_ERROR_TYPE: Final = 256
+MAX_HANDLES: Final = 4096
+MAX_INFO_PEERS: Final = 16_384
+MAX_VERSION_TEXT: Final = 64
+#: Shown where a message was cut to fit MAX_ERROR_MESSAGE.
+TRUNCATED: Final = "… (truncated)"
+
+TypeNames = Annotated[list[TypeName], msgspec.Meta(max_length=MAX_HANDLES)]
 
 
 class Header(msgspec.Struct, array_like=True, gc=False):
@@ -97,9 +147,9 @@ class Header(msgspec.Struct, array_like=True, gc=False):
 class ErrorBody(msgspec.Struct, array_like=True, gc=False):
     """Payload of an ERR frame."""
 
-    code: str
-    message: str
-    error_type: str = ""
+    code: Annotated[str, msgspec.Meta(max_length=MAX_ERROR_CODE)]
+    message: Annotated[str, msgspec.Meta(max_length=MAX_ERROR_MESSAGE)]
+    error_type: Annotated[str, msgspec.Meta(max_length=MAX_ERROR_TYPE)] = ""
     retryable: bool = False
 
 
@@ -113,17 +163,17 @@ class HeartbeatBody(msgspec.Struct, array_like=True, gc=False):
     node_id: NodeId
     incarnation: int
     seq: int
-    status: Annotated[str, msgspec.Meta(max_length=MAX_STATUS)]
-    cluster: Annotated[str, msgspec.Meta(max_length=MAX_CLUSTER)]
+    status: Status
+    cluster: ClusterName
     endpoint: Endpoint
     pub_endpoint: Endpoint
     load: float = 0.0
     in_flight: int = 0
     weight: int = 1
     interval_ms: int = 500
-    handles: list[TypeName] = []
-    subscribes: list[TypeName] = []
-    metadata: dict[str, str] = {}
+    handles: TypeNames = []
+    subscribes: TypeNames = []
+    metadata: Metadata = {}
     #: The largest message this node takes (its MAXMSGSIZE): a caller refuses a larger
     #: request before sending it, since libzmq would drop the whole connection.
     max_message_size: int = 0
@@ -275,7 +325,21 @@ def decode_error(data: bytes | memoryview) -> ErrorBody:
 
 
 def encode_error(code: str, message: str, error_type: str = "", retryable: bool = False) -> bytes:
+    """An ERR body, its strings cut to what a receiver's ``ErrorBody`` takes (a handler's
+    exception message can be any length): a longer one would fail the caller's decode."""
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = truncated(message, MAX_ERROR_MESSAGE)
+    if len(error_type) > MAX_ERROR_TYPE or len(code) > MAX_ERROR_CODE:
+        error_type = truncated(error_type, MAX_ERROR_TYPE)
+        code = code[:MAX_ERROR_CODE]
     return _header_encoder.encode(ErrorBody(code, message, error_type, retryable))
+
+
+def truncated(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, the cut marked with TRUNCATED."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(TRUNCATED)] + TRUNCATED
 
 
 def decode_heartbeat(data: bytes | memoryview) -> HeartbeatBody:

@@ -11,9 +11,28 @@ own address, the answer carries the node's address and the peers it knows.
 
 from __future__ import annotations
 
+from typing import Annotated, Final
+
 import msgspec
 
 from .messages import Request
+from .protocol import (
+    MAX_INFO_PEERS,
+    MAX_VERSION_TEXT,
+    ClusterName,
+    Endpoint,
+    Metadata,
+    NodeId,
+    Status,
+    TypeNames,
+)
+
+#: A ``NodeStats`` answer names at most this many problems (one per background loop
+#: that is not running: a handful), each at most MAX_PROBLEM characters, and at most
+#: MAX_STATUSES member statuses (``NodeStatus`` has five).
+MAX_PROBLEMS: Final = 64
+MAX_PROBLEM: Final = 1024
+MAX_STATUSES: Final = 16
 
 
 class Pong(msgspec.Struct):
@@ -24,7 +43,7 @@ class Pong(msgspec.Struct):
     caller's.
     """
 
-    node_id: str
+    node_id: NodeId
     time: float  # s since the epoch, at the node that answered
 
 
@@ -49,10 +68,10 @@ class PeerAddress(msgspec.Struct, array_like=True):
     order is part of the wire format.
     """
 
-    node_id: str
-    endpoint: str
-    pub_endpoint: str
-    cluster: str
+    node_id: NodeId
+    endpoint: Endpoint
+    pub_endpoint: Endpoint
+    cluster: ClusterName
     version: int
 
 
@@ -70,18 +89,18 @@ class NodeInfo(msgspec.Struct):
     less those that left or faulted: the gossip that lets one seed introduce a cluster.
     """
 
-    node_id: str
-    cluster: str
+    node_id: NodeId
+    cluster: ClusterName
     version: int
-    library_version: str
-    endpoint: str
-    pub_endpoint: str
+    library_version: Annotated[str, msgspec.Meta(max_length=MAX_VERSION_TEXT)]
+    endpoint: Endpoint
+    pub_endpoint: Endpoint
     incarnation: int
-    status: str
-    handles: list[str]
-    subscribes: list[str]
-    metadata: dict[str, str]
-    peers: list[PeerAddress]
+    status: Status
+    handles: TypeNames
+    subscribes: TypeNames
+    metadata: Metadata
+    peers: Annotated[list[PeerAddress], msgspec.Meta(max_length=MAX_INFO_PEERS)]
 
 
 class Info(Request[NodeInfo]):
@@ -125,7 +144,7 @@ class NodeStats(msgspec.Struct):
       ``NodeStatus`` value (``{"alive": 2, "suspect": 1}``).
     """
 
-    node_id: str
+    node_id: NodeId
     uptime: float  # s
     running: int
     pending: int
@@ -140,10 +159,13 @@ class NodeStats(msgspec.Struct):
     frames_rejected: int
     replies_dropped: int
     late_replies: int
-    members: dict[str, int]  # status -> count
+    members: Annotated[dict[Status, int], msgspec.Meta(max_length=MAX_STATUSES)]  # status -> count
     batches_sent: int = 0  # frames that carried several requests or replies
     healthy: bool = True  # every background loop of the node runs
-    problems: list[str] = []  # what is wrong when it is not healthy
+    problems: Annotated[  # what is wrong when it is not healthy
+        list[Annotated[str, msgspec.Meta(max_length=MAX_PROBLEM)]],
+        msgspec.Meta(max_length=MAX_PROBLEMS),
+    ] = []
     requests_expired: int = 0
 
 

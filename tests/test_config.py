@@ -288,7 +288,7 @@ def _sample(name: str, kind: Any, default: Any) -> tuple[Any, list[str], str, st
         value = next(c for c in typing.get_args(kind) if c != default)
         return value, [flag, value], value, f'"{value}"'
     if kind is str:
-        value = f"{name}-x"
+        value = "debug" if name == "log_level" else f"{name}-x"
         return value, [flag, value], value, f'"{value}"'
     if kind is int:
         return default + 3, [flag, str(default + 3)], str(default + 3), str(default + 3)

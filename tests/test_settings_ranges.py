@@ -371,3 +371,166 @@ def test_failed_starts_leave_nothing_that_hangs_collection_or_exit() -> None:
         "start raised CancelledError",
     ], done.stdout
     assert lines[3].startswith("contexts ") and lines[3].endswith(" open 0"), done.stdout
+
+
+# text, list and table settings ------------------------------------------------------------
+
+#: Text, list and table settings that were taken: a newline or a NUL, control
+#: characters, absurd lengths, too many entries. (discovery and routing are choice lists.)
+HUGE = "x" * 1_000_000
+BAD_TEXT: list[tuple[str, Any]] = [
+    ("node_id", "abc\n"),
+    ("node_id", "a\x00b"),
+    ("node_id", "x" * 65),
+    ("cluster", "shop\n"),
+    ("cluster", "sh\x00op"),
+    ("cluster", "shop\x1b[31m"),
+    ("cluster", "shop\u2028"),
+    ("cluster", HUGE),
+    ("bind", "127.0.0.1\n"),
+    ("bind", "127.0.0.1\x00"),
+    ("bind", "local host"),
+    ("bind", ""),
+    ("bind", "h" * 254),
+    ("advertise", "host\n"),
+    ("advertise", "h" * 254),
+    ("log_level", "info\n"),
+    ("log_level", "INFO\x00"),
+    ("log_level", "verbose"),
+    ("log_level", HUGE),
+    ("seeds", ["tcp://127.0.0.1:1\n"]),
+    ("seeds", ["tcp://127.0.0.1:1\x00"]),
+    ("seeds", ["tcp://" + "h" * 300 + ":1"]),
+    ("seeds", [f"tcp://127.0.0.1:{i}" for i in range(1, 1026)]),
+    ("metadata", {"zone\n": "a"}),
+    ("metadata", {"": "a"}),
+    ("metadata", {"-zone": "a"}),
+    ("metadata", {"zo ne": "a"}),
+    ("metadata", {"k" * 65: "a"}),
+    ("metadata", {"zone": "a\n"}),
+    ("metadata", {"zone": "a\x00"}),
+    ("metadata", {"zone": "v" * 1025}),
+    ("metadata", {f"k{i}": "v" for i in range(257)}),
+    ("metadata", {f"k{i}": "v" for i in range(100_000)}),
+]
+
+#: What the error says is allowed, for each.
+ALLOWED = {
+    "node_id": "use empty, or 1-64 letters, digits",
+    "cluster": "use 1-63 characters, no control characters",
+    "bind": "use a host name, an IPv4 or IPv6 address or *, up to 253",
+    "advertise": "use empty, or a host name",
+    "log_level": "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+    "seeds": "use at most 1024 endpoints tcp://HOST:PORT, each up to 300 characters",
+    "metadata": "use at most 256 KEY=VALUE pairs; each key 1-64 letters",
+}
+
+
+def _text_id(case: tuple[str, Any]) -> str:
+    name, value = case
+    return f"{name}={_short(value)}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) < 40 else f"{text[:30]}...{len(value)}"
+
+
+@pytest.mark.parametrize("case", BAD_TEXT, ids=_text_id)
+def test_node_refuses_bad_text_settings(case: tuple[str, Any]) -> None:
+    name, value = case
+    with pytest.raises(ConfigError) as info:
+        Node("a" if name != "node_id" else value, discovery=None, **_other(name, value))
+    message = info.value.message
+    assert info.value.code == "CONFIG_INVALID"
+    assert message.startswith(f"{name}="), message
+    assert "is not allowed; " + ALLOWED[name] in message
+    assert len(message) < 600  # a megabyte value is not repeated whole
+
+
+def _other(name: str, value: Any) -> dict[str, Any]:
+    return {} if name == "node_id" else {name: value}
+
+
+@pytest.mark.parametrize("case", BAD_TEXT[:3], ids=_text_id)
+def test_text_settings_built_directly_are_checked_too(case: tuple[str, Any]) -> None:
+    name, value = case
+    with pytest.raises(ConfigError, match="is not allowed"):
+        NodeOptions(**{name: value}).validated()
+
+
+def test_text_settings_within_bounds_are_accepted() -> None:
+    metadata = {f"k{i:03}.a/b_c-{'d' * 50}": "v" * 1024 for i in range(256)}
+    options = Node(
+        "n" * 64,
+        cluster="zoné 1" + "c" * 57,
+        bind="::1",
+        advertise="fe80::1%eth0",
+        log_level="warning",
+        seeds=["tcp://127.0.0.1:1", "tcp://[::1]:2"],
+        metadata=metadata,
+        discovery=None,
+    ).options
+    assert len(options.cluster) == 63 and options.log_level == "warning"
+    assert options.metadata == metadata
+
+
+@pytest.mark.parametrize(
+    ("name", "flag_args", "env_text", "toml_text"),
+    [
+        ("node_id", ["--node-id", "abc\n"], "abc\n", '"abc\\n"'),
+        ("cluster", ["--cluster", "a\x1bb"], "a\x1bb", '"a\\u001bb"'),
+        ("log_level", ["--log-level", "info\n"], "info\n", '"info\\n"'),
+        ("bind", ["--bind", "h" * 300], "h" * 300, '"' + "h" * 300 + '"'),
+        ("metadata", ["--metadata", "zone=a\x00"], "zone=a\x00", '{ zone = "a\\u0000" }'),
+        (
+            "metadata",
+            ["--metadata", ",".join(f"k{i}=v" for i in range(300))],
+            ",".join(f"k{i}=v" for i in range(300)),
+            "{ " + ", ".join(f'k{i} = "v"' for i in range(300)) + " }",
+        ),
+    ],
+    ids=["node_id", "cluster", "log_level", "bind", "metadata-nul", "metadata-300"],
+)
+def test_flags_variables_and_toml_take_the_same_rule(
+    tmp_path: Path, name: str, flag_args: list[str], env_text: str, toml_text: str
+) -> None:
+    # settings() gives one rule to all three: each names the setting as it was written.
+    with pytest.raises(ConfigError) as info:
+        settings_from_argv(flag_args)
+    assert info.value.message.startswith(f"{flag_args[0]} "), info.value.message
+    assert "is not allowed; " + ALLOWED[name] in info.value.message
+    env = "CATGA_" + name.upper()
+    with pytest.raises(ConfigError) as info:
+        options_from_env({env: env_text})
+    assert info.value.message.startswith(f"{env}="), info.value.message
+    assert "is not allowed; " + ALLOWED[name] in info.value.message
+    path = tmp_path / "catga.toml"
+    path.write_text(f"[node]\n{name} = {toml_text}\n")
+    with pytest.raises(ConfigError) as info:
+        options_from_toml(path)
+    assert "catga.toml" in info.value.message and f"{name}=" in info.value.message
+    assert "is not allowed; " + ALLOWED[name] in info.value.message
+
+
+def test_metadata_that_makes_heartbeats_too_large_is_refused_at_construction() -> None:
+    # 200 values of 1,000 characters: about 200 KB in every heartbeat, over a
+    # max_message_size of 100 KB that peers (of the same settings) take.
+    metadata = {f"k{i}": "v" * 1000 for i in range(200)}
+    with pytest.raises(ConfigError) as info:
+        Node("a", discovery=None, metadata=metadata, max_message_size=100_000)
+    message = info.value.message
+    assert "metadata makes this node's heartbeats up to" in message
+    assert "over max_message_size=100000 bytes" in message
+    assert Node("a", discovery=None, metadata=metadata).options.metadata == metadata
+
+
+async def test_the_largest_metadata_allowed_reaches_the_peers(make_node: MakeNode) -> None:
+    # What config takes, the wire takes: the receivers' bounds are the same.
+    metadata = {f"k{i:03}-{'x' * 59}": "v" * 1024 for i in range(256)}
+    a, b = make_node("a", metadata=metadata), make_node("b")
+    await a.start()
+    await b.start()
+    await wait_until(lambda: _alive(b, "a"), timeout=30.0)
+    assert member(b, "a").metadata == metadata
+    assert b.stats().frames_rejected == 0
