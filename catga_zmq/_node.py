@@ -257,6 +257,7 @@ class Node:
             opts.node_id,
             max_message_size=opts.max_message_size,
             hwm=max(1000, opts.max_in_flight),
+            inbound_hwm=opts.inbound_frames(),
             max_peers=opts.max_peers,
         )
         try:

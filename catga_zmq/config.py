@@ -121,6 +121,9 @@ MIN_HEARTBEAT_INTERVAL: Final = 0.01  # s
 MAX_COUNT: Final = 1_000_000
 #: The largest frame libzmq is told to accept (bytes): int32, as its option takes.
 MAX_MESSAGE_SIZE: Final = 2**31 - 1  # bytes
+#: Frames an inbound connection may always have queued, whatever max_inbound_bytes says:
+#: fewer would make libzmq wake its reader for every frame or two.
+MIN_INBOUND_FRAMES: Final = 4
 
 
 def default_node_id() -> str:
@@ -263,6 +266,17 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             unit="bytes",
         ),
     ] = 16 * 1024 * 1024
+    max_inbound_bytes: Annotated[
+        int,
+        _doc(
+            "bytes one inbound connection may have queued, unread, before this node "
+            "stops reading it (backpressure); whole frames of max_message_size, at "
+            f"least {MIN_INBOUND_FRAMES}",
+            ge=1,
+            le=MAX_MESSAGE_SIZE,
+            unit="bytes",
+        ),
+    ] = 64 * 1024 * 1024
     max_concurrency: Annotated[
         int, _doc("handlers running at once; past it: OVERLOADED", ge=1, le=MAX_COUNT)
     ] = 1024
@@ -307,6 +321,15 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_addresses: Annotated[
         int, _doc("addresses heard of and kept before they join", ge=1, le=MAX_COUNT)
     ] = 1024
+
+    def inbound_frames(self) -> int:
+        """The ROUTER's receive high-water mark: what ``max_inbound_bytes`` allows.
+
+        libzmq bounds a connection's queue in messages, not bytes; a message is at most
+        ``max_message_size``, so this many of them stay within ``max_inbound_bytes``.
+        """
+        frames = self.max_inbound_bytes // self.max_message_size
+        return max(MIN_INBOUND_FRAMES, min(frames, max(1000, self.max_in_flight)))
 
     def validated(self) -> NodeOptions:
         """Return a copy with derived defaults filled in, or raise ``ConfigError``."""

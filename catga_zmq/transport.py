@@ -416,7 +416,13 @@ class Transport:
     """The node's sockets. Knows frames, not message types."""
 
     def __init__(
-        self, node_id: str, *, max_message_size: int, hwm: int, max_peers: int = 256
+        self,
+        node_id: str,
+        *,
+        max_message_size: int,
+        hwm: int,
+        inbound_hwm: int | None = None,
+        max_peers: int = 256,
     ) -> None:
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
@@ -427,6 +433,9 @@ class Transport:
         self.ctx.set(zmq.MAX_SOCKETS, min(2 * max_peers * 2 + 64, self.ctx.get(zmq.SOCKET_LIMIT)))
         self.max_message_size = max_message_size
         self.hwm = hwm
+        #: The ROUTER's receive queue, per connection: anyone may connect to it, so it is
+        #: bounded in bytes (``NodeOptions.inbound_frames``), not only in messages.
+        self.inbound_hwm = hwm if inbound_hwm is None else inbound_hwm
         #: Where frames go; set before ``bind()``. A reply handler sees replies from
         #: every DEALER; ``on_disconnect`` gets the endpoint whose connection dropped;
         #: ``on_unsent`` the request ids of a batch that could not be sent.
@@ -481,6 +490,7 @@ class Transport:
         # Unroutable replies (the caller is gone) raise instead of vanishing silently,
         # and a full queue raises EAGAIN instead of dropping: both are counted.
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.RCVHWM, self.inbound_hwm)
         pub = self._socket(zmq.PUB)
         sub = self._socket(zmq.SUB)
         self.router, self.pub, self.sub = router, pub, sub
