@@ -8,8 +8,9 @@ Every process on 127.0.0.1, the client side in this process under uvloop:
   fast as the server takes them, for ``--seconds``: random frames (1-4 parts of random
   bytes), deeply nested msgpack (``--depth`` arrays), headers with long strings (64 KiB
   sources and trace ids, a new source per frame of the pool), wrong-version headers, and
-  invented heartbeats (HB frames on the ROUTER, which a raw DEALER can reach: nodes that
-  do not exist, at ports this run holds bound and not listening, so they reach no one);
+  invented heartbeats (HB frames on the ROUTER, which a raw DEALER can reach) and
+  greetings (``Info`` requests whose caller is an invented node): nodes that do not
+  exist, at ports this run holds bound and not listening, so they reach no one;
 - the client: a node here with ``--in-flight`` (16) echo requests in flight, each with a
   ``--timeout`` (2 s) deadline, every reply checked.
 
@@ -72,15 +73,17 @@ SEND_TIMEOUT_MS = 10_000  # a flood whose messages the server never takes gives 
 # --- the flood (child process) ---------------------------------------------------------
 
 
-def garbage_pool(seed: int, depth: int, ghosts: list[str]) -> list[list[bytes]]:
+def garbage_pool(seed: int, depth: int, ghosts: list[str], cluster: str) -> list[list[bytes]]:
     """``POOL`` hostile messages, of every kind in turn."""
+    from catga_zmq import Info
     from catga_zmq.protocol import PROTOCOL_VERSION, Header, HeartbeatBody, Kind
+    from catga_zmq.system import PeerAddress
 
     enc = msgspec.msgpack.encode
     rnd = random.Random(seed)
     pool: list[list[bytes]] = []
     for i in range(POOL):
-        kind = i % 6
+        kind = i % 7
         if kind == 0:  # random frames
             pool.append([rnd.randbytes(rnd.randint(1, 64)) for _ in range(rnd.randint(1, 4))])
         elif kind == 1:  # one frame (read as a batch) of deeply nested arrays
@@ -97,20 +100,31 @@ def garbage_pool(seed: int, depth: int, ghosts: list[str]) -> list[list[bytes]]:
             pool.append(
                 [enc(Header(PROTOCOL_VERSION + 1, int(Kind.REQ), i + 1, "x.Y", "v", 2000)), b"\x90"]
             )
-        else:  # an invented heartbeat: a node that does not exist, where nothing listens
+        elif kind == 5:  # an invented heartbeat: a node that does not exist
             ghost = f"ghost-{seed}-{i}"
             endpoint = ghosts[i % len(ghosts)]
-            body = HeartbeatBody(ghost, 1, i, "alive", "bench-soak", endpoint, endpoint)
+            body = HeartbeatBody(ghost, 1, i, "alive", cluster, endpoint, endpoint)
             pool.append([enc(Header(PROTOCOL_VERSION, int(Kind.HB), 0, "", ghost, 0)), enc(body)])
+        else:  # a greeting (Info) that claims an invented node's address, where nothing listens
+            ghost = f"greeter-{seed}-{i}"
+            address = PeerAddress(
+                ghost,
+                ghosts[i % len(ghosts)],
+                ghosts[(i + 1) % len(ghosts)],
+                cluster,
+                PROTOCOL_VERSION,
+            )
+            header = Header(PROTOCOL_VERSION, int(Kind.REQ), i + 1, Info.__wire_name__, ghost, 2000)
+            pool.append([enc(header), enc(Info(caller=address))])
     return pool
 
 
 def flood_main(argv: list[str]) -> int:
-    """``bench_soak.py --flood-child ENDPOINT SECONDS SEED DEPTH GHOST,GHOST``."""
+    """``bench_soak.py --flood-child ENDPOINT SECONDS SEED DEPTH GHOST,GHOST CLUSTER``."""
     import zmq
 
     endpoint, seconds, seed, depth = argv[0], float(argv[1]), int(argv[2]), int(argv[3])
-    pool = garbage_pool(seed, depth, argv[4].split(","))
+    pool = garbage_pool(seed, depth, argv[4].split(","), argv[5])
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
@@ -264,6 +278,7 @@ async def soak(
                         str(a.seed + i),
                         str(a.depth),
                         ghosts,
+                        cluster,
                     )
                 )
             flood_lines = [await f.readline_async(a.seconds + 60) for f in floods]
@@ -334,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     results: dict[str, Any] = {}
     failed: list[str] = []
-    held = reserve_ports(a.host, 8)
+    held = reserve_ports(a.host, 128)
     a.ghost_ports = [s.getsockname()[1] for s in held]
     try:
         with Processes() as procs:
