@@ -71,6 +71,7 @@ class Builtins:
             subscribes=sorted(me.subscribes),
             metadata=dict(self.options.metadata),
             peers=self.gossip.known_addresses(),
+            public_key=me.public_key,
         )
 
     async def node_stats(self, req: Stats) -> NodeStats:

@@ -23,7 +23,8 @@ from typing import Any, Final
 
 from ._inbound import Rejections
 from ._requester import Requester
-from .config import NodeOptions, parse_endpoint
+from ._zap import Trust
+from .config import NodeOptions, parse_endpoint, split_seed
 from .discovery.base import Candidate, ChangeKind, Discovery
 from .errors import CatgaError, ConfigError, TransportFailed
 from .membership import Membership, NodeStatus, Peer
@@ -63,6 +64,7 @@ class Gossip:
         reject: Rejections,
         spawn: Callable[[Coroutine[Any, Any, None], str], None],
         forget_source: Callable[[str], None],
+        trust: Trust | None = None,
     ) -> None:
         self.me = me
         self.options = options
@@ -87,11 +89,20 @@ class Gossip:
         #: their node heartbeats first.
         self._probation: dict[str, asyncio.TimerHandle] = {}
         self.proof_time = ADDRESS_PROOF_TIME
+        #: The seeds' endpoints (without the key a seed may name).
+        self._seeds = frozenset(split_seed(s)[0] for s in options.seeds)
+        #: CURVE: whose keys to accept (None in plaintext).
+        self.trust = trust
 
     def my_address(self) -> PeerAddress:
         me = self.me
         return PeerAddress(
-            me.node_id, me.endpoint, me.pub_endpoint, self.options.cluster, PROTOCOL_VERSION
+            me.node_id,
+            me.endpoint,
+            me.pub_endpoint,
+            self.options.cluster,
+            PROTOCOL_VERSION,
+            me.public_key,
         )
 
     # discovery -----------------------------------------------------------------------
@@ -124,12 +135,14 @@ class Gossip:
                 f"this node {PROTOCOL_VERSION}",
             )
             return
+        if self.transport.curve is not None and not self._learn_key(c):
+            return
         if c.node_id == me.node_id:
             # Another node with this node's id: its heartbeats tell which is younger.
             if c.pub_endpoint:
                 self._connect(c.endpoint, c.pub_endpoint, dealer=False)
             return
-        trusted = trusted or c.endpoint in self.options.seeds
+        trusted = trusted or c.endpoint in self._seeds
         if c.pub_endpoint and c.node_id:
             if not self._keep(c, trusted):
                 return
@@ -141,6 +154,41 @@ class Gossip:
             and (trusted or self._room_for(c.endpoint))
         ):
             self.greet(c.endpoint, attempts=0 if c.node_id is None else GOSSIP_ATTEMPTS)
+
+    def _learn_key(self, c: Candidate) -> bool:
+        """CURVE: the key ``c`` serves with, checked against the trust policy, for the
+        connections to come; False (rejected) when there is none, or it is not the key
+        of the node ``c`` names."""
+        trust = self.trust
+        assert trust is not None
+        claimed = c.public_key or ""
+        key = claimed.encode("ascii", "replace")
+        by_name = trust.key_of(claimed) if claimed else None  # a seed may name a cert
+        if by_name is not None:
+            key = by_name
+        elif not key and c.node_id:
+            key = trust.key_of(c.node_id) or b""
+        who = c.node_id or c.endpoint
+        if not key:
+            self.reject(
+                who,
+                "no-key",
+                f"{who} at {c.endpoint}: no CURVE key known; give it with the seed "
+                f"({c.endpoint};KEY) or put its certificate in the trust directory",
+            )
+            return False
+        if not trust.allows(key) or (c.node_id and not trust.identity_ok(c.node_id, key)):
+            self.reject(
+                who,
+                "untrusted-key",
+                f"{who} at {c.endpoint} serves with key {key.decode('ascii', 'replace')}, "
+                "which is not trusted for it; not connected",
+            )
+            return False
+        self.transport.learn_key(c.endpoint, key)
+        if c.pub_endpoint:
+            self.transport.learn_key(c.pub_endpoint, key)
+        return True
 
     def _keep(self, c: Candidate, trusted: bool) -> bool:
         """Write ``c`` into the address book, unless it is full (then reject it)."""
@@ -163,7 +211,12 @@ class Gossip:
         else:
             self._moved(c.endpoint, c.pub_endpoint)
         self.addresses[c.endpoint] = PeerAddress(
-            c.node_id, c.endpoint, c.pub_endpoint, self.options.cluster, PROTOCOL_VERSION
+            c.node_id,
+            c.endpoint,
+            c.pub_endpoint,
+            self.options.cluster,
+            PROTOCOL_VERSION,
+            c.public_key or "",
         )
         return True
 
@@ -258,6 +311,7 @@ class Gossip:
                     caller.pub_endpoint,
                     caller.cluster,
                     caller.version,
+                    caller.public_key or None,
                 ),
                 greet=False,
             )
@@ -268,7 +322,7 @@ class Gossip:
         cluster = self.options.cluster
         known = {
             p.endpoint: PeerAddress(
-                p.node_id, p.endpoint, p.pub_endpoint, cluster, PROTOCOL_VERSION
+                p.node_id, p.endpoint, p.pub_endpoint, cluster, PROTOCOL_VERSION, p.public_key
             )
             for p in self.membership.peers.values()
             if p.status is NodeStatus.ALIVE
@@ -337,14 +391,28 @@ class Gossip:
             return
         self._greeted.add(endpoint)
         self.add_candidate(
-            Candidate(endpoint, info.node_id, info.pub_endpoint, info.cluster, info.version),
+            Candidate(
+                endpoint,
+                info.node_id,
+                info.pub_endpoint,
+                info.cluster,
+                info.version,
+                info.public_key or None,
+            ),
             greet=False,
         )
         if endpoint not in self.addresses:  # refused (the book is full): not passed on
             self._greeted.discard(endpoint)
         for p in info.peers:
             self.add_candidate(
-                Candidate(p.endpoint, p.node_id, p.pub_endpoint, p.cluster, p.version),
+                Candidate(
+                    p.endpoint,
+                    p.node_id,
+                    p.pub_endpoint,
+                    p.cluster,
+                    p.version,
+                    p.public_key or None,
+                ),
                 greet=True,
             )
 
@@ -389,6 +457,6 @@ class Gossip:
         self.addresses.pop(peer.endpoint, None)
         self._proven(peer.endpoint)
         self._greeted.discard(peer.endpoint)
-        if peer.endpoint in self.options.seeds and self.enabled:
+        if peer.endpoint in self._seeds and self.enabled:
             # A seed that comes back at the same address knows nothing of this node.
             self.greet(peer.endpoint, attempts=0)

@@ -12,6 +12,7 @@ import msgspec
 
 from ._clock import now_ms
 from ._inbound import Rejections
+from ._zap import Trust
 from .config import NodeOptions, parse_endpoint
 from .errors import ConfigError, ProtocolError
 from .membership import Membership, NodeStatus, Peer
@@ -37,6 +38,7 @@ class Heartbeats:
         running: Callable[[], int],
         on_fresh: Callable[[HeartbeatBody], None],
         on_duplicate: Callable[[str], None],
+        trust: Trust | None = None,
     ) -> None:
         self.me = me
         self.options = options
@@ -46,6 +48,8 @@ class Heartbeats:
         self.running = running
         self.on_fresh = on_fresh
         self.on_duplicate = on_duplicate
+        #: CURVE: whose keys to accept (None in plaintext).
+        self.trust = trust
         self.loop = asyncio.get_running_loop()
         self._seq = 0
         self._cpu_mark = (time.monotonic(), time.process_time())
@@ -78,6 +82,7 @@ class Heartbeats:
             subscribes=sorted(me.subscribes),
             metadata=me.metadata,
             max_message_size=self.options.max_message_size,
+            public_key=me.public_key,
         )
 
     def send(self, kind: Kind = Kind.HB) -> None:
@@ -160,6 +165,8 @@ class Heartbeats:
             known is None or known.endpoint != hb.endpoint or known.pub_endpoint != hb.pub_endpoint
         ) and not self._usable(hb.node_id, hb.endpoint, hb.pub_endpoint):
             return
+        if self.trust is not None and not self._key_ok(hb):
+            return
         fresh = (
             known is None or known.incarnation != hb.incarnation or known.status is NodeStatus.LEFT
         )
@@ -170,6 +177,24 @@ class Heartbeats:
                 peer.clock.sample(time.monotonic() * 1000 - header.sent_ms)
         if fresh:
             self.on_fresh(hb)
+
+    def _key_ok(self, hb: HeartbeatBody) -> bool:
+        """CURVE: ``hb`` names a key trusted for its node id (or the trust directory
+        knows one); its endpoints are then connected to with that key."""
+        trust = self.trust
+        assert trust is not None
+        key = hb.public_key.encode("ascii", "replace") or trust.key_of(hb.node_id) or b""
+        if not key or not trust.identity_ok(hb.node_id, key):
+            self.reject(
+                hb.node_id,
+                "untrusted-key",
+                f"a heartbeat of {hb.node_id!r} with key {key.decode('ascii', 'replace')!r}, "
+                "which is not trusted for that node id; dropped",
+            )
+            return False
+        self.transport.learn_key(hb.endpoint, key)
+        self.transport.learn_key(hb.pub_endpoint, key)
+        return True
 
     def _usable(self, who: str, *endpoints: str) -> bool:
         """Are these endpoints something a socket can connect to? Rejects the frame if not."""

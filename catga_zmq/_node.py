@@ -16,11 +16,12 @@ import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from enum import StrEnum
-from typing import Any, Final, TypeVar, overload
+from typing import Any, Final, Protocol, TypeVar, overload
 
 from ._builtins import stats_of
 from ._supervisor import Supervisor
 from ._wiring import Parts, make_discovery
+from ._zap import Authenticator, Trust
 from .config import NodeOptions
 from .discovery.base import Candidate, Discovery
 from .errors import (
@@ -38,7 +39,7 @@ from .messages import Event, Message, Request
 from .protocol import PROTOCOL_VERSION, Codec
 from .routing import Router, make_router
 from .system import NodeStats
-from .transport import Transport
+from .transport import Curve, Transport
 
 log = logging.getLogger("catga_zmq.node")
 
@@ -71,6 +72,14 @@ class _DefaultDiscovery:
 
 
 _DEFAULT: Any = _DefaultDiscovery()
+
+
+class Security(Protocol):
+    """A node's CURVE keys (Z85) and trust policy (see ``catga_zmq._zap``)."""
+
+    public: bytes
+    secret: bytes
+    trust: Trust
 
 
 class Node:
@@ -142,6 +151,8 @@ class Node:
         #: loop that kept failing); None otherwise.
         self.failure: CatgaError | None = None
         self._parts: Parts | None = None
+        #: CURVE: this node's key pair and whom it trusts; None: plaintext.
+        self._security: Security | None = None
         self._supervisor = Supervisor(self.options.node_id, self._give_up)
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
@@ -253,14 +264,21 @@ class Node:
         opts = self.options
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
+        security = self._security
+        curve = None if security is None else Curve(security.public, security.secret)
         transport = Transport(
             opts.node_id,
             max_message_size=opts.max_message_size,
             hwm=max(1000, opts.max_in_flight),
             inbound_hwm=opts.inbound_frames(),
             max_peers=opts.max_peers,
+            curve=curve,
         )
         try:
+            if security is not None:
+                # Before anything binds: no CURVE socket may take a handshake unchecked.
+                authenticator = Authenticator(transport.ctx, security.trust)
+                authenticator.attach(transport.open_zap(authenticator.on_request))
             transport.bind(opts.bind, opts.port, opts.pub_port, opts.advertise)
             self._supervisor = supervisor = Supervisor(opts.node_id, self._give_up)
             self._parts = parts = Parts(
@@ -275,6 +293,7 @@ class Node:
                 on_duplicate=self._duplicate_id,
                 on_change=self._changed.set,
                 problems=self.problems,
+                trust=None if security is None else security.trust,
             )
             transport.start_reading()
             parts.builtins.register()
@@ -313,6 +332,7 @@ class Node:
             pub_endpoint=me.pub_endpoint,
             cluster=self.options.cluster,
             version=PROTOCOL_VERSION,
+            public_key=me.public_key or None,
             metadata=dict(self.options.metadata),
         )
 

@@ -21,6 +21,7 @@ from typing import Any, Final
 import msgspec
 
 from ._inbound import Rejections, decode_batch
+from ._zap import Trust
 from .config import NodeOptions
 from .errors import (
     Cancelled,
@@ -94,6 +95,7 @@ class RequestServer:
         reject: Rejections,
         stats: dict[str, int],
         peers: Mapping[str, Peer],
+        trust: Trust | None = None,
     ) -> None:
         self.node_id = node_id
         self.options = options
@@ -104,6 +106,9 @@ class RequestServer:
         self.stats = stats
         #: The members by node id: how late this node reads each one's frames.
         self.peers = peers
+        #: CURVE: every request's source must be the node its connection's key is
+        #: trusted for (None in plaintext).
+        self.trust = trust
         self.loop = asyncio.get_running_loop()
         #: Handlers running now (remote and local calls).
         self.running = 0
@@ -158,6 +163,17 @@ class RequestServer:
             return
         # No proof of life, however well formed: anyone can connect to a ROUTER and
         # name any node as its source (a frozen node must not be kept ALIVE by others).
+        if self.trust is not None and not self.trust.identity_ok(
+            header.source, self.transport.peer_key
+        ):
+            self.reject(
+                header.source,
+                "identity",
+                f"a request naming {header.source!r} came on a connection with key "
+                f"{self.transport.peer_key.decode('ascii', 'replace')}, which is not that "
+                "node's; dropped",
+            )
+            return
         entry = self.mediator.handlers.get(header.type_name)
         if entry is None:
             self._answer_error(

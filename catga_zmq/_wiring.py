@@ -19,6 +19,7 @@ from ._heartbeat import Heartbeats
 from ._inbound import Rejections
 from ._requester import Requester
 from ._server import RequestServer
+from ._zap import Trust
 from .config import NodeOptions
 from .discovery.base import Discovery
 from .mediator import Mediator
@@ -57,6 +58,7 @@ class Parts:
         on_duplicate: Callable[[str], None],
         on_change: Callable[[], None],
         problems: Callable[[], list[str]],
+        trust: Trust | None = None,
     ) -> None:
         opts = options
         loop = asyncio.get_running_loop()
@@ -76,6 +78,7 @@ class Parts:
             last_seen=loop.time(),
             last_heartbeat=time.time(),
             max_message_size=opts.max_message_size,
+            public_key=transport.curve.public.decode("ascii") if transport.curve else "",
         )
         self.membership = membership = Membership(
             me,
@@ -105,6 +108,7 @@ class Parts:
             reject=reject,
             stats=stats,
             peers=peers,
+            trust=trust,
         )
         self.requester = requester = Requester(
             node_id=opts.node_id,
@@ -138,6 +142,7 @@ class Parts:
             reject=reject,
             spawn=spawn,
             forget_source=events.forget_source,
+            trust=trust,
         )
         self.heartbeats = heartbeats = Heartbeats(
             me=me,
@@ -148,6 +153,7 @@ class Parts:
             running=lambda: server.running,
             on_fresh=gossip.on_fresh,
             on_duplicate=on_duplicate,
+            trust=trust,
         )
         self.builtins = Builtins(
             options=opts,

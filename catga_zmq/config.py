@@ -357,7 +357,7 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             _check_heartbeat_fits(opts)
         for seed in opts.seeds:
             try:
-                parse_endpoint(seed)
+                parse_endpoint(split_seed(seed)[0])
             except ConfigError as exc:
                 raise ConfigError(f"seeds: {exc.message}") from None
         if opts.discovery == "static" and not opts.seeds:
@@ -400,6 +400,14 @@ def _check_heartbeat_fits(opts: NodeOptions) -> None:
             f"max_message_size={opts.max_message_size} bytes, the largest frame peers "
             "take; use less metadata or raise max_message_size on every node"
         )
+
+
+def split_seed(seed: str) -> tuple[str, str]:
+    """A seed's endpoint, and what names its CURVE key: ``tcp://host:port;KEY`` (the
+    key in Z85) or ``tcp://host:port;NAME`` (a certificate in the trust directory);
+    ``""`` when the seed has no ``;`` part. ``;`` is not in the Z85 alphabet."""
+    endpoint, _, key = seed.strip().partition(";")
+    return endpoint.strip(), key.strip()
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:

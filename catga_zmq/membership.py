@@ -181,6 +181,7 @@ class Peer:
     breaker: CircuitBreaker | None = None  # created on the first failure
     detector: PhiAccrual | None = None
     max_message_size: int = 0  # the largest message it takes (0: not advertised)
+    public_key: str = ""  # CURVE (Z85), from its heartbeats
     #: How late this node reads its frames (from its heartbeats' send times).
     clock: ClockOffset = field(default_factory=ClockOffset)
 
@@ -362,6 +363,7 @@ class Membership:
         peer.seq, peer.load, peer.in_flight = hb.seq, hb.load, hb.in_flight
         peer.weight, peer.metadata = hb.weight, hb.metadata
         peer.announced, peer.max_message_size = status, hb.max_message_size
+        peer.public_key = hb.public_key
         peer.last_seen, peer.last_heartbeat = now, time.time()
         if peer.detector is not None:
             peer.detector.heartbeat(now)

@@ -117,6 +117,10 @@ TRUNCATED: Final = "… (truncated)"
 TypeNames = Annotated[list[TypeName], msgspec.Meta(max_length=MAX_HANDLES)]
 
 
+#: A CURVE public key in Z85: 40 characters (or "" for none).
+PublicKey = Annotated[str, msgspec.Meta(max_length=40)]
+
+
 class Header(msgspec.Struct, array_like=True, gc=False):
     """Every frame's first part (after the topic on PUB/SUB).
 
@@ -177,6 +181,9 @@ class HeartbeatBody(msgspec.Struct, array_like=True, gc=False):
     #: The largest message this node takes (its MAXMSGSIZE): a caller refuses a larger
     #: request before sending it, since libzmq would drop the whole connection.
     max_message_size: int = 0
+    #: Its CURVE public key (Z85), when its cluster uses CURVE: the key its ROUTER and
+    #: PUB serve with.
+    public_key: PublicKey = ""
 
 
 #: What decoding untrusted bytes may raise: msgspec reports bad UTF-8 in a str field

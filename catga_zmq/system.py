@@ -23,6 +23,7 @@ from .protocol import (
     Endpoint,
     Metadata,
     NodeId,
+    PublicKey,
     Status,
     TypeNames,
 )
@@ -73,6 +74,7 @@ class PeerAddress(msgspec.Struct, array_like=True):
     pub_endpoint: Endpoint
     cluster: ClusterName
     version: int
+    public_key: PublicKey = ""  # its CURVE key (Z85), when the cluster uses CURVE
 
 
 class NodeInfo(msgspec.Struct):
@@ -101,6 +103,7 @@ class NodeInfo(msgspec.Struct):
     subscribes: TypeNames
     metadata: Metadata
     peers: Annotated[list[PeerAddress], msgspec.Meta(max_length=MAX_INFO_PEERS)]
+    public_key: PublicKey = ""
 
 
 class Info(Request[NodeInfo]):

@@ -30,6 +30,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import msgspec
@@ -56,6 +57,8 @@ LOOP_SECONDS: Final = 0.010
 #: Messages between two reads of the clock: a clock read costs more than a message's
 #: share of the budget check should.
 CLOCK_EVERY: Final = 64
+#: The ZAP domain of every CURVE server socket of a node (``catga_zmq._zap``).
+ZAP_DOMAIN: Final = b"catga"
 RECONNECT_IVL: Final = 100  # ms, libzmq's first reconnect delay
 RECONNECT_IVL_MAX: Final = 2000  # ms, the most it backs off to
 LINGER: Final = 0  # ms: unsent frames of a closing node are dropped, not flushed
@@ -85,6 +88,16 @@ def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
     for i in range(last):
         _send(sock, frames[i], _MORE_NOBLOCK)
     _send(sock, frames[last], _NOBLOCK)
+
+
+@dataclass(frozen=True, slots=True)
+class Curve:
+    """This node's CURVE key pair (Z85): with it, every socket is encrypted, ROUTER and
+    PUB as CURVE servers (ZAP decides who may connect), DEALER and SUB as clients that
+    check the server's key (``Transport.keys``)."""
+
+    public: bytes
+    secret: bytes
 
 
 def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
@@ -179,6 +192,7 @@ class Reader:
         "batch_started",
         "handle",
         "reading",
+        "recv",
         "sock",
     )
 
@@ -188,11 +202,13 @@ class Reader:
         sock: zmq.Socket[bytes],
         handle: Callable[[list[bytes]], None],
         after_pass: Callable[[], bool] | None = None,
+        recv: Callable[[zmq.Socket[bytes]], list[bytes]] = recv_frames,
     ) -> None:
         self._loop = loop
         self._budget = LoopBudget.of(loop)
         self.sock = sock
         self.handle = handle
+        self.recv = recv
         self.after_pass = after_pass
         self._scheduled = False
         #: True while a pass over the socket is under way (inside ``handle``).
@@ -248,7 +264,7 @@ class Reader:
         True in the latter case: more may wait. ``limit`` was taken from the budget."""
         if limit <= 0:
             return True
-        sock, handle, budget = self.sock, self.handle, self._budget
+        sock, handle, budget, recv = self.sock, self.handle, self._budget, self.recv
         self.batch_started = now
         self.reading = True
         # Two ways to know when to stop, both of which re-arm the FD's edge: ask EVENTS
@@ -269,7 +285,7 @@ class Reader:
                     return True
                 if not busy and not _get(sock, _EVENTS) & _POLLIN:
                     return False
-                frames = recv_frames(sock)
+                frames = recv(sock)
                 try:
                     handle(frames)
                 except Exception:
@@ -367,6 +383,11 @@ class Dealer:
         #: Set once a request went out in this loop iteration (see the module docstring).
         self.outbox: Outbox | None = None
         try:
+            transport._server_key(sock, endpoint)
+        except TransportFailed:
+            sock.close(LINGER)
+            raise
+        try:
             if transport.on_disconnect is not None:
                 mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
                 self.monitor = Reader(transport.loop, mon, self._on_monitor)
@@ -423,6 +444,7 @@ class Transport:
         hwm: int,
         inbound_hwm: int | None = None,
         max_peers: int = 256,
+        curve: Curve | None = None,
     ) -> None:
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
@@ -457,16 +479,34 @@ class Transport:
         self.sub: zmq.Socket[bytes] | None = None
         self._router_reader: Reader | None = None
         self._sub_reader: Reader | None = None
+        self._zap_reader: Reader | None = None
         self.dealers: dict[str, Dealer] = {}
         self.subscribed: set[str] = set()
         self.endpoint = ""
         self.pub_endpoint = ""
         self.dropped_replies = 0
+        self.curve = curve
+        #: CURVE: the server key (Z85) of each endpoint this node connects to, as
+        #: discovery, seeds, greetings and heartbeats tell it (``learn_key``).
+        self.keys: dict[str, bytes] = {}
+        #: CURVE: the client key (Z85) of the connection the request being handled
+        #: came on (its ZAP User-Id).
+        self.peer_key = b""
 
     # setup --------------------------------------------------------------------------
 
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
         sock = self.ctx.socket(kind)
+        curve = self.curve
+        if curve is not None:
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
+            if kind in (zmq.ROUTER, zmq.PUB):
+                sock.setsockopt(zmq.CURVE_SERVER, 1)
+                sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+                # With no ZAP handler bound, refuse the handshake (libzmq's default
+                # lets everyone in): fail closed.
+                sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         sock.setsockopt(zmq.LINGER, LINGER)
         sock.setsockopt(zmq.SNDHWM, self.hwm)
         sock.setsockopt(zmq.RCVHWM, self.hwm)
@@ -483,6 +523,11 @@ class Transport:
         are dual-stack and still reach IPv4 peers. IPv4 nodes keep IPv4-only sockets:
         with IPv6 on, libzmq resolves host names to IPv6 addresses first.
         """
+        if self.curve is not None and self._zap_reader is None:
+            raise TransportFailed(
+                "no ZAP handler runs on this node's context: a CURVE node does not bind "
+                "without one (it would let every key in)"
+            )
         host = host.strip("[]")
         if ":" in host:
             self.ctx.setsockopt(zmq.IPV6, 1)
@@ -499,12 +544,62 @@ class Transport:
             pub, host, pub_port, advertise, "--pub-port", "PUB (heartbeats and events)"
         )
 
+    def open_zap(self, handle: Callable[[list[bytes]], None]) -> zmq.Socket[bytes]:
+        """Bind this context's ZAP socket (RFC 27) and hand each request to ``handle``,
+        read from the loop; before ``bind()``. ``TransportFailed`` if it cannot bind."""
+        sock = self.ctx.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, LINGER)
+        try:
+            sock.bind("inproc://zeromq.zap.01")
+        except zmq.ZMQError as exc:
+            sock.close(LINGER)
+            raise TransportFailed(f"cannot bind the ZAP handler: {exc}") from None
+        self._zap_reader = Reader(self.loop, sock, handle)
+        return sock
+
     def start_reading(self) -> None:
         """Hand what the ROUTER and SUB sockets read to ``on_request``/``on_broadcast``
         (set them first)."""
         assert self.router is not None and self.sub is not None
-        self._router_reader = Reader(self.loop, self.router, self.on_request, self._flush_replies)
+        self._router_reader = Reader(
+            self.loop,
+            self.router,
+            self.on_request,
+            self._flush_replies,
+            recv_frames if self.curve is None else self._recv_with_key,
+        )
         self._sub_reader = Reader(self.loop, self.sub, self.on_broadcast)
+
+    def _recv_with_key(self, sock: zmq.Socket[bytes]) -> list[bytes]:
+        """``recv_frames``, and the sender's key (its ZAP User-Id) in ``peer_key``."""
+        frame = _recv(sock, _NOBLOCK, False)
+        parts = [frame.bytes]  # the ROUTER's identity frame: no metadata of the peer's
+        key = b""
+        while frame.more:
+            frame = _recv(sock, _NOBLOCK, False)
+            if not key:
+                key = str(frame.get("User-Id")).encode("ascii", "replace")
+            parts.append(frame.bytes)
+        self.peer_key = key
+        return parts
+
+    def learn_key(self, endpoint: str, key: bytes) -> None:
+        """CURVE: ``endpoint`` is served with ``key`` (Z85); later connections check it."""
+        if self.curve is not None and key:
+            self.keys[endpoint] = key
+
+    def _server_key(self, sock: zmq.Socket[bytes], endpoint: str) -> None:
+        """CURVE: the key a connection to ``endpoint`` must find there, set before the
+        connect (libzmq takes a socket's options at each connect)."""
+        if self.curve is None:
+            return
+        key = self.keys.get(endpoint)
+        if key is None:
+            raise TransportFailed(
+                f"no CURVE key known for {endpoint}: give it with the seed "
+                f"({endpoint};KEY), or put the node's certificate in the trust directory"
+            )
+        sock.setsockopt(zmq.CURVE_SERVERKEY, key)
 
     @staticmethod
     def _bind(
@@ -734,6 +829,7 @@ class Transport:
         try:
             if pub_endpoint.startswith("tcp://["):
                 self.sub.setsockopt(zmq.IPV6, 1)  # applies to this and later connects only
+            self._server_key(self.sub, pub_endpoint)
             self.sub.connect(pub_endpoint)
         except zmq.ZMQError as exc:
             raise TransportFailed(self._no_socket(pub_endpoint, exc)) from None
@@ -763,7 +859,7 @@ class Transport:
         for dealer in self.dealers.values():
             dealer.close()
         self.dealers.clear()
-        for reader in (self._router_reader, self._sub_reader):
+        for reader in (self._router_reader, self._sub_reader, self._zap_reader):
             if reader is not None:
                 reader.close()
         # destroy(), not term(): it first closes every socket still open on the context

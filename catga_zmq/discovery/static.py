@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 
-from ..config import parse_endpoint
+from ..config import parse_endpoint, split_seed
 from ._fanout import Fanout
 from .base import Candidate, ChangeKind, Discovery, DiscoveryChange
 
@@ -27,8 +27,10 @@ class StaticDiscovery(Discovery):
 
     def __init__(self, seeds: Iterable[str]) -> None:
         self.seeds = [s.strip() for s in seeds]
-        for seed in self.seeds:
-            parse_endpoint(seed)  # ConfigError now rather than a silent never-joining node
+        #: (endpoint, what names its CURVE key: see ``split_seed``) of each seed
+        self._split = [split_seed(s) for s in self.seeds]
+        for endpoint, _ in self._split:
+            parse_endpoint(endpoint)  # ConfigError now rather than a silent never-joining node
         self._me: Candidate | None = None
         self._fanout = Fanout()
 
@@ -43,7 +45,11 @@ class StaticDiscovery(Discovery):
     def candidates(self) -> list[Candidate]:
         """One candidate per seed, this node's own endpoint left out."""
         own = self._me.endpoint if self._me else None
-        return [Candidate(endpoint=s) for s in self.seeds if s != own]
+        return [
+            Candidate(endpoint=endpoint, public_key=key or None)
+            for endpoint, key in self._split
+            if endpoint != own
+        ]
 
     def watch(self) -> AsyncIterator[DiscoveryChange]:
         """Each seed as ADDED; the list does not change, so nothing follows until ``aclose``."""
