@@ -140,6 +140,7 @@ class Node:
             "requests_failed": 0,
             "requests_refused": 0,
             "requests_expired": 0,
+            "connections_refused": 0,
             "requests_sent": 0,
             "events_published": 0,
             "events_received": 0,
@@ -277,7 +278,7 @@ class Node:
         try:
             if security is not None:
                 # Before anything binds: no CURVE socket may take a handshake unchecked.
-                authenticator = Authenticator(transport.ctx, security.trust)
+                authenticator = Authenticator(transport.ctx, security.trust, self._counters)
                 authenticator.attach(transport.open_zap(authenticator.on_request))
             transport.bind(opts.bind, opts.port, opts.pub_port, opts.advertise)
             self._supervisor = supervisor = Supervisor(opts.node_id, self._give_up)

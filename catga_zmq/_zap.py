@@ -47,11 +47,13 @@ class Trust(Protocol):
 class Authenticator(zmq.auth.Authenticator):
     """The node's ZAP handler: pyzmq's protocol, this node's trust, this node's loop."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], trust: Trust) -> None:
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], trust: Trust, stats: dict[str, int]
+    ) -> None:
         super().__init__(ctx, log=logging.getLogger("catga_zmq.zap"))
         self.trust = trust
-        #: Handshakes refused (a key not trusted).
-        self.refused = 0
+        #: ``connections_refused``: handshakes refused (a key not trusted).
+        self.stats = stats
         self._refused_keys: set[bytes] = set()
         self.configure_curve_callback(ZAP_DOMAIN.decode(), credentials_provider=self)
 
@@ -63,7 +65,7 @@ class Authenticator(zmq.auth.Authenticator):
         """pyzmq asks: may the client with this public key (Z85) connect?"""
         if self.trust.allows(key):
             return True
-        self.refused += 1
+        self.stats["connections_refused"] += 1
         if len(self._refused_keys) < 1024 and key not in self._refused_keys:
             self._refused_keys.add(key)  # logged once per key (a bounded number of keys)
             log.warning(

@@ -133,6 +133,7 @@ class NodeStats(msgspec.Struct):
       ``max_concurrency``, or draining); ``requests_expired``: those answered
       ``TIMEOUT`` without running, because this node read them after their caller's
       deadline (it was stalled: see ``catga_zmq._clock``).
+    - ``connections_refused``: CURVE handshakes it refused (a key it does not trust).
     - ``requests_sent``: requests it sent to other nodes.
     - ``events_published``: events it published; ``events_received``: events from
       other nodes it delivered to its subscribers; ``events_lost``: events from other
@@ -170,6 +171,7 @@ class NodeStats(msgspec.Struct):
         msgspec.Meta(max_length=MAX_PROBLEMS),
     ] = []
     requests_expired: int = 0
+    connections_refused: int = 0
 
 
 class Stats(Request[NodeStats]):

@@ -1,0 +1,244 @@
+"""CURVE: encrypted, authenticated nodes; strangers get nowhere, members cannot pose.
+
+Keys are made with the library's own ``security.generate`` (what ``keygen`` writes);
+every node and every stranger here is a real ZeroMQ socket on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+from conftest import MakeNode, wait_until
+
+from catga_zmq import Event, Node, Request
+from catga_zmq.protocol import PROTOCOL_VERSION, Header, Kind
+from catga_zmq.security import generate, load_secret
+
+_enc = msgspec.msgpack.encode
+
+
+class Echo(Request[str]):
+    __wire_name__ = "curve.Echo"
+    text: str
+
+
+class Noted(Event):
+    __wire_name__ = "curve.Noted"
+    n: int
+
+
+class Keys:
+    """Key pairs in ``tmp``: ``secret(name)``; the trust directory holds ``trusted``."""
+
+    def __init__(self, tmp: Path, names: list[str], trusted: list[str]) -> None:
+        self.dir = tmp / "keys"
+        self.trust = tmp / "trust"
+        self.trust.mkdir()
+        for name in names:
+            public, _ = generate(name, self.dir)
+            if name in trusted:
+                shutil.copy(public, self.trust / public.name)
+
+    def secret(self, name: str) -> str:
+        return str(self.dir / f"{name}.key_secret")
+
+    def pair(self, name: str) -> tuple[bytes, bytes]:
+        keys = load_secret(self.secret(name))
+        return keys.public, keys.secret
+
+    def settings(self, name: str) -> dict[str, object]:
+        return {"curve_secret_key": self.secret(name), "curve_trust_dir": str(self.trust)}
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path, ["a", "b", "stranger"], trusted=["a", "b"])
+
+
+def echo_server(node: Node) -> None:
+    @node.handler
+    async def echo(req: Echo) -> str:
+        return f"echo {req.text}"
+
+
+def request(source: str, rid: int, text: str) -> list[bytes]:
+    header = Header(PROTOCOL_VERSION, int(Kind.REQ), rid, Echo.__wire_name__, source, 5000)
+    return [_enc(header), _enc(Echo(text=text))]
+
+
+def stranger_dealer(
+    zctx: zmq.Context[zmq.Socket[bytes]], pair: tuple[bytes, bytes], server_key: bytes, endpoint: str
+) -> zmq.Socket[bytes]:
+    sock = zctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_publickey, sock.curve_secretkey = pair
+    sock.curve_serverkey = server_key
+    sock.connect(endpoint)
+    return sock
+
+
+async def answers(sock: zmq.Socket[bytes], seconds: float) -> list[list[bytes]]:
+    got: list[list[bytes]] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        while sock.poll(0):
+            got.append(sock.recv_multipart())
+        await asyncio.sleep(0.02)
+    return got
+
+
+async def test_curve_nodes_serve_requests_and_events(make_node: MakeNode, keys: Keys) -> None:
+    a = make_node("a", **keys.settings("a"))
+    b = make_node("b", **keys.settings("b"))
+    echo_server(b)
+    got: list[int] = []
+
+    @a.subscribe
+    async def on_noted(event: Noted) -> None:
+        got.append(event.n)
+
+    await a.start()
+    await b.start()
+    await a.wait_for_peers(1, timeout=20, handles=Echo)
+    await b.wait_for_peers(1, timeout=20)
+    assert await a.send(Echo(text="x"), timeout=10) == "echo x"
+    async with asyncio.timeout(20):
+        while not got:
+            await b.publish(Noted(n=1))
+            await asyncio.sleep(0.05)
+    assert a.stats().frames_rejected == 0 and b.stats().frames_rejected == 0
+
+
+async def test_a_stranger_key_gets_no_answer_and_is_counted(
+    make_node: MakeNode, keys: Keys, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    b = make_node("b", **keys.settings("b"))
+    echo_server(b)
+    await b.start()
+    b_key = keys.pair("b")[0]
+    sock = stranger_dealer(zctx, keys.pair("stranger"), b_key, b.endpoint)
+    for rid in range(1, 4):
+        sock.send_multipart(request("stranger", rid, "let me in"), zmq.NOBLOCK)
+    assert await answers(sock, 1.5) == []
+    await wait_until(lambda: b.stats().connections_refused >= 1, timeout=10)
+    # The control: a trusted key on the same path is answered.
+    friend = stranger_dealer(zctx, keys.pair("a"), b_key, b.endpoint)
+    friend.send_multipart(request("a", 1, "hello"))
+    got = await answers(friend, 1.5)
+    assert got and msgspec.msgpack.decode(got[-1][-1]) == "echo hello"
+
+
+async def test_a_trusted_key_cannot_speak_for_another_node(
+    make_node: MakeNode, keys: Keys, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    b = make_node("b", **keys.settings("b"))
+    echo_server(b)
+    await b.start()
+    sock = stranger_dealer(zctx, keys.pair("a"), keys.pair("b")[0], b.endpoint)
+    rejected = b.stats().frames_rejected
+    sock.send_multipart(request("b", 1, "i am b"))  # a's key, b's name
+    assert await answers(sock, 1.5) == []
+    assert b.stats().frames_rejected == rejected + 1
+    sock.send_multipart(request("a", 2, "i am a"))  # its own name: answered
+    got = await answers(sock, 1.5)
+    assert got and msgspec.msgpack.decode(got[-1][-1]) == "echo i am a"
+
+
+async def test_any_key_mode_lets_a_new_key_in_but_not_under_a_taken_node_id(
+    make_node: MakeNode, keys: Keys, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    any_key = {"curve_any_key": True}
+    a = make_node("a", curve_secret_key=keys.secret("a"), **any_key)
+    b = make_node("b", curve_secret_key=keys.secret("b"), **any_key)
+    echo_server(b)
+    await a.start()
+    await b.start()
+    await a.wait_for_peers(1, timeout=20, handles=Echo)
+    assert await a.send(Echo(text="x"), timeout=10) == "echo x"  # binds "a" to a's key
+    sock = stranger_dealer(zctx, keys.pair("stranger"), keys.pair("b")[0], b.endpoint)
+    sock.send_multipart(request("stranger", 1, "new here"))
+    got = await answers(sock, 1.5)
+    assert got and msgspec.msgpack.decode(got[-1][-1]) == "echo new here"
+    rejected = b.stats().frames_rejected
+    sock.send_multipart(request("a", 2, "i am a"))  # a node id bound to another key
+    assert await answers(sock, 1.5) == []
+    assert b.stats().frames_rejected == rejected + 1
+
+
+# what goes over the wire -----------------------------------------------------------------
+
+
+def tcpdump() -> str:
+    found = shutil.which("tcpdump")
+    if found is None or os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs tcpdump and runs as root: the capture must run")
+        pytest.skip("needs tcpdump and root")
+    return found
+
+
+async def capture_of(
+    tmp: Path, port: int, send: Callable[[], object], name: str
+) -> bytes:
+    """The raw packets on loopback to and from ``port`` while ``send()`` runs."""
+    pcap = tmp / f"{name}.pcap"
+    proc = subprocess.Popen(
+        [tcpdump(), "-i", "lo", "-U", "-w", str(pcap), "-s", "0", f"tcp port {port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(15):
+            while not pcap.exists() or proc.poll() is not None:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # tcpdump has opened the interface
+        result = send()
+        if asyncio.iscoroutine(result):
+            await result
+        await asyncio.sleep(0.5)  # the packets are written (-U: per packet)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    return pcap.read_bytes()
+
+
+MARKER = "marker-7f3a9c-in-the-payload"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="tcpdump on lo")
+@pytest.mark.parametrize("curve", [False, True], ids=["plaintext", "curve"])
+async def test_a_capture_shows_the_payload_only_in_plaintext(
+    make_node: MakeNode, keys: Keys, tmp_path: Path, curve: bool
+) -> None:
+    settings = (lambda n: keys.settings(n)) if curve else (lambda n: {})
+    a = make_node("a", **settings("a"))
+    b = make_node("b", **settings("b"))
+    echo_server(b)
+    await a.start()
+    await b.start()
+    await a.wait_for_peers(1, timeout=20, handles=Echo)
+    port = int(b.endpoint.rsplit(":", 1)[1])
+
+    async def send() -> None:
+        assert await a.send(Echo(text=MARKER), timeout=10) == f"echo {MARKER}"
+
+    packets = await capture_of(tmp_path, port, send, "curve" if curve else "plain")
+    assert len(packets) > 200  # the request and its reply were captured
+    assert (MARKER.encode() in packets) is not curve
