@@ -1,0 +1,231 @@
+"""CURVE keys and trust as files (catga_zmq.security), and the keygen command.
+
+keygen runs as a user runs it, a process; the files it writes are read back with pyzmq's
+own ``zmq.auth.load_certificate``, so the format is the library's, not only ours.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import zmq
+import zmq.auth
+from _procs import python, run
+
+from catga_zmq import ConfigError, security
+from catga_zmq.security import KeyPair, generate, load_secret
+
+KEYGEN = python("-m", "catga_zmq", "keygen")
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def umask_0() -> Iterator[None]:
+    # The most permissive umask: whatever keygen's files get is then its own doing.
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+# keygen ------------------------------------------------------------------------------------
+
+
+def test_keygen_writes_a_pair_and_prints_its_public_key(tmp_path: Path) -> None:
+    result = run([*KEYGEN, "shop-1", "--dir", str(tmp_path)])
+    assert result.returncode == 0, result.stderr
+    public_file, secret_file = tmp_path / "shop-1.key", tmp_path / "shop-1.key_secret"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shop-1.key", "shop-1.key_secret"]
+    assert _mode(secret_file) == 0o600
+    public, none = zmq.auth.load_certificate(public_file)
+    assert none is None  # the public file holds no secret
+    same_public, secret = zmq.auth.load_certificate(secret_file)
+    assert same_public == public and secret is not None
+    assert zmq.curve_public(secret) == public
+    assert result.stdout == public.decode() + "\n"  # stdout: the key alone, for $(...)
+    assert str(public_file) in result.stderr and str(secret_file) in result.stderr
+
+
+def test_keygen_json_and_the_default_directory(tmp_path: Path) -> None:
+    result = run([*KEYGEN, "n1", "--json", "--dir", str(tmp_path)])
+    assert result.returncode == 0, result.stderr
+    found = msgspec.json.decode(result.stdout)
+    assert found["name"] == "n1"
+    assert found["public_file"] == str(tmp_path / "n1.key")
+    assert found["public_key"].encode() == zmq.auth.load_certificate(tmp_path / "n1.key")[0]
+    # Without --dir: the current directory (of the command; run() starts it in ROOT, so
+    # the default is shown by --help instead of writing keys into the repository).
+    helped = run([*KEYGEN, "--help"])
+    assert helped.returncode == 0 and "default: this one" in helped.stdout
+
+
+def test_keygen_never_overwrites(tmp_path: Path) -> None:
+    assert run([*KEYGEN, "n1", "--dir", str(tmp_path)]).returncode == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    result = run([*KEYGEN, "n1", "--dir", str(tmp_path)])
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "exists; keys are never overwritten" in lines[0], lines
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # Only the secret file left: still refused, and no public file is written beside it.
+    (tmp_path / "n1.key").unlink()
+    result = run([*KEYGEN, "n1", "--dir", str(tmp_path)])
+    assert result.returncode == 2 and "n1.key_secret' exists" in result.stderr
+    assert not (tmp_path / "n1.key").exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "", "x" * 65, "a b", "n\n"])
+def test_keygen_refuses_a_name_that_is_no_node_id(tmp_path: Path, name: str) -> None:
+    result = run([*KEYGEN, name, "--dir", str(tmp_path)])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "key name" in lines[0] and "is not valid" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keygen_into_a_missing_directory_says_so(tmp_path: Path) -> None:
+    result = run([*KEYGEN, "n1", "--dir", str(tmp_path / "nope")])
+    assert result.returncode == 2
+    assert "does not exist; create it first" in result.stderr
+    assert not (tmp_path / "nope").exists()
+
+
+def test_the_secret_file_is_never_open_to_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask_0: None
+) -> None:
+    # zmq.auth writes with the umask (here 0: mode 0666); the secret may exist only in
+    # a directory no one else may enter, and in place only with mode 0600.
+    real = zmq.auth.create_certificates
+    seen: list[int] = []
+
+    def watched(key_dir: Any, name: str, metadata: Any = None) -> tuple[str, str]:
+        seen.append(_mode(Path(key_dir)))
+        return real(key_dir, name, metadata)
+
+    monkeypatch.setattr(zmq.auth, "create_certificates", watched)
+    public_file, secret_file = generate("n1", tmp_path)
+    assert seen == [0o700]
+    assert _mode(secret_file) == 0o600
+    assert _mode(public_file) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n1.key", "n1.key_secret"]
+
+
+def test_a_link_planted_at_the_secret_path_is_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (tmp_path / "n1.key_secret").symlink_to(elsewhere)  # dangling: "exists" says no
+    with pytest.raises(ConfigError, match="exists; keys are never overwritten"):
+        generate("n1", tmp_path)
+    assert not elsewhere.exists() and not (tmp_path / "n1.key").exists()
+
+
+# load_secret -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    return generate("n1", tmp_path)
+
+
+def test_load_secret_gives_the_pair(pair: tuple[Path, Path]) -> None:
+    public_file, secret_file = pair
+    keys = load_secret(secret_file)
+    assert keys.public == zmq.auth.load_certificate(public_file)[0]
+    assert zmq.curve_public(keys.secret) == keys.public
+    assert keys.secret.decode() not in repr(keys)  # never in a log line
+    with pytest.raises(AttributeError):
+        keys.public = b""  # type: ignore[misc]
+
+
+def test_a_secret_file_others_can_read_is_refused(pair: tuple[Path, Path]) -> None:
+    secret_file = pair[1]
+    secret_file.chmod(0o644)
+    with pytest.raises(ConfigError) as info:
+        load_secret(secret_file)
+    assert info.value.message == (
+        f"secret key file {str(secret_file)!r} is readable by others (mode 0644); "
+        f"chmod 600 {secret_file}"
+    )
+    secret_file.chmod(0o620)  # group may write: as bad
+    with pytest.raises(ConfigError, match=r"is open to others \(mode 0620\); chmod 600"):
+        load_secret(secret_file)
+    secret_file.chmod(0o400)
+    assert isinstance(load_secret(secret_file), KeyPair)
+
+
+def test_a_public_certificate_as_the_secret_is_refused(pair: tuple[Path, Path]) -> None:
+    public_file = pair[0]
+    for mode in (0o644, 0o600):  # named as a public certificate whatever its mode
+        public_file.chmod(mode)
+        with pytest.raises(ConfigError) as info:
+            load_secret(public_file)
+        assert "has no secret key (a public certificate?)" in info.value.message
+        assert "NAME.key_secret" in info.value.message
+
+
+def _secret_file(path: Path, text: bytes) -> Path:
+    path.write_bytes(text)
+    path.chmod(0o600)
+    return path
+
+
+def _edit(path: Path, old: bytes, new: bytes) -> bytes:
+    text = path.read_bytes()
+    assert old in text
+    return text.replace(old, new)
+
+
+MALFORMED: dict[str, tuple[Callable[[Path], bytes], str]] = {
+    "garbage": (lambda p: b"\x00\xff not a certificate\n", "has no public key"),
+    "empty": (lambda p: b"", "has no public key"),
+    "short-secret": (
+        lambda p: _edit(p, b'secret-key = "', b'secret-key = "x'),
+        "malformed secret key",
+    ),
+    "bad-public": (
+        lambda p: _edit(p, b'public-key = "', b'public-key = "~~~~~'),
+        "malformed public key",
+    ),
+    "huge": (lambda p: b"#" * (security.MAX_CERT_BYTES + 1), "too large for a key certificate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_secret_file_is_refused_in_one_line(
+    pair: tuple[Path, Path], tmp_path: Path, case: str
+) -> None:
+    make, expected = MALFORMED[case]
+    bad = _secret_file(tmp_path / "bad.key_secret", make(pair[1]))
+    with pytest.raises(ConfigError) as info:
+        load_secret(bad)
+    assert expected in info.value.message
+    assert "\n" not in info.value.message
+
+
+def test_a_secret_file_with_another_pairs_public_key_is_refused(tmp_path: Path) -> None:
+    _, mine = generate("n1", tmp_path)
+    theirs, _ = generate("n2", tmp_path)
+    other = zmq.auth.load_certificate(theirs)[0]
+    mixed = _secret_file(
+        tmp_path / "mixed.key_secret",
+        _edit(mine, load_secret(mine).public, other),
+    )
+    with pytest.raises(ConfigError, match="its public key is not the secret key's"):
+        load_secret(mixed)
+
+
+def test_a_missing_secret_file_or_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist; python -m catga_zmq keygen"):
+        load_secret(tmp_path / "nope.key_secret")
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_secret(tmp_path)
