@@ -6,7 +6,9 @@ own ``zmq.auth.load_certificate``, so the format is the library's, not only ours
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +21,15 @@ import zmq.auth
 from _procs import python, run
 
 from catga_zmq import ConfigError, security
-from catga_zmq.security import KeyPair, generate, load_secret
+from catga_zmq.security import (
+    FirstKeySeen,
+    KeyPair,
+    Trust,
+    TrustChange,
+    TrustStore,
+    generate,
+    load_secret,
+)
 
 KEYGEN = python("-m", "catga_zmq", "keygen")
 
@@ -229,3 +239,183 @@ def test_a_missing_secret_file_or_a_directory_is_refused(tmp_path: Path) -> None
         load_secret(tmp_path / "nope.key_secret")
     with pytest.raises(ConfigError, match="is not a file"):
         load_secret(tmp_path)
+
+
+# the trust directory -----------------------------------------------------------------------
+
+
+class Keys:
+    """Key pairs made once per test, by name, and the trust directory to copy them to."""
+
+    def __init__(self, root: Path) -> None:
+        self.made = root / "made"
+        self.made.mkdir()
+        self.trust = root / "trust"
+        self.trust.mkdir()
+
+    def public(self, name: str) -> bytes:
+        if not (self.made / f"{name}.key").exists():
+            generate(name, self.made)
+        return zmq.auth.load_certificate(self.made / f"{name}.key")[0]
+
+    def trust_as(self, name: str, key_of: str | None = None) -> bytes:
+        """Copy ``key_of``'s public certificate (default: ``name``'s) in as NAME.key."""
+        key = self.public(key_of or name)
+        (self.trust / f"{name}.key").write_bytes((self.made / f"{key_of or name}.key").read_bytes())
+        return key
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    found = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    caplog.clear()
+    return found
+
+
+def test_a_trust_store_maps_each_node_name_to_its_key(keys: Keys) -> None:
+    a, b = keys.trust_as("shop-1"), keys.trust_as("shop-2")
+    stranger = keys.public("stranger")
+    store = TrustStore(keys.trust)
+    assert store.names() == ["shop-1", "shop-2"] and len(store) == 2
+    assert store.key_of("shop-1") == a and store.name_of(b) == "shop-2"
+    assert a in store and stranger not in store
+    assert store.allows(a) and not store.allows(stranger)
+    assert store.key_of("stranger") is None and store.name_of(stranger) is None
+    assert store.identity_ok("shop-1", a)
+    assert not store.identity_ok("shop-2", a)  # shop-1's key cannot speak for shop-2
+    assert not store.identity_ok("stranger", stranger)
+    policy: Trust = store
+    assert policy.allows(b)
+
+
+def test_a_missing_trust_directory_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"trust directory .* does not exist"):
+        TrustStore(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        TrustStore(tmp_path / "file")
+
+
+def test_files_that_are_no_usable_certificate_are_skipped_with_one_warning_each(
+    keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="catga_zmq.security")
+    a = keys.trust_as("a")
+    (keys.trust / "garbage.key").write_bytes(b"\x00\xffno certificate\n")
+    keys.trust_as("bad name", key_of="b")  # a stem that is no node id
+    keys.trust_as("z-copy", key_of="a")  # a's key under a second name
+    keys.trust_as(".hidden", key_of="h")  # not a *.key a shell would list: no warning
+    (keys.trust / "readme.txt").write_text("not a certificate, not a *.key")
+    store = TrustStore(keys.trust)
+    assert store.names() == ["a"] and store.name_of(a) == "a"
+    found = _warnings(caplog)
+    assert len(found) == 3, found
+    assert any("garbage.key skipped: has no public key" in w for w in found), found
+    assert any("bad name.key skipped: is not named NODE_ID.key" in w for w in found), found
+    assert any("z-copy.key skipped: has the key of 'a' too" in w for w in found), found
+    # Reloading with those files unchanged warns no more; a changed one is warned again.
+    keys.trust_as("c")
+    assert store.reload() == TrustChange(added=frozenset({"c"}))
+    assert _warnings(caplog) == []
+    (keys.trust / "garbage.key").write_bytes(b"still no certificate\n")
+    assert store.changed()
+    store.reload()
+    assert _warnings(caplog) == [
+        f"trust directory {keys.trust}: garbage.key skipped: has no public key: it is not "
+        "a zmq.auth certificate"
+    ]
+
+
+def test_a_secret_certificate_in_the_trust_directory_is_used_and_warned_about(
+    keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="catga_zmq.security")
+    key = keys.public("n1")
+    (keys.trust / "n1.key").write_bytes((keys.made / "n1.key_secret").read_bytes())
+    store = TrustStore(keys.trust)
+    assert store.key_of("n1") == key
+    found = _warnings(caplog)
+    assert len(found) == 1 and "n1.key holds a secret key" in found[0], found
+
+
+def test_reload_sees_a_key_removed_added_or_replaced(keys: Keys) -> None:
+    a, b = keys.trust_as("a"), keys.trust_as("b")
+    store = TrustStore(keys.trust)
+    assert not store.changed()
+    # Removed: refused as soon as reload() returns; changed() sees it at once, so a node
+    # that polls every RELOAD_INTERVAL refuses it within that.
+    (keys.trust / "b.key").unlink()
+    assert store.changed()
+    assert b in store  # nothing changes before the reload
+    assert store.reload() == TrustChange(removed=frozenset({"b"}))
+    assert b not in store and not store.allows(b) and store.key_of("b") is None
+    assert not store.identity_ok("b", b)
+    assert not store.changed()
+    assert not store.reload()  # nothing changed: a falsy TrustChange
+    # Added.
+    c = keys.trust_as("c")
+    assert store.changed()
+    assert store.reload() == TrustChange(added=frozenset({"c"}))
+    assert store.name_of(c) == "c"
+    # Replaced in place by a file of the same size: seen all the same (ctime, mtime).
+    size = (keys.trust / "a.key").stat().st_size
+    new_a = keys.trust_as("a", key_of="a2")
+    assert (keys.trust / "a.key").stat().st_size == size and new_a != a
+    assert store.changed()
+    assert store.reload() == TrustChange(rekeyed=frozenset({"a"}))
+    assert not store.allows(a) and store.identity_ok("a", new_a)
+
+
+def test_a_trust_directory_gone_trusts_no_one(keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="catga_zmq.security")
+    a = keys.trust_as("a")
+    store = TrustStore(keys.trust)
+    shutil.rmtree(keys.trust)
+    assert store.changed()
+    assert store.reload() == TrustChange(removed=frozenset({"a"}))
+    assert not store.allows(a) and len(store) == 0
+    store.reload()
+    found = _warnings(caplog)
+    assert len(found) == 1 and "cannot be read: no peer is trusted" in found[0], found
+    keys.trust.mkdir()
+    keys.trust_as("a")
+    assert store.changed()
+    assert store.reload() == TrustChange(added=frozenset({"a"}))
+
+
+# any key ------------------------------------------------------------------------------------
+
+
+def test_first_key_seen_binds_each_node_id_to_its_first_key(keys: Keys) -> None:
+    one, two = keys.public("one"), keys.public("two")
+    policy = FirstKeySeen()
+    assert policy.allows(one) and policy.allows(two)  # anyone may connect
+    assert policy.key_of("n1") is None
+    assert policy.bind("n1", one)
+    assert policy.bind("n1", one)  # the same key again: still its own
+    assert not policy.bind("n1", two)  # another key cannot take n1
+    assert not policy.identity_ok("n1", two)
+    assert policy.identity_ok("n2", two)  # identity_ok binds on first sight
+    assert policy.key_of("n2") == two and len(policy) == 2
+    policy.unbind("n1")
+    assert policy.identity_ok("n1", two)
+    typed: Trust = policy
+    assert typed.key_of("n1") == two
+
+
+def test_first_key_seen_binds_a_bounded_number_of_ids(
+    keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="catga_zmq.security")
+    key = keys.public("one")
+    policy = FirstKeySeen(limit=3)
+    assert all(policy.bind(f"n{i}", key) for i in range(3))
+    assert not policy.bind("n3", key) and not policy.bind("n4", key)
+    assert policy.bind("n0", key)  # ids bound before stay bound
+    assert len(policy) == 3
+    found = _warnings(caplog)
+    assert len(found) == 1 and "3 node ids are bound" in found[0], found
