@@ -50,6 +50,8 @@ def _version(p: argparse.ArgumentParser) -> None:
 def _metavar(s: Setting) -> str:
     if s.choices:
         return "{" + ",".join(s.choices) + "}"
+    if s.type_name == "bool":
+        return "{true,false}"
     shown = {"list": "A,B", "table": "KEY=VALUE", "value": s.type_name.upper()}[s.shape]
     return "TEXT" if shown == "STR" else shown
 
@@ -65,12 +67,15 @@ def add_setting_flags(p: argparse.ArgumentParser, chosen: Iterable[Setting]) -> 
     for s in chosen:
         default = getattr(defaults, s.name)
         shown = f"default {default!r}; " if default not in ("", [], {}) else ""
+        # A yes-or-no setting alone means yes: --curve-any-key (or --curve-any-key false).
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if s.type_name == "bool" else {}
         group.add_argument(
             *s.flags,
             dest=s.name,
             action="store" if s.shape == "value" else "append",
             metavar=_metavar(s),
             help=f"{s.help} ({shown}{s.env})".replace("%", "%%"),
+            **switch,
         )
 
 

@@ -8,6 +8,8 @@
 - Whom to trust (``Trust``): ``TrustStore(directory)``, the public certificates of a
   directory, each named after its node; or ``FirstKeySeen``, any key, the first one a
   node id presents bound to it.
+- ``load(options)``: what the ``curve_*`` settings ask for, files read (None: plaintext);
+  ``plaintext_warning(bind)``: the WARNING a plaintext node logs off loopback.
 
 A key is Z85 text as bytes (40 bytes): the form ``zmq.curve_keypair()`` gives and the
 socket options (``CURVE_SERVERKEY``...) take. A ZAP request carries the client's key as
@@ -16,6 +18,7 @@ its 32 raw bytes: ``zmq.utils.z85.encode`` them before asking a ``Trust``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -31,7 +34,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-from .config import NODE_ID_PATTERN
+from .config import NODE_ID_PATTERN, NodeOptions, curve_mode
 from .errors import ConfigError
 
 #: The suffixes of zmq.auth's (and czmq's) certificate files.
@@ -433,3 +436,63 @@ class FirstKeySeen:
     def identity_ok(self, node_id: str, key: bytes) -> bool:
         """``bind``: a node id's first key is bound to it on first sight."""
         return self.bind(node_id, key)
+
+
+# the settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """What a CURVE node needs: its own keys, and whom it trusts."""
+
+    keys: KeyPair
+    trust: TrustStore | FirstKeySeen
+
+
+def load(options: NodeOptions) -> Security | None:
+    """The key pair and the trust policy the ``curve_*`` settings name; None: plaintext.
+
+    Reads the files (``NodeOptions.validated()`` does not), so a node calls it when it
+    starts; every problem is a ``ConfigError`` naming the setting.
+    """
+    mode = curve_mode(options)
+    if mode == "off":
+        return None
+    try:
+        keys = load_secret(options.curve_secret_key)
+    except ConfigError as exc:
+        raise ConfigError(f"curve_secret_key: {exc.message}") from None
+    if mode == "any_key":
+        return Security(keys=keys, trust=FirstKeySeen())
+    try:
+        return Security(keys=keys, trust=TrustStore(options.curve_trust_dir))
+    except ConfigError as exc:
+        raise ConfigError(f"curve_trust_dir: {exc.message}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind setting) is only this machine: 127.0.0.0/8, ::1, localhost.
+
+    Names are not resolved: a host or interface name other than localhost is not
+    loopback here, whatever it points at.
+    """
+    bare = host.strip().removeprefix("[").removesuffix("]").split("%", 1)[0]
+    if bare.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def plaintext_warning(bind_host: str) -> str | None:
+    """The WARNING a plaintext node logs when it binds ``bind_host``; None on loopback."""
+    if is_loopback(bind_host):
+        return None
+    return (
+        f"binding {bind_host} without CURVE: anyone who can reach this node's ports can "
+        "call its handlers, read its traffic and pose as a member; set curve_secret_key "
+        "and curve_trust_dir (python -m catga_zmq keygen NAME writes a key pair)"
+    )

@@ -18,9 +18,11 @@ import msgspec
 import pytest
 import zmq
 import zmq.auth
-from _procs import python, run
+from _procs import child_env, python, run
 
-from catga_zmq import ConfigError, security
+from catga_zmq import ConfigError, Node, security
+from catga_zmq._cli import settings_from_argv
+from catga_zmq.config import NodeOptions, curve_mode, options_from_env, options_from_toml
 from catga_zmq.security import (
     FirstKeySeen,
     KeyPair,
@@ -29,6 +31,7 @@ from catga_zmq.security import (
     TrustStore,
     generate,
     load_secret,
+    plaintext_warning,
 )
 
 KEYGEN = python("-m", "catga_zmq", "keygen")
@@ -419,3 +422,151 @@ def test_first_key_seen_binds_a_bounded_number_of_ids(
     assert len(policy) == 3
     found = _warnings(caplog)
     assert len(found) == 1 and "3 node ids are bound" in found[0], found
+
+
+# the settings ------------------------------------------------------------------------------
+
+#: Settings together that cannot work, and what the error says.
+BAD_COMBOS: list[tuple[dict[str, Any], str]] = [
+    (
+        {"curve_secret_key": "n1.key_secret", "curve_trust_dir": "trust", "curve_any_key": True},
+        "curve_any_key and curve_trust_dir exclude each other",
+    ),
+    ({"curve_trust_dir": "trust", "curve_any_key": True}, "exclude each other"),
+    ({"curve_trust_dir": "trust"}, "curve_trust_dir needs curve_secret_key"),
+    ({"curve_any_key": True}, "curve_any_key needs curve_secret_key"),
+    (
+        {"curve_secret_key": "n1.key_secret"},
+        "say which peers to trust: curve_trust_dir, or curve_any_key for encryption "
+        "without authentication",
+    ),
+]
+
+
+@pytest.mark.parametrize(("settings", "expected"), BAD_COMBOS)
+def test_curve_settings_that_cannot_work_are_refused_at_construction(
+    settings: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Node("a", discovery=None, **settings)
+    assert expected in info.value.message
+    with pytest.raises(ConfigError, match=expected):
+        NodeOptions(**settings).validated()
+
+
+def test_curve_settings_that_work_are_taken_without_reading_the_files() -> None:
+    # The files are read when the node starts (security.load), not when it is built.
+    plain = Node("a", discovery=None).options
+    assert (plain.curve_secret_key, plain.curve_trust_dir, plain.curve_any_key) == ("", "", False)
+    assert curve_mode(plain) == "off"
+    trusted = Node(
+        "a", discovery=None, curve_secret_key="/no/such.key_secret", curve_trust_dir="/no/dir"
+    ).options
+    assert curve_mode(trusted) == "trust_dir"
+    any_key = Node(
+        "a", discovery=None, curve_secret_key="/no/such.key_secret", curve_any_key=True
+    ).options
+    assert curve_mode(any_key) == "any_key"
+
+
+def test_curve_settings_from_variables_flags_and_toml(tmp_path: Path) -> None:
+    env = options_from_env(
+        {"CATGA_CURVE_SECRET_KEY": "k/n1.key_secret", "CATGA_CURVE_ANY_KEY": "true"}
+    )
+    assert env == {"curve_secret_key": "k/n1.key_secret", "curve_any_key": True}
+    assert curve_mode(NodeOptions().merged(env).validated()) == "any_key"
+    with pytest.raises(ConfigError, match="curve_any_key needs curve_secret_key"):
+        NodeOptions().merged(options_from_env({"CATGA_CURVE_ANY_KEY": "1"})).validated()
+    with pytest.raises(ConfigError) as info:
+        options_from_env({"CATGA_CURVE_ANY_KEY": "yes"})
+    assert info.value.message == (
+        "CATGA_CURVE_ANY_KEY='yes' is not a yes or no; use true or false (or 1 or 0)"
+    )
+    # A flag alone means yes.
+    flags = settings_from_argv(["--curve-secret-key", "n1.key_secret", "--curve-any-key"])
+    assert flags == {"curve_secret_key": "n1.key_secret", "curve_any_key": True}
+    assert settings_from_argv(["--curve-any-key", "false"]) == {"curve_any_key": False}
+    toml = tmp_path / "catga.toml"
+    toml.write_text('[node]\ncurve_secret_key = "n1.key_secret"\ncurve_trust_dir = "trust"\n')
+    assert curve_mode(NodeOptions().merged(options_from_toml(toml)).validated()) == "trust_dir"
+
+
+def test_the_node_command_refuses_curve_settings_that_cannot_work() -> None:
+    # Through the environment, as a deployment sets it: one line, exit 2, no node started.
+    result = run(
+        python("-m", "catga_zmq.node", "--discovery", "none"),
+        env=child_env(CATGA_CURVE_SECRET_KEY="n1.key_secret"),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "say which peers to trust" in lines[0], lines
+    assert "ready" not in result.stdout
+
+
+@pytest.mark.parametrize("name", ["curve_secret_key", "curve_trust_dir"])
+@pytest.mark.parametrize("value", ["keys/n1\n", "a\x00b", "p" * 4097])
+def test_curve_paths_are_bounded_like_every_text_setting(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Node("a", discovery=None, **{name: value})
+    message = info.value.message
+    assert message.startswith(f"{name}=") and len(message) < 600, message
+    assert "is not allowed; use empty, or a path up to 4096 characters" in message
+    assert Node("a", discovery=None, curve_any_key=True, curve_secret_key="p" * 4096)
+
+
+# security.load ------------------------------------------------------------------------------
+
+
+def test_load_gives_nothing_in_plaintext() -> None:
+    assert security.load(NodeOptions()) is None
+
+
+def test_load_reads_the_keys_and_the_trust_policy(keys: Keys) -> None:
+    peer = keys.trust_as("shop-2")
+    keys.public("shop-1")
+    secret = str(keys.made / "shop-1.key_secret")
+    loaded = security.load(NodeOptions(curve_secret_key=secret, curve_trust_dir=str(keys.trust)))
+    assert loaded is not None
+    assert loaded.keys == load_secret(secret)
+    assert isinstance(loaded.trust, TrustStore) and loaded.trust.name_of(peer) == "shop-2"
+    any_key = security.load(NodeOptions(curve_secret_key=secret, curve_any_key=True))
+    assert any_key is not None and isinstance(any_key.trust, FirstKeySeen)
+
+
+def test_load_names_the_setting_of_a_file_it_cannot_use(keys: Keys) -> None:
+    keys.public("n1")
+    secret = keys.made / "n1.key_secret"
+    with pytest.raises(ConfigError) as info:
+        security.load(NodeOptions(curve_secret_key=str(keys.made / "nope"), curve_any_key=True))
+    assert info.value.message.startswith("curve_secret_key: secret key file ")
+    secret.chmod(0o640)
+    with pytest.raises(ConfigError, match=r"] curve_secret_key: .* is readable by others"):
+        security.load(NodeOptions(curve_secret_key=str(secret), curve_any_key=True))
+    secret.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"] curve_trust_dir: trust directory .* does not"):
+        security.load(
+            NodeOptions(curve_secret_key=str(secret), curve_trust_dir=str(keys.made / "nope"))
+        )
+    with pytest.raises(ConfigError, match="say which peers to trust"):
+        security.load(NodeOptions(curve_secret_key=str(secret)))
+
+
+# the plaintext warning ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LocalHost", "::ffff:127.0.0.1"]
+)
+def test_no_plaintext_warning_on_loopback(host: str) -> None:
+    assert plaintext_warning(host) is None
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "*", "::", "192.168.1.20", "fe80::1%eth0", "eth0", "my-host"]
+)
+def test_a_plaintext_warning_off_loopback(host: str) -> None:
+    text = plaintext_warning(host)
+    assert text is not None and "\n" not in text
+    assert text.startswith(f"binding {host} without CURVE: ")
+    assert "set curve_secret_key and curve_trust_dir" in text
