@@ -46,7 +46,6 @@ KEY_LENGTH: Final = 40
 MAX_CERT_BYTES: Final = 64 * 1024
 #: Permission bits a secret file may not have: any access by group or others.
 _OPEN_TO_OTHERS: Final = 0o077
-_NAME = re.compile(NODE_ID_PATTERN)
 #: How often a node should ask a TrustStore whether it ``changed()`` (s): a key removed
 #: from the directory is refused within this (and one reload) of its removal.
 RELOAD_INTERVAL: Final = 2.0  # s
@@ -55,6 +54,8 @@ MAX_BINDINGS: Final = 16_384
 
 log = logging.getLogger("catga_zmq.security")
 
+#: A key's name: a node id (the trust directory names each node's key after it).
+_NAME = re.compile(NODE_ID_PATTERN)
 _NAME_ALLOWED: Final = (
     "1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit (as a node id)"
 )
