@@ -1,4 +1,4 @@
-"""``python -m catga_zmq``: operator commands (``nodes``, ``ping``)."""
+"""``python -m catga_zmq``: operator commands (``nodes``, ``ping``, ``keygen``)."""
 
 from __future__ import annotations
 

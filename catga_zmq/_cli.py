@@ -50,6 +50,8 @@ def _version(p: argparse.ArgumentParser) -> None:
 def _metavar(s: Setting) -> str:
     if s.choices:
         return "{" + ",".join(s.choices) + "}"
+    if s.type_name == "bool":
+        return "{true,false}"
     shown = {"list": "A,B", "table": "KEY=VALUE", "value": s.type_name.upper()}[s.shape]
     return "TEXT" if shown == "STR" else shown
 
@@ -65,12 +67,15 @@ def add_setting_flags(p: argparse.ArgumentParser, chosen: Iterable[Setting]) -> 
     for s in chosen:
         default = getattr(defaults, s.name)
         shown = f"default {default!r}; " if default not in ("", [], {}) else ""
+        # A yes-or-no setting alone means yes: --curve-any-key (or --curve-any-key false).
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if s.type_name == "bool" else {}
         group.add_argument(
             *s.flags,
             dest=s.name,
             action="store" if s.shape == "value" else "append",
             metavar=_metavar(s),
             help=f"{s.help} ({shown}{s.env})".replace("%", "%%"),
+            **switch,
         )
 
 
@@ -251,8 +256,9 @@ async def _serve(node: Any) -> int:
 def _ops_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m catga_zmq",
-        description="catga_zmq operator commands: each joins the cluster as an observer "
-        "(not a member that serves), listens for --wait seconds, then answers.",
+        description="catga_zmq operator commands: nodes and ping join the cluster as an "
+        "observer (not a member that serves), listen for --wait seconds, then answer; "
+        "keygen writes a CURVE key pair.",
     )
     _version(p)
     sub = p.add_subparsers(dest="command", required=True)
@@ -269,13 +275,61 @@ def _ops_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true", help="print JSON instead of a table")
         if name == "ping":
             c.add_argument("--node", help="ping only this node id")
+    k = sub.add_parser(
+        "keygen",
+        help="write a CURVE key pair: NAME.key (public) and NAME.key_secret (secret, mode 0600)",
+        description="Write a CURVE key pair in the certificate format of pyzmq's zmq.auth: "
+        "DIR/NAME.key, the public certificate to copy into the curve_trust_dir of the nodes "
+        "that may talk to this one, and DIR/NAME.key_secret, this node's curve_secret_key "
+        "(mode 0600). Existing files are never overwritten. Prints the public key (Z85) on "
+        "stdout and the files written on stderr.",
+    )
+    k.add_argument("name", metavar="NAME", help="the key's name: the node id it is for")
+    k.add_argument(
+        "--dir", default=".", metavar="DIR", help="directory to write to (default: this one)"
+    )
+    k.add_argument(
+        "--json", action="store_true", help="print the key and the files as one JSON object"
+    )
     return p
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    from .security import generate, load_secret
+
+    public_file, secret_file = generate(args.name, args.dir)
+    public = load_secret(secret_file).public.decode()
+    if args.json:
+        import msgspec
+
+        found = {
+            "name": args.name,
+            "public_key": public,
+            "public_file": str(public_file),
+            "secret_file": str(secret_file),
+        }
+        print(msgspec.json.encode(found).decode())
+    else:
+        print(public)
+    print(
+        f"wrote {public_file} (public: copy it into the curve_trust_dir of each peer) and "
+        f"{secret_file} (secret, mode 0600: this node's curve_secret_key)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def ops_main(argv: list[str] | None = None) -> int:
-    """``python -m catga_zmq``: 0 if it found nodes, 1 if none, 2 for a bad value."""
+    """``python -m catga_zmq``: 0 if it found nodes (keygen: wrote the keys), 1 if none,
+    2 for a bad value."""
     args = _ops_parser().parse_args(argv)
     prog = "catga_zmq"
+    if args.command == "keygen":  # no cluster, no settings: files only
+        try:
+            return _keygen(args)
+        except CatgaError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         changes: dict[str, Any] = options_from_env()
         changes.update(_flag_settings(args, settings()))

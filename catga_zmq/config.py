@@ -90,6 +90,9 @@ _HOST_ALLOWED: Final = (
 MAX_SEEDS: Final = 1024
 Seed = Annotated[str, msgspec.Meta(max_length=MAX_ENDPOINT, pattern=NO_CONTROL_PATTERN)]
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The longest path a file or directory setting takes (Linux's PATH_MAX).
+MAX_PATH: Final = 4096
+_PATH_ALLOWED: Final = f"empty, or a path up to {MAX_PATH} characters with no control characters"
 
 
 def _doc(
@@ -146,6 +149,9 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
       ``max_peers`` and ``max_addresses`` (peers and addresses kept, so sockets too).
     - Routing: ``routing`` (the strategy) and ``weight`` (share under weighted routing).
     - Lifecycle: ``drain_timeout``, ``log_level``.
+    - Security (CURVE): ``curve_secret_key`` (this node's secret key file; empty:
+      plaintext), and whom to trust: ``curve_trust_dir`` (the public keys of the nodes
+      allowed) or ``curve_any_key`` (any key: encrypted, not authenticated).
 
     Durations are in seconds, sizes in bytes. Every number has a range, stated next to
     its default; ``validated()`` checks each value against it, then the values together.
@@ -321,6 +327,33 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_addresses: Annotated[
         int, _doc("addresses heard of and kept before they join", ge=1, le=MAX_COUNT)
     ] = 1024
+    curve_secret_key: Annotated[
+        str,
+        _text(
+            "CURVE: this node's secret key file (python -m catga_zmq keygen NAME writes "
+            "NAME.key_secret); empty: plaintext",
+            _PATH_ALLOWED,
+            pattern=NO_CONTROL_PATTERN,
+            max_length=MAX_PATH,
+        ),
+    ] = ""
+    curve_trust_dir: Annotated[
+        str,
+        _text(
+            "CURVE: directory of the public key files (NAME.key) of the nodes trusted, "
+            "each named after its node id",
+            _PATH_ALLOWED,
+            pattern=NO_CONTROL_PATTERN,
+            max_length=MAX_PATH,
+        ),
+    ] = ""
+    curve_any_key: Annotated[
+        bool,
+        msgspec.Meta(
+            description="CURVE: encrypt, but accept any key (no authentication; a node id "
+            "stays bound to the first key it came with), instead of curve_trust_dir"
+        ),
+    ] = False
 
     def inbound_frames(self) -> int:
         """The ROUTER's receive high-water mark: what ``max_inbound_bytes`` allows.
@@ -360,6 +393,7 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 parse_endpoint(split_seed(seed)[0])
             except ConfigError as exc:
                 raise ConfigError(f"seeds: {exc.message}") from None
+        curve_mode(opts)
         if opts.discovery == "static" and not opts.seeds:
             raise ConfigError(
                 "discovery 'static' needs at least one seed (--seeds tcp://host:port)"
@@ -373,6 +407,37 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         data = msgspec.structs.asdict(self)
         data.update(changes)
         return options_from_mapping(data, source="")
+
+
+CurveMode = Literal["off", "trust_dir", "any_key"]
+
+
+def curve_mode(opts: NodeOptions) -> CurveMode:
+    """Which CURVE mode the settings ask for, or ``ConfigError`` naming what is missing.
+
+    Only the settings are looked at: the files are read when the node starts.
+    """
+    if opts.curve_any_key and opts.curve_trust_dir:
+        raise ConfigError(
+            "curve_any_key and curve_trust_dir exclude each other: curve_trust_dir accepts "
+            "only the keys in it, curve_any_key any key; set one of them"
+        )
+    if not opts.curve_secret_key:
+        for name in ("curve_trust_dir", "curve_any_key"):
+            if getattr(opts, name):
+                raise ConfigError(
+                    f"{name} needs curve_secret_key, this node's own secret key file "
+                    "(python -m catga_zmq keygen NAME writes one)"
+                )
+        return "off"
+    if opts.curve_trust_dir:
+        return "trust_dir"
+    if opts.curve_any_key:
+        return "any_key"
+    raise ConfigError(
+        "curve_secret_key is set; now say which peers to trust: curve_trust_dir, or "
+        "curve_any_key for encryption without authentication"
+    )
 
 
 def _check_heartbeat_fits(opts: NodeOptions) -> None:
@@ -552,6 +617,8 @@ def _explain(msg: str, data: Mapping[str, Any], label: Label) -> str:
     shown = f"{label(s)}{_short_repr(data[s.name])}"
     if s.choices:
         return f"{shown} is not one of {', '.join(s.choices)}"
+    if s.type_name == "bool":
+        return f"{shown} is not a yes or no; use true or false (or 1 or 0)"
     if s.range and _OUT_OF_RANGE.match(msg):
         return f"{shown} is out of range; use {s.range}"
     if s.allowed and _NOT_ALLOWED.match(msg):

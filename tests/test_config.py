@@ -296,7 +296,9 @@ def _sample(name: str, kind: Any, default: Any) -> tuple[Any, list[str], str, st
         value = default + 0.25
         return value, [flag, str(value)], str(value), str(value)
     if kind is bool:
-        return not default, [flag, str(not default).lower()], str(not default), str(not default)
+        # TOML writes true and false in lower case only.
+        text = str(not default).lower()
+        return not default, [flag, text], str(not default), text
     if typing.get_origin(kind) is list:
         items = ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]
         return items, [flag, items[0], flag, items[1]], ",".join(items), repr(items)
