@@ -23,12 +23,12 @@ from typing import Any, Final
 
 from ._inbound import Rejections
 from ._requester import Requester
-from ._zap import Trust
 from .config import NodeOptions, parse_endpoint, split_seed
 from .discovery.base import Candidate, ChangeKind, Discovery
 from .errors import CatgaError, ConfigError, TransportFailed
 from .membership import Membership, NodeStatus, Peer
 from .protocol import MAX_INFO_PEERS, PROTOCOL_VERSION, Codec, HeartbeatBody
+from .security import Trust
 from .system import Info, NodeInfo, PeerAddress
 from .transport import Transport
 

@@ -12,11 +12,11 @@ import msgspec
 
 from ._clock import now_ms
 from ._inbound import Rejections
-from ._zap import Trust
 from .config import NodeOptions, parse_endpoint
 from .errors import ConfigError, ProtocolError
 from .membership import Membership, NodeStatus, Peer
 from .protocol import HEARTBEAT_TOPIC, Header, HeartbeatBody, Kind, decode_heartbeat, encode_header
+from .security import Trust
 from .transport import Transport
 
 log = logging.getLogger("catga_zmq.node")

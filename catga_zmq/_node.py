@@ -16,12 +16,12 @@ import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from enum import StrEnum
-from typing import Any, Final, Protocol, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
 from ._builtins import stats_of
 from ._supervisor import Supervisor
 from ._wiring import Parts, make_discovery
-from ._zap import Authenticator, Trust
+from ._zap import Authenticator
 from .config import NodeOptions
 from .discovery.base import Candidate, Discovery
 from .errors import (
@@ -38,6 +38,8 @@ from .membership import ClusterNode, MembershipEvent, NodeStatus
 from .messages import Event, Message, Request
 from .protocol import PROTOCOL_VERSION, Codec
 from .routing import Router, make_router
+from .security import Security, plaintext_warning
+from .security import load as load_security
 from .system import NodeStats
 from .transport import Curve, Transport
 
@@ -72,14 +74,6 @@ class _DefaultDiscovery:
 
 
 _DEFAULT: Any = _DefaultDiscovery()
-
-
-class Security(Protocol):
-    """A node's CURVE keys (Z85) and trust policy (see ``catga_zmq._zap``)."""
-
-    public: bytes
-    secret: bytes
-    trust: Trust
 
 
 class Node:
@@ -265,8 +259,9 @@ class Node:
         opts = self.options
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
-        security = self._security
-        curve = None if security is None else Curve(security.public, security.secret)
+        # The files are read now (settings only name them): a bad key fails the start.
+        self._security = security = load_security(opts)
+        curve = None if security is None else Curve(security.keys.public, security.keys.secret)
         transport = Transport(
             opts.node_id,
             max_message_size=opts.max_message_size,
@@ -315,6 +310,8 @@ class Node:
                 if self._parts is None:
                     transport.close()
             raise
+        if security is None and (warning := plaintext_warning(opts.bind)) is not None:
+            log.warning("%s", warning)
         log.info(
             "node %s up: requests %s, heartbeats %s, cluster %s, discovery %s",
             opts.node_id,

@@ -21,7 +21,6 @@ from typing import Any, Final
 import msgspec
 
 from ._inbound import Rejections, decode_batch
-from ._zap import Trust
 from .config import NodeOptions
 from .errors import (
     Cancelled,
@@ -50,6 +49,7 @@ from .protocol import (
     encode_header,
     header_decoder,
 )
+from .security import Trust
 from .transport import Transport
 
 log = logging.getLogger("catga_zmq.node")

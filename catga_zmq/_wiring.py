@@ -19,13 +19,13 @@ from ._heartbeat import Heartbeats
 from ._inbound import Rejections
 from ._requester import Requester
 from ._server import RequestServer
-from ._zap import Trust
 from .config import NodeOptions
 from .discovery.base import Discovery
 from .mediator import Mediator
 from .membership import Membership, NodeStatus, Peer
 from .protocol import PROTOCOL_VERSION, Codec
 from .routing import Router
+from .security import Trust
 from .transport import Transport
 
 

@@ -19,29 +19,14 @@ carries it, and the node checks it against the node id the frame names
 from __future__ import annotations
 
 import logging
-from typing import Protocol
 
 import zmq
 import zmq.auth
 
+from .security import Trust
 from .transport import ZAP_DOMAIN
 
 log = logging.getLogger("catga_zmq.security")
-
-
-class Trust(Protocol):
-    """Which public keys (Z85) may connect, and which node id each speaks for."""
-
-    def allows(self, key: bytes) -> bool: ...
-
-    def key_of(self, name: str) -> bytes | None:
-        """The key of the node (certificate) named ``name``, when the policy knows it."""
-        ...
-
-    def identity_ok(self, node_id: str, key: bytes) -> bool:
-        """May ``key`` speak for ``node_id``? (In "any key" mode: the first key a node
-        id presents is bound to it, and no other key may present that node id.)"""
-        ...
 
 
 class Authenticator(zmq.auth.Authenticator):

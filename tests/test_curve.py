@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 import zmq
+from _procs import Proc
 from conftest import MakeNode, wait_until
 
 from catga_zmq import Event, Node, Request
@@ -44,6 +44,7 @@ class Keys:
         self.dir = tmp / "keys"
         self.trust = tmp / "trust"
         self.trust.mkdir()
+        self.dir.mkdir()
         for name in names:
             public, _ = generate(name, self.dir)
             if name in trusted:
@@ -76,15 +77,26 @@ def request(source: str, rid: int, text: str) -> list[bytes]:
     return [_enc(header), _enc(Echo(text=text))]
 
 
-def stranger_dealer(
-    zctx: zmq.Context[zmq.Socket[bytes]], pair: tuple[bytes, bytes], server_key: bytes, endpoint: str
-) -> zmq.Socket[bytes]:
-    sock = zctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.curve_publickey, sock.curve_secretkey = pair
-    sock.curve_serverkey = server_key
-    sock.connect(endpoint)
-    return sock
+Connect = Callable[[tuple[bytes, bytes], bytes, str], zmq.Socket[bytes]]
+
+
+@pytest.fixture
+def curve_dealer(zctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Connect]:
+    """``curve_dealer((public, secret), server_key, endpoint)``: a raw CURVE DEALER."""
+    made: list[zmq.Socket[bytes]] = []
+
+    def connect(pair: tuple[bytes, bytes], server_key: bytes, endpoint: str) -> zmq.Socket[bytes]:
+        sock = zctx.socket(zmq.DEALER)
+        made.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.curve_publickey, sock.curve_secretkey = pair
+        sock.curve_serverkey = server_key
+        sock.connect(endpoint)
+        return sock
+
+    yield connect
+    for sock in made:
+        sock.close(0)
 
 
 async def answers(sock: zmq.Socket[bytes], seconds: float) -> list[list[bytes]]:
@@ -120,31 +132,31 @@ async def test_curve_nodes_serve_requests_and_events(make_node: MakeNode, keys: 
 
 
 async def test_a_stranger_key_gets_no_answer_and_is_counted(
-    make_node: MakeNode, keys: Keys, zctx: zmq.Context[zmq.Socket[bytes]]
+    make_node: MakeNode, keys: Keys, curve_dealer: Connect
 ) -> None:
     b = make_node("b", **keys.settings("b"))
     echo_server(b)
     await b.start()
     b_key = keys.pair("b")[0]
-    sock = stranger_dealer(zctx, keys.pair("stranger"), b_key, b.endpoint)
+    sock = curve_dealer(keys.pair("stranger"), b_key, b.endpoint)
     for rid in range(1, 4):
         sock.send_multipart(request("stranger", rid, "let me in"), zmq.NOBLOCK)
     assert await answers(sock, 1.5) == []
     await wait_until(lambda: b.stats().connections_refused >= 1, timeout=10)
     # The control: a trusted key on the same path is answered.
-    friend = stranger_dealer(zctx, keys.pair("a"), b_key, b.endpoint)
+    friend = curve_dealer(keys.pair("a"), b_key, b.endpoint)
     friend.send_multipart(request("a", 1, "hello"))
     got = await answers(friend, 1.5)
     assert got and msgspec.msgpack.decode(got[-1][-1]) == "echo hello"
 
 
 async def test_a_trusted_key_cannot_speak_for_another_node(
-    make_node: MakeNode, keys: Keys, zctx: zmq.Context[zmq.Socket[bytes]]
+    make_node: MakeNode, keys: Keys, curve_dealer: Connect
 ) -> None:
     b = make_node("b", **keys.settings("b"))
     echo_server(b)
     await b.start()
-    sock = stranger_dealer(zctx, keys.pair("a"), keys.pair("b")[0], b.endpoint)
+    sock = curve_dealer(keys.pair("a"), keys.pair("b")[0], b.endpoint)
     rejected = b.stats().frames_rejected
     sock.send_multipart(request("b", 1, "i am b"))  # a's key, b's name
     assert await answers(sock, 1.5) == []
@@ -155,7 +167,7 @@ async def test_a_trusted_key_cannot_speak_for_another_node(
 
 
 async def test_any_key_mode_lets_a_new_key_in_but_not_under_a_taken_node_id(
-    make_node: MakeNode, keys: Keys, zctx: zmq.Context[zmq.Socket[bytes]]
+    make_node: MakeNode, keys: Keys, curve_dealer: Connect
 ) -> None:
     any_key = {"curve_any_key": True}
     a = make_node("a", curve_secret_key=keys.secret("a"), **any_key)
@@ -165,7 +177,7 @@ async def test_any_key_mode_lets_a_new_key_in_but_not_under_a_taken_node_id(
     await b.start()
     await a.wait_for_peers(1, timeout=20, handles=Echo)
     assert await a.send(Echo(text="x"), timeout=10) == "echo x"  # binds "a" to a's key
-    sock = stranger_dealer(zctx, keys.pair("stranger"), keys.pair("b")[0], b.endpoint)
+    sock = curve_dealer(keys.pair("stranger"), keys.pair("b")[0], b.endpoint)
     sock.send_multipart(request("stranger", 1, "new here"))
     got = await answers(sock, 1.5)
     assert got and msgspec.msgpack.decode(got[-1][-1]) == "echo new here"
@@ -187,35 +199,36 @@ def tcpdump() -> str:
     return found
 
 
-async def capture_of(
-    tmp: Path, port: int, send: Callable[[], object], name: str
-) -> bytes:
+async def capture_of(tmp: Path, port: int, send: Callable[[], object], name: str) -> bytes:
     """The raw packets on loopback to and from ``port`` while ``send()`` runs."""
     pcap = tmp / f"{name}.pcap"
-    proc = subprocess.Popen(
-        [tcpdump(), "-i", "lo", "-U", "-w", str(pcap), "-s", "0", f"tcp port {port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    cmd = [
+        tcpdump(),
+        "-i",
+        "lo",
+        "-U",
+        "--immediate-mode",
+        "-w",
+        str(pcap),
+        "-s",
+        "0",
+        f"tcp port {port}",
+    ]
+    proc = Proc.start("tcpdump", cmd, tmp / name)
     try:
+        # tcpdump says so on stderr once it listens on the interface.
         async with asyncio.timeout(15):
-            while not pcap.exists() or proc.poll() is not None:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            while "listening on" not in proc.stderr():
+                if proc.returncode is not None:
+                    raise proc.fail("tcpdump ended")
                 await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # tcpdump has opened the interface
+        await asyncio.sleep(1.0)  # it says so a moment before its filter is in place
         result = send()
         if asyncio.iscoroutine(result):
             await result
         await asyncio.sleep(0.5)  # the packets are written (-U: per packet)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        proc.stop()
     return pcap.read_bytes()
 
 

@@ -57,7 +57,9 @@ async def test_100k_timed_out_requests_leave_the_pending_map_empty(make_node: Ma
     await wait_until(lambda: server.stats().running == 0, timeout=30)
     await asyncio.sleep(0.2)
     assert client.stats().pending == 0
-    assert server.stats().requests_failed >= timed_out * 0.99
+    # Failed at the deadline, or (read after it, on a loaded loop) expired unstarted.
+    stats = server.stats()
+    assert stats.requests_failed + stats.requests_expired >= timed_out * 0.99
     assert server.stats().requests_handled <= TOTAL - timed_out
     # The deadline heap is compacted as it goes: it never holds more than a few batches.
     assert len(parts(client).requester.pending._heap) <= 2 * BATCH + 1024
