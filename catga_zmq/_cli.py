@@ -34,7 +34,19 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 #: The settings an operator command takes: those that decide which cluster it sees.
-OBSERVER_SETTINGS = ("cluster", "discovery", "seeds", "bind", "advertise")
+#: With CURVE on, the observer's node id names its certificate in the nodes' trust
+#: directories (``--node-id ops --curve-secret-key ops.key_secret``).
+OBSERVER_SETTINGS = (
+    "cluster",
+    "discovery",
+    "seeds",
+    "bind",
+    "advertise",
+    "node_id",
+    "curve_secret_key",
+    "curve_trust_dir",
+    "curve_any_key",
+)
 
 log = logging.getLogger("catga_zmq.node")
 
@@ -333,7 +345,9 @@ def ops_main(argv: list[str] | None = None) -> int:
     try:
         changes: dict[str, Any] = options_from_env()
         changes.update(_flag_settings(args, settings()))
-        changes["node_id"] = f"observer-{os.getpid()}"
+        # Its own id unless one is given (with CURVE, the name of its certificate).
+        if not changes.get("node_id"):
+            changes["node_id"] = f"observer-{os.getpid()}"
         changes["metadata"] = {"role": "observer"}
         changes.pop("port", None)  # an observer takes any free ports, whatever the env says
         changes.pop("pub_port", None)

@@ -7,6 +7,7 @@ every node and every stranger here is a real ZeroMQ socket on loopback.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
-from _procs import Proc
+from _procs import Proc, python
 from conftest import MakeNode, wait_until
 
 from catga_zmq import Event, Node, Request
@@ -255,3 +256,45 @@ async def test_a_capture_shows_the_payload_only_in_plaintext(
     packets = await capture_of(tmp_path, port, send, "curve" if curve else "plain")
     assert len(packets) > 200  # the request and its reply were captured
     assert (MARKER.encode() in packets) is not curve
+
+
+# operator commands -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "stranger"])
+async def test_nodes_command_lists_a_curve_cluster_only_with_a_trusted_key(
+    make_node: MakeNode, tmp_path: Path, trusted: bool
+) -> None:
+    keys = Keys(tmp_path, ["a", "ops"], trusted=["a", "ops"] if trusted else ["a"])
+    a = make_node("a", **keys.settings("a"))
+    await a.start()
+    cmd = python(
+        "-m",
+        "catga_zmq",
+        "nodes",
+        "--cluster",
+        a.options.cluster,
+        "--discovery",
+        "static",
+        "--seeds",
+        f"{a.endpoint};a",  # the seed's key: the trust directory's certificate "a"
+        "--node-id",
+        "ops",
+        "--curve-secret-key",
+        keys.secret("ops"),
+        "--curve-trust-dir",
+        str(keys.trust),
+        "--wait",
+        "2",
+        "--json",
+    )
+    proc = Proc.start("ops", cmd, tmp_path / "ops")
+    try:
+        code = await proc.await_exit(timeout=60)
+    finally:
+        proc.stop()
+    assert code == (0 if trusted else 1), proc.stderr()  # 1: it found no nodes
+    listed = [row["node"] for row in json.loads(proc.stdout())]
+    assert listed == (["a"] if trusted else [])
+    if not trusted:
+        assert a.stats().connections_refused >= 1
