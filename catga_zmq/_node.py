@@ -38,7 +38,7 @@ from .membership import ClusterNode, MembershipEvent, NodeStatus
 from .messages import Event, Message, Request
 from .protocol import PROTOCOL_VERSION, Codec
 from .routing import Router, make_router
-from .security import Security, plaintext_warning
+from .security import RELOAD_INTERVAL, Security, TrustStore, plaintext_warning
 from .security import load as load_security
 from .system import NodeStats
 from .transport import Curve, Transport
@@ -74,6 +74,21 @@ class _DefaultDiscovery:
 
 
 _DEFAULT: Any = _DefaultDiscovery()
+
+
+async def _follow_trust(trust: TrustStore) -> None:
+    """Re-read the trust directory when it changes: a key removed is refused on new
+    handshakes at once, and on open connections at the next frame (every request and
+    heartbeat is checked against it), within ``RELOAD_INTERVAL`` of the change."""
+    while True:
+        await asyncio.sleep(RELOAD_INTERVAL)
+        if trust.changed() and (change := trust.reload()):
+            log.info(
+                "trust directory reloaded: added %s, removed %s, new keys for %s",
+                sorted(change.added) or "none",
+                sorted(change.removed) or "none",
+                sorted(change.rekeyed) or "none",
+            )
 
 
 class Node:
@@ -298,6 +313,9 @@ class Node:
             self.discovery = self._discovery_obj or make_discovery(opts)
             supervisor.supervise("heartbeat", parts.heartbeats.beat)
             supervisor.supervise("failure-detector", parts.heartbeats.detect)
+            if security is not None and isinstance(security.trust, TrustStore):
+                trust = security.trust
+                supervisor.supervise("trust-reload", lambda: _follow_trust(trust))
             if self.discovery is not None:
                 await self.discovery.register(self._candidate())
                 discovery = self.discovery

@@ -21,9 +21,9 @@ import zmq
 from _procs import Proc, python
 from conftest import MakeNode, wait_until
 
-from catga_zmq import Event, Node, Request
+from catga_zmq import CatgaError, Event, Node, Request
 from catga_zmq.protocol import PROTOCOL_VERSION, Header, Kind
-from catga_zmq.security import generate, load_secret
+from catga_zmq.security import RELOAD_INTERVAL, generate, load_secret
 
 _enc = msgspec.msgpack.encode
 
@@ -298,3 +298,34 @@ async def test_nodes_command_lists_a_curve_cluster_only_with_a_trusted_key(
     assert listed == (["a"] if trusted else [])
     if not trusted:
         assert a.stats().connections_refused >= 1
+
+
+# trust without a restart -------------------------------------------------------------------
+
+
+async def test_a_key_removed_from_the_trust_directory_is_refused_within_the_bound(
+    make_node: MakeNode, tmp_path: Path
+) -> None:
+    keys = Keys(tmp_path, ["a", "b"], trusted=["a", "b"])
+    own = tmp_path / "trust-of-a"  # a's own trust directory, changed under it
+    shutil.copytree(keys.trust, own)
+    a = make_node("a", curve_secret_key=keys.secret("a"), curve_trust_dir=str(own))
+    b = make_node("b", **keys.settings("b"))
+    echo_server(a)
+    await a.start()
+    await b.start()
+    await b.wait_for_peers(1, timeout=20, handles=Echo)
+    assert await b.send(Echo(text="before"), node="a", timeout=10) == "echo before"
+    (own / "b.key").unlink()
+    removed = time.monotonic()
+    # RELOAD_INTERVAL (2 s), then b's next frame on its open connection is refused.
+    async with asyncio.timeout(RELOAD_INTERVAL + 10):
+        while True:
+            try:
+                await b.send(Echo(text="after"), node="a", timeout=0.5)
+            except CatgaError:
+                break
+            await asyncio.sleep(0.1)
+    assert time.monotonic() - removed < RELOAD_INTERVAL + 10
+    rejected = a.stats().frames_rejected
+    await wait_until(lambda: a.stats().frames_rejected > rejected, timeout=10)
