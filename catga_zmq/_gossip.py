@@ -32,6 +32,9 @@ from .security import Trust
 from .system import Info, NodeInfo, PeerAddress
 from .transport import Transport
 
+#: Characters of a CURVE public key in Z85.
+CURVE_KEY_LENGTH: Final = 40
+
 log = logging.getLogger("catga_zmq.node")
 
 #: How long a greeting (``Info``) to a seed or a gossiped peer waits for its answer.
@@ -135,7 +138,18 @@ class Gossip:
                 f"this node {PROTOCOL_VERSION}",
             )
             return
-        if self.transport.curve is not None and not self._learn_key(c):
+        if self.transport.curve is not None:
+            if not self._learn_key(c):
+                return
+        elif c.public_key and len(c.public_key) == CURVE_KEY_LENGTH:
+            # (A seed's ";NAME" is no key: it names a certificate for CURVE nodes.)
+            self.reject(
+                c.node_id or c.endpoint,
+                "curve-peer",
+                f"{c.node_id or c.endpoint} at {c.endpoint} uses CURVE (it has a key); this "
+                "node runs in plaintext and cannot talk to it: set curve_secret_key and "
+                "curve_trust_dir (or curve_any_key)",
+            )
             return
         if c.node_id == me.node_id:
             # Another node with this node's id: its heartbeats tell which is younger.

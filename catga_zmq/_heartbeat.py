@@ -165,7 +165,17 @@ class Heartbeats:
             known is None or known.endpoint != hb.endpoint or known.pub_endpoint != hb.pub_endpoint
         ) and not self._usable(hb.node_id, hb.endpoint, hb.pub_endpoint):
             return
-        if self.trust is not None and not self._key_ok(hb):
+        if self.trust is not None:
+            if not self._key_ok(hb):
+                return
+        elif hb.public_key:
+            self.reject(
+                hb.node_id,
+                "curve-peer",
+                f"{hb.node_id} uses CURVE (its heartbeat has a key); this node runs in "
+                "plaintext and cannot talk to it: set curve_secret_key and curve_trust_dir "
+                "(or curve_any_key)",
+            )
             return
         fresh = (
             known is None or known.incarnation != hb.incarnation or known.status is NodeStatus.LEFT
