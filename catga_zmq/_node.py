@@ -259,6 +259,7 @@ class Node:
             hwm=max(1000, opts.max_in_flight),
             inbound_hwm=opts.inbound_frames(),
             max_peers=opts.max_peers,
+            max_addresses=opts.max_addresses,
         )
         try:
             transport.bind(opts.bind, opts.port, opts.pub_port, opts.advertise)
