@@ -8,18 +8,21 @@ MemoryHub, see ``_forge.py``); the members it forges for are real nodes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import pytest
+import zmq
 from _forge import RawPeer, raw_peer_fixture
 from conftest import MakeNode, member, parts, wait_until
 
 from catga_zmq import Event, MemoryDiscovery, MemoryHub, Node, NodeStatus, Ping, TransportFailed
 from catga_zmq.protocol import HEARTBEAT_TOPIC, PROTOCOL_VERSION, Header, Kind
 from catga_zmq.testing import FAST_TIMINGS
+from catga_zmq.transport import LOOP_MESSAGES, Transport
 
 _enc = msgspec.msgpack.encode
 
@@ -232,3 +235,66 @@ async def test_sub_sockets_are_bounded_by_max_peers_and_max_addresses(
     assert pubs[0] not in transport.subscribed
     transport.subscribe_to("tcp://127.0.0.1:40304")  # room again
     assert (await a.send(Ping(), node="a", timeout=5)).node_id == "a"
+
+
+# the loop's budget --------------------------------------------------------------------
+
+PUBLISHERS = 16  # each reader reads up to READ_BATCH a callback: 16 of them, 4x the budget
+FLOOD_EACH = 2_000  # messages each publisher floods
+FLOOD_TIMEOUT = 60.0  # s for the whole flood to be read (a loaded machine)
+
+
+async def test_the_sub_sockets_share_one_loop_budget(
+    zctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    """A flood from several publishers, all queued before reading starts: a 0 s timer
+    still ticks between every ``LOOP_MESSAGES`` or so messages, not between every
+    ``LOOP_MESSAGES`` a SUB (one budget for all readers, SUBs included)."""
+    loop = asyncio.get_running_loop()
+    transport = Transport("t", max_message_size=1 << 20, hwm=10 * FLOOD_EACH)
+    read: dict[str, int] = {}
+    transport.on_broadcast = lambda frames, pub: read.__setitem__(pub, read.get(pub, 0) + 1)
+    pubs: list[zmq.Socket[bytes]] = []
+    try:
+        transport.bind("127.0.0.1", 0, 0, "")
+        transport.set_topics({b""}, set())
+        for _ in range(PUBLISHERS):
+            pub = zctx.socket(zmq.PUB)
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.setsockopt(zmq.SNDHWM, 0)
+            pubs.append(pub)
+            transport.subscribe_to(f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}")
+        async with asyncio.timeout(10):  # every SUB connected: a probe of each is read
+            while len(read) < PUBLISHERS:
+                for pub in pubs:
+                    pub.send(b"probe")
+                await asyncio.sleep(0.02)
+        read.clear()
+        for pub in pubs:
+            for i in range(FLOOD_EACH):
+                pub.send(i.to_bytes(4, "little"))
+        # The loop held on purpose: libzmq's I/O thread queues the flood meanwhile.
+        time.sleep(1.0)  # noqa: ASYNC251
+        total = PUBLISHERS * FLOOD_EACH
+        ticks: list[int] = []
+        done = loop.create_future()
+        deadline = time.monotonic() + FLOOD_TIMEOUT
+
+        def tick() -> None:
+            ticks.append(sum(read.values()))
+            if ticks[-1] >= total or time.monotonic() > deadline:
+                done.set_result(None)
+            else:
+                loop.call_soon(tick)
+
+        loop.call_soon(tick)
+        await asyncio.wait_for(done, FLOOD_TIMEOUT)
+    finally:
+        for pub in pubs:
+            pub.close(0)
+        transport.close()
+    assert sum(read.values()) == total, f"only {read} of {FLOOD_EACH} each were read"
+    most = max(b - a for a, b in itertools.pairwise(ticks))
+    # One budget per iteration; a tick may also see what an iteration left over of the
+    # previous one's budget, hence up to two.
+    assert most <= 2 * LOOP_MESSAGES, f"{most} messages read between two ticks"
