@@ -1,4 +1,4 @@
-"""Events: publish, receive, count the sequence gaps, keep the SUB socket's topics."""
+"""Events: publish, receive, count the sequence gaps, keep the SUB sockets' topics."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ class EventBus:
         reject: Rejections,
         stats: dict[str, int],
         is_member: Callable[[str], bool],
+        on_traffic: Callable[[str, str], None],
     ) -> None:
         self.node_id = node_id
         self.max_message_size = max_message_size
@@ -62,6 +63,9 @@ class EventBus:
         #: Gaps are counted only for members: anyone can claim any ``source`` on PUB/SUB,
         #: and a table keyed by claims grows with them.
         self.is_member = is_member
+        #: (source, PUB endpoint the event was read from): proof of life for a member
+        #: heard on the PUB it announced, and only then.
+        self.on_traffic = on_traffic
         self._seq: dict[str, int] = {}  # type name -> last sequence number published
         self._seen: dict[tuple[str, str], int] = {}  # (source, type) -> last received
         self._topics: set[bytes] = set()
@@ -105,11 +109,13 @@ class EventBus:
         if self.stats["events_published"] % PUBLISH_YIELD == 0:
             await asyncio.sleep(0)
 
-    def on_event(self, header: Header, payload: bytes) -> None:
+    def on_event(self, header: Header, payload: bytes, pub_endpoint: str) -> None:
+        """An event read from the PUB socket at ``pub_endpoint``."""
         name = header.type_name
         subs = self.mediator.subscribers.get(name)
-        # No proof of life: the SUB socket reads every publisher alike, so an event
-        # may name any node as its source (heartbeats say who is alive).
+        # Anyone's PUB may name any node as an event's source: only one read from the
+        # source's own PUB shows it alive (``on_traffic`` checks which).
+        self.on_traffic(header.source, pub_endpoint)
         if not subs:
             return
         if self.is_member(header.source) and not self._sequence_ok(header, name):
@@ -152,7 +158,7 @@ class EventBus:
             del self._seen[key]
 
     def update_topics(self) -> None:
-        """Subscribe the SUB socket to heartbeats and to the types subscribed here."""
+        """Subscribe the SUB sockets to heartbeats and to the types subscribed here."""
         topics = {HEARTBEAT_TOPIC} | {topic_for(n) for n in self.mediator.subscribers}
         self.transport.set_topics(topics, self._topics)
         self._topics = topics

@@ -1,4 +1,22 @@
-"""Heartbeats out, heartbeats and BYEs in, and the failure-detector loop."""
+"""Heartbeats out, heartbeats and BYEs in, and the failure-detector loop.
+
+Who may speak for a node (plaintext too; each PUB has its own SUB here, so a frame's
+publisher is known):
+
+- A heartbeat or BYE names the PUB endpoint of its node, and is taken only from that
+  PUB: a node announces its own PUB, and one read from another (a forger's) is dropped.
+- For a known member that is live (ALIVE or DRAINING), only from the PUB that member
+  announced: a heartbeat naming its id from any other PUB, even one with a higher
+  incarnation that names the PUB it came from, is dropped, counted (``heartbeat-
+  connection``) and logged once per peer. So a forger cannot take a live node's id
+  (its requests would go to the forger) nor say BYE for it.
+- A member gone silent (SUSPECT, FAULTED) or LEFT may come back from another PUB, with a
+  newer incarnation: a node restarted at new ports. Its heartbeat arrives on the SUB that
+  discovery or a greeting opened to its new PUB, and names that PUB; it replaces the old
+  entry. (A forger can claim the id of a silent node the same way: in plaintext only
+  CURVE keys tell the two apart.) A node restarted while its old entry is still live
+  joins once that entry turns SUSPECT, ``suspect_after`` at most.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +40,8 @@ from .transport import Transport
 log = logging.getLogger("catga_zmq.node")
 
 _BYE: Final = int(Kind.BYE)
+#: Members that speak only from the PUB they announced.
+_LIVE: Final = (NodeStatus.ALIVE, NodeStatus.DRAINING)
 
 
 class Heartbeats:
@@ -124,8 +144,8 @@ class Heartbeats:
 
     # in ------------------------------------------------------------------------------
 
-    def on_beat(self, header: Header, payload: bytes) -> None:
-        """A heartbeat or a BYE read from a peer's PUB socket."""
+    def on_beat(self, header: Header, payload: bytes, pub_endpoint: str) -> None:
+        """A heartbeat or a BYE read from the PUB socket at ``pub_endpoint``."""
         try:
             hb = decode_heartbeat(payload)
         except ProtocolError as exc:
@@ -138,6 +158,9 @@ class Heartbeats:
                 f"heartbeat of cluster {hb.cluster!r}, this node is in {self.options.cluster!r}",
             )
             return
+        known = self.membership.peers.get(hb.node_id)
+        if not self._from_its_pub(hb, known, pub_endpoint):
+            return
         me = self.me
         if hb.node_id == me.node_id:
             if hb.incarnation != me.incarnation or hb.endpoint != me.endpoint:
@@ -146,7 +169,6 @@ class Heartbeats:
         if header.kind == _BYE:
             self.membership.on_bye(hb.node_id, hb.incarnation)
             return
-        known = self.membership.peers.get(hb.node_id)
         if (
             known is None
             and len(self.membership.peers) >= self.options.max_peers
@@ -166,7 +188,7 @@ class Heartbeats:
         ) and not self._usable(hb.node_id, hb.endpoint, hb.pub_endpoint):
             return
         if self.trust is not None:
-            if not self._key_ok(hb):
+            if not self._key_ok(hb, pub_endpoint):
                 return
         elif hb.public_key:
             self.reject(
@@ -188,13 +210,15 @@ class Heartbeats:
         if fresh:
             self.on_fresh(hb)
 
-    def _key_ok(self, hb: HeartbeatBody) -> bool:
+    def _key_ok(self, hb: HeartbeatBody, pub_endpoint: str) -> bool:
         """CURVE: ``hb`` names a key trusted for its node id (or the trust directory
-        knows one); its endpoints are then connected to with that key."""
+        knows one), and it is the key the PUB it came from proved in its handshake; its
+        endpoints are then connected to with that key."""
         trust = self.trust
         assert trust is not None
         key = hb.public_key.encode("ascii", "replace") or trust.key_of(hb.node_id) or b""
-        if not key or not trust.identity_ok(hb.node_id, key):
+        proved = self.transport.keys.get(pub_endpoint)
+        if not key or not trust.identity_ok(hb.node_id, key) or (proved and proved != key):
             self.reject(
                 hb.node_id,
                 "untrusted-key",
@@ -205,6 +229,26 @@ class Heartbeats:
         self.transport.learn_key(hb.endpoint, key)
         self.transport.learn_key(hb.pub_endpoint, key)
         return True
+
+    def _from_its_pub(self, hb: HeartbeatBody, known: Peer | None, pub_endpoint: str) -> bool:
+        """Was ``hb`` read from the PUB its node announced (see the module docstring)?
+        Rejects the frame if not."""
+        announced = hb.pub_endpoint
+        if (
+            known is not None
+            and known.pub_endpoint != pub_endpoint
+            and (known.status in _LIVE or hb.incarnation <= known.incarnation)
+        ):
+            announced = known.pub_endpoint  # live, or no newer life: it has not moved
+        if announced == pub_endpoint:
+            return True
+        self.reject(
+            hb.node_id,
+            "heartbeat-connection",
+            f"a heartbeat for {hb.node_id} read from the PUB at {pub_endpoint}, but "
+            f"{hb.node_id} announced {announced}; dropped",
+        )
+        return False
 
     def _usable(self, who: str, *endpoints: str) -> bool:
         """Are these endpoints something a socket can connect to? Rejects the frame if not."""

@@ -283,6 +283,7 @@ class Node:
             hwm=max(1000, opts.max_in_flight),
             inbound_hwm=opts.inbound_frames(),
             max_peers=opts.max_peers,
+            max_addresses=opts.max_addresses,
             curve=curve,
         )
         try:

@@ -99,6 +99,15 @@ class Parts:
                 else:
                     membership.on_traffic(node_id, loop.time())
 
+        def on_event_traffic(node_id: str, pub_endpoint: str) -> None:
+            # An event shows its source alive only when read from the source's own PUB.
+            peer = peers.get(node_id)
+            if peer is not None and peer.pub_endpoint == pub_endpoint:
+                if peer.status is NodeStatus.ALIVE or peer.status is NodeStatus.DRAINING:
+                    peer.last_seen = loop.time()
+                else:
+                    membership.on_traffic(node_id, loop.time())
+
         self.server = server = RequestServer(
             node_id=opts.node_id,
             options=opts,
@@ -131,6 +140,7 @@ class Parts:
             reject=reject,
             stats=stats,
             is_member=peers.__contains__,
+            on_traffic=on_event_traffic,
         )
         self.gossip = gossip = Gossip(
             me=me,

@@ -314,14 +314,15 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             },
         ),
     ] = {}
-    # Four sockets a peer (a DEALER and its monitor, for members and for addresses
-    # alike) stay under libzmq's 65,535 sockets a context.
+    # Seven sockets a peer (a DEALER and its monitor, two sockets, for members and for
+    # addresses alike, and a SUB per member), with a SUB per address (max_addresses at
+    # its default), stay under libzmq's 65,535 sockets a context.
     max_peers: Annotated[
         int,
         _doc(
             "members kept (and addresses connected to before they join); more: refused",
             ge=1,
-            le=16_000,
+            le=8_000,
         ),
     ] = 256
     max_addresses: Annotated[

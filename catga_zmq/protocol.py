@@ -104,7 +104,7 @@ Metadata = Annotated[
 #: - a node handles (and subscribes to) at most MAX_HANDLES message types: the
 #:   mediator refuses more, so a heartbeat never carries more names than peers take;
 #: - an ``Info`` answer passes on at most MAX_INFO_PEERS addresses (the sender cuts its
-#:   list to that), over the 16,000 members a node keeps at most (``max_peers``).
+#:   list to that), over the 8,000 members a node keeps at most (``max_peers``).
 MAX_ERROR_MESSAGE: Final = 8192
 MAX_ERROR_CODE: Final = 64
 MAX_ERROR_TYPE: Final = 256

@@ -1,6 +1,10 @@
-"""Sockets only: ROUTER in, one DEALER per peer out, PUB/SUB, batching.
+"""Sockets only: ROUTER in, one DEALER per peer out, PUB out, one SUB per peer in, batching.
 
-It knows frames, not message types, and nothing of membership.
+It knows frames, not message types, and nothing of membership. It does know which
+connection a frame came on: a reply is handed on with the endpoint of the DEALER it was
+read on, a broadcast with the endpoint of the PUB its SUB is connected to (one SUB a
+publisher, so that a heartbeat, a BYE or an event can be told apart by publisher: a node
+can be heard only on the PUB it announced, not on anyone else's).
 
 Why not ``zmq.asyncio``: its per-call futures and poller cost about five times the
 throughput of plain sockets read from the event loop (measured: ~7k vs ~37k requests/s
@@ -29,7 +33,7 @@ import errno
 import logging
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, KeysView, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -425,11 +429,59 @@ class Dealer:
         self.reader.close()
 
 
+class Subscriber:
+    """The SUB socket connected to one peer's PUB: what it reads comes from that PUB.
+
+    A socket a publisher, not one socket for all: ZeroMQ does not say which connection
+    a SUB read a message on, and a heartbeat or an event proves something only when it
+    comes from the PUB its node announced. Its reader draws on the loop's one
+    ``LoopBudget`` like every other: many publishers together are read no more in an
+    iteration than one.
+    """
+
+    __slots__ = ("endpoint", "reader", "sock", "transport")
+
+    def __init__(self, transport: Transport, endpoint: str) -> None:
+        self.transport = transport
+        self.endpoint = endpoint
+        sock = self.sock = transport._socket(zmq.SUB)
+        try:
+            transport._server_key(sock, endpoint)
+        except TransportFailed:
+            sock.close(LINGER)
+            raise
+        try:
+            if endpoint.startswith("tcp://["):
+                sock.setsockopt(zmq.IPV6, 1)  # an IPv4-bound node can still reach an IPv6 peer
+            for topic in transport.topics:
+                sock.setsockopt(zmq.SUBSCRIBE, topic)
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(LINGER)
+            raise TransportFailed(transport._no_socket(endpoint, exc)) from None
+        self.reader = Reader(transport.loop, sock, self._on_broadcast)
+
+    def _on_broadcast(self, frames: list[bytes]) -> None:
+        # With this SUB's endpoint: heartbeats and events are judged by the PUB they
+        # came from.
+        self.transport.on_broadcast(frames, self.endpoint)
+
+    def set_topics(self, topics: set[bytes], previous: set[bytes]) -> None:
+        for topic in previous - topics:
+            self.sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+        for topic in topics - previous:
+            self.sock.setsockopt(zmq.SUBSCRIBE, topic)
+        self.reader.kick()
+
+    def close(self) -> None:
+        self.reader.close()
+
+
 def _unset(frames: list[bytes]) -> None:
     raise RuntimeError("a transport's frame handlers are set before bind()")
 
 
-def _unset_reply(frames: list[bytes], endpoint: str) -> None:
+def _unset_with_endpoint(frames: list[bytes], endpoint: str) -> None:
     _unset(frames)
 
 
@@ -444,15 +496,24 @@ class Transport:
         hwm: int,
         inbound_hwm: int | None = None,
         max_peers: int = 256,
+        max_addresses: int = 1024,
         curve: Curve | None = None,
     ) -> None:
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        # A DEALER and its monitor per member and per address not yet joined (each at
-        # most max_peers), and a few of the node's own: libzmq's default of 1,023
-        # sockets ran out at about 340 peers. Capped at what this libzmq can take.
-        self.ctx.set(zmq.MAX_SOCKETS, min(2 * max_peers * 2 + 64, self.ctx.get(zmq.SOCKET_LIMIT)))
+        #: SUB sockets open at most: one per member and one per address heard of
+        #: (the address book keeps at most max_addresses); past it ``subscribe_to``
+        #: fails, so SUBs cannot take the sockets the DEALERs need.
+        self.max_subscriptions = max_peers + max_addresses
+        # A DEALER and its monitor (two sockets: libzmq's end and ours) per member and
+        # per address not yet joined (each at most max_peers), a SUB per member and per
+        # address, and a few of the node's own: libzmq's default of 1,023 sockets ran
+        # out at about 340 peers. Capped at what this libzmq can take.
+        self.ctx.set(
+            zmq.MAX_SOCKETS,
+            min(2 * max_peers * 3 + self.max_subscriptions + 64, self.ctx.get(zmq.SOCKET_LIMIT)),
+        )
         self.max_message_size = max_message_size
         self.hwm = hwm
         #: The ROUTER's receive queue, per connection: anyone may connect to it, so it is
@@ -462,9 +523,10 @@ class Transport:
         #: every DEALER; ``on_disconnect`` gets the endpoint whose connection dropped;
         #: ``on_unsent`` the request ids of a batch that could not be sent.
         self.on_request: Callable[[list[bytes]], None] = _unset
-        self.on_broadcast: Callable[[list[bytes]], None] = _unset
+        #: (frames, endpoint of the PUB whose SUB they were read on)
+        self.on_broadcast: Callable[[list[bytes], str], None] = _unset_with_endpoint
         #: (frames, endpoint of the DEALER they were read on)
-        self.on_reply: Callable[[list[bytes], str], None] = _unset_reply
+        self.on_reply: Callable[[list[bytes], str], None] = _unset_with_endpoint
         self.on_disconnect: Callable[[str], None] | None = None
         self.on_unsent: Callable[[list[int], str], None] | None = None
         # Destinations written to in this loop iteration, flushed at its end.
@@ -476,12 +538,13 @@ class Transport:
         self.batches_sent = 0
         self.router: zmq.Socket[bytes] | None = None
         self.pub: zmq.Socket[bytes] | None = None
-        self.sub: zmq.Socket[bytes] | None = None
         self._router_reader: Reader | None = None
-        self._sub_reader: Reader | None = None
         self._zap_reader: Reader | None = None
         self.dealers: dict[str, Dealer] = {}
-        self.subscribed: set[str] = set()
+        #: The SUB to each PUB endpoint subscribed to.
+        self.subscribers: dict[str, Subscriber] = {}
+        #: The topics every SUB is subscribed to (heartbeats, the events handled here).
+        self.topics: set[bytes] = set()
         self.endpoint = ""
         self.pub_endpoint = ""
         self.dropped_replies = 0
@@ -519,7 +582,7 @@ class Transport:
         """Bind ROUTER and PUB; a port in use or a bad address is a ``ConfigError``.
 
         A node bound to an IPv6 address gets IPv6 on every socket it makes (the
-        context's default), so its DEALERs and SUB reach IPv6 peers too; such sockets
+        context's default), so its DEALERs and SUBs reach IPv6 peers too; such sockets
         are dual-stack and still reach IPv4 peers. IPv4 nodes keep IPv4-only sockets:
         with IPv6 on, libzmq resolves host names to IPv6 addresses first.
         """
@@ -537,8 +600,7 @@ class Transport:
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.RCVHWM, self.inbound_hwm)
         pub = self._socket(zmq.PUB)
-        sub = self._socket(zmq.SUB)
-        self.router, self.pub, self.sub = router, pub, sub
+        self.router, self.pub = router, pub
         self.endpoint = self._bind(router, host, port, advertise, "--port", "ROUTER (requests)")
         self.pub_endpoint = self._bind(
             pub, host, pub_port, advertise, "--pub-port", "PUB (heartbeats and events)"
@@ -558,9 +620,9 @@ class Transport:
         return sock
 
     def start_reading(self) -> None:
-        """Hand what the ROUTER and SUB sockets read to ``on_request``/``on_broadcast``
-        (set them first)."""
-        assert self.router is not None and self.sub is not None
+        """Hand what the ROUTER reads to ``on_request`` (set it first; each SUB hands
+        what it reads to ``on_broadcast`` from the start)."""
+        assert self.router is not None
         self._router_reader = Reader(
             self.loop,
             self.router,
@@ -568,7 +630,11 @@ class Transport:
             self._flush_replies,
             recv_frames if self.curve is None else self._recv_with_key,
         )
-        self._sub_reader = Reader(self.loop, self.sub, self.on_broadcast)
+
+    @property
+    def subscribed(self) -> KeysView[str]:
+        """The PUB endpoints subscribed to (each has its SUB)."""
+        return self.subscribers.keys()
 
     def _recv_with_key(self, sock: zmq.Socket[bytes]) -> list[bytes]:
         """``recv_frames``, and the sender's key (its ZAP User-Id) in ``peer_key``."""
@@ -735,12 +801,10 @@ class Transport:
         self.unsubscribe_from(pub_endpoint)
 
     def unsubscribe_from(self, pub_endpoint: str) -> None:
-        if pub_endpoint in self.subscribed and self.sub is not None:
-            self.subscribed.discard(pub_endpoint)
-            with contextlib.suppress(zmq.ZMQError):  # not connected in libzmq's view: no-op
-                self.sub.disconnect(pub_endpoint)
-            if self._sub_reader is not None:
-                self._sub_reader.kick()
+        """Close the SUB to ``pub_endpoint`` (what it had queued unread goes with it)."""
+        found = self.subscribers.pop(pub_endpoint, None)
+        if found is not None:
+            found.close()
 
     # inbound requests -------------------------------------------------------------------
 
@@ -823,28 +887,27 @@ class Transport:
     # PUB/SUB ------------------------------------------------------------------------------
 
     def subscribe_to(self, pub_endpoint: str) -> None:
-        """Connect the SUB socket to ``pub_endpoint``; ``TransportFailed`` if it cannot."""
-        if pub_endpoint in self.subscribed or self.sub is None:
+        """Open a SUB to ``pub_endpoint`` (subscribed to ``topics``); ``TransportFailed``
+        if it cannot be."""
+        if pub_endpoint in self.subscribers or self.pub is None:
             return
+        if len(self.subscribers) >= self.max_subscriptions:
+            raise TransportFailed(
+                f"cannot subscribe to {pub_endpoint}: {len(self.subscribers)} PUB endpoints "
+                "subscribed to already, as many as max_peers + max_addresses allow; raise them"
+            )
         try:
-            if pub_endpoint.startswith("tcp://["):
-                self.sub.setsockopt(zmq.IPV6, 1)  # applies to this and later connects only
-            self._server_key(self.sub, pub_endpoint)
-            self.sub.connect(pub_endpoint)
-        except zmq.ZMQError as exc:
+            found = Subscriber(self, pub_endpoint)
+        except zmq.ZMQError as exc:  # no socket to be had
             raise TransportFailed(self._no_socket(pub_endpoint, exc)) from None
-        self.subscribed.add(pub_endpoint)
-        if self._sub_reader is not None:
-            self._sub_reader.kick()
+        self.subscribers[pub_endpoint] = found
 
     def set_topics(self, topics: set[bytes], previous: set[bytes]) -> None:
-        assert self.sub is not None
-        for topic in previous - topics:
-            self.sub.setsockopt(zmq.UNSUBSCRIBE, topic)
-        for topic in topics - previous:
-            self.sub.setsockopt(zmq.SUBSCRIBE, topic)
-        if self._sub_reader is not None:
-            self._sub_reader.kick()
+        """Subscribe every SUB, and those opened later, to ``topics`` instead of
+        ``previous``."""
+        self.topics = set(topics)
+        for found in self.subscribers.values():
+            found.set_topics(topics, previous)
 
     def broadcast(self, topic: bytes, header: bytes, payload: bytes) -> None:
         """Publish. PUB never blocks: a subscriber whose queue is full misses the frame."""
@@ -859,7 +922,10 @@ class Transport:
         for dealer in self.dealers.values():
             dealer.close()
         self.dealers.clear()
-        for reader in (self._router_reader, self._sub_reader, self._zap_reader):
+        for found in self.subscribers.values():
+            found.close()
+        self.subscribers.clear()
+        for reader in (self._router_reader, self._zap_reader):
             if reader is not None:
                 reader.close()
         # destroy(), not term(): it first closes every socket still open on the context
@@ -868,4 +934,4 @@ class Transport:
         self.ctx.destroy(LINGER)
 
 
-__all__ = ["Dealer", "LoopBudget", "Outbox", "Reader", "Transport"]
+__all__ = ["Dealer", "LoopBudget", "Outbox", "Reader", "Subscriber", "Transport"]

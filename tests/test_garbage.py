@@ -505,7 +505,8 @@ def reap_leaked_sockets(node: Node) -> int:
     loop) behind; left open, they make ``aclose()`` block for ever in ``ctx.term()``.
     """
     t = parts(node).transport
-    known = {id(s) for s in (t.router, t.pub, t.sub) if s is not None}
+    known = {id(s) for s in (t.router, t.pub) if s is not None}
+    known |= {id(sub.sock) for sub in t.subscribers.values()}
     for d in t.dealers.values():
         for s in (getattr(d, "sock", None), getattr(getattr(d, "monitor", None), "sock", None)):
             if s is not None:

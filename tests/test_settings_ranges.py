@@ -48,7 +48,7 @@ RANGES = {
     "max_concurrency": "1 to 1000000",
     "max_in_flight": "1 to 1000000",
     "weight": "0 to 1000000",
-    "max_peers": "1 to 16000",
+    "max_peers": "1 to 8000",
     "max_addresses": "1 to 1000000",
 }
 
@@ -106,7 +106,7 @@ BAD: list[tuple[str, Any]] = [
     ("weight", -1),
     ("weight", 1_000_001),
     ("max_peers", 0),
-    ("max_peers", 16_001),
+    ("max_peers", 8_001),
     ("max_addresses", 0),
     ("max_addresses", 1_000_001),
 ]
@@ -224,7 +224,7 @@ HIGH_ENDS: dict[str, Any] = {
     "max_concurrency": 1_000_000,
     "max_in_flight": 1_000_000,
     "weight": 1_000_000,
-    "max_peers": 16_000,
+    "max_peers": 8_000,
     "max_addresses": 1_000_000,
 }
 
@@ -240,7 +240,7 @@ async def test_nodes_at_the_top_of_the_ranges_run(make_node: MakeNode) -> None:
     # The upper ends fit what libzmq (int32 options) and the wire (heartbeats carry the
     # weight) take: such nodes start, see each other and answer.
     top = {
-        "max_peers": 16_000,  # the context's socket limit, 64,064, fits libzmq's
+        "max_peers": 8_000,  # the context's socket limit, 57,088, fits libzmq's
         "max_message_size": 2**31 - 1,
         "max_inbound_bytes": 2**31 - 1,
         "max_in_flight": 1_000_000,

@@ -294,8 +294,8 @@ def test_an_info_answer_passes_on_no_more_addresses_than_a_receiver_takes() -> N
     assert isinstance(info, msgspec.inspect.StructType)
     peers = next(f.type for f in info.fields if f.name == "peers")
     assert isinstance(peers, msgspec.inspect.ListType)
-    # A node keeps at most 16,000 members (max_peers): its answer fits.
-    assert peers.max_length is not None and peers.max_length >= 16_000
+    # A node keeps at most 8,000 members (max_peers): its answer fits.
+    assert peers.max_length is not None and peers.max_length >= 8_000
 
 
 # what a node handles --------------------------------------------------------------------
