@@ -1,6 +1,7 @@
 """The nodes the benchmarks run, as users run theirs: ``python -m catga_zmq.node --app``.
 
-- ``echo`` (``bench_all``, ``bench_scale``, ``bench_memory``): answers ``Echo``.
+- ``echo`` (``bench_all``, ``bench_scale``, ``bench_memory``, ``bench_curve``): answers
+  ``Echo``, and takes ``Tick`` events (counted in its ``Stats``).
 - ``events`` (``bench_events``): subscribes to ``Tick`` and counts each event by the
   publisher's sequence number (``ctx.request_id``) with its arrival time
   (``CLOCK_MONOTONIC``, one clock for every process of the machine) and, when asked, its
@@ -68,6 +69,11 @@ class Tick(Event):
 def tick_data(seq: int) -> bytes:
     """The 100-byte payload of event ``seq``, stamped with the send time (monotonic ns)."""
     return seq.to_bytes(8, "little") + _monotonic_ns().to_bytes(8, "little") + _BASE[16:]
+
+
+@echo.subscribe
+async def echo_tick(evt: Tick) -> None:
+    """Counted in the node's ``Stats().events_received`` (``bench_curve``)."""
 
 
 class Armed(msgspec.Struct):

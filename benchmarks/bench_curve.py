@@ -86,7 +86,7 @@ async def one_round(a: Any, endpoint: str, cluster: str, curve: dict[str, str]) 
         before = (await client.send(Stats(), node="srv", timeout=10.0)).events_received
         start = time.perf_counter()
         for n in range(a.events):
-            await client.publish(Tick(seq=n, sent_ns=time.monotonic_ns(), data=tick_data(n)))
+            await client.publish(Tick(data=tick_data(n)))
         got, last_change, last = before, time.perf_counter(), before
         async with asyncio.timeout(60):
             while time.perf_counter() - last_change < 0.5:
@@ -189,7 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     body = format_report(a, rounds) if rounds and all(rounds.values()) else ""
     body += f"\n\n{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'}"
     config = {k: v for k, v in vars(a).items() if k != "out"}
-    report("bench_curve", "CURVE on against off", env, body, a.out, {"rounds": rounds, "config": config, "failed": failed})
+    report(
+        "bench_curve",
+        "CURVE on against off",
+        env,
+        body,
+        a.out,
+        {"rounds": rounds, "config": config, "failed": failed},
+    )
     return 1 if failed else 0
 
 
