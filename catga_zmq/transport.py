@@ -399,6 +399,17 @@ class Dealer:
         self.reader.close()
 
 
+def sockets_needed(max_peers: int) -> int:
+    """Sockets a node may hold at once with ``max_peers``: its context's limit.
+
+    A monitor is two sockets (libzmq's end and ours). Per member and per address not
+    yet joined (each at most ``max_peers``): a DEALER and its monitor, 3. The node's
+    own: ROUTER and its monitor, PUB and SUB, 5; and room for the few short-lived ones
+    (the ZAP handler, a bind that failed).
+    """
+    return 2 * max_peers * 3 + 5 + 64
+
+
 def _unset(frames: list[bytes]) -> None:
     raise RuntimeError("a transport's frame handlers are set before bind()")
 
@@ -412,10 +423,11 @@ class Transport:
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        # A DEALER and its monitor per member and per address not yet joined (each at
-        # most max_peers), and a few of the node's own: libzmq's default of 1,023
-        # sockets ran out at about 340 peers. Capped at what this libzmq can take.
-        self.ctx.set(zmq.MAX_SOCKETS, min(2 * max_peers * 2 + 64, self.ctx.get(zmq.SOCKET_LIMIT)))
+        # libzmq's default of 1,023 sockets ran out at about 340 peers. Capped at what
+        # this libzmq can take.
+        self.ctx.set(
+            zmq.MAX_SOCKETS, min(sockets_needed(max_peers), self.ctx.get(zmq.SOCKET_LIMIT))
+        )
         self.max_message_size = max_message_size
         self.hwm = hwm
         #: Where frames go; set before ``bind()``. A reply handler sees replies from
@@ -443,6 +455,9 @@ class Transport:
         self.endpoint = ""
         self.pub_endpoint = ""
         self.dropped_replies = 0
+        #: Inbound connections (to the ROUTER) that ended; see ``_on_router_monitor``.
+        self.connections_dropped = 0
+        self._router_monitor: Reader | None = None
 
     # setup --------------------------------------------------------------------------
 
@@ -483,8 +498,32 @@ class Transport:
         """Hand what the ROUTER and SUB sockets read to ``on_request``/``on_broadcast``
         (set them first)."""
         assert self.router is not None and self.sub is not None
+        mon = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._router_monitor = Reader(self.loop, mon, self._on_router_monitor)
         self._router_reader = Reader(self.loop, self.router, self.on_request, self._flush_replies)
         self._sub_reader = Reader(self.loop, self.sub, self.on_broadcast)
+
+    def _on_router_monitor(self, frames: list[bytes]) -> None:
+        """A connection to the ROUTER ended. libzmq ends one whose peer sends a frame
+        over MAXMSGSIZE (its decoder fails, and the engine drops the connection with
+        every request on it) and says so only as this event, the same as when the peer
+        closed it: the two cannot be told apart, so both are counted, and the warning
+        names what to check."""
+        if len(frames) != 2 or len(frames[0]) < 6:
+            return
+        if int.from_bytes(frames[0][:2], "little") != _EVENT_DISCONNECTED:
+            return
+        self.connections_dropped += 1
+        count = self.connections_dropped
+        if count == 1 or count % 1000 == 0:
+            log.warning(
+                "an inbound connection ended (%d so far): its peer closed it, or it sent a "
+                "frame over max_message_size=%d, which libzmq drops with its connection and "
+                "every request on it; if peers send larger messages, raise max_message_size "
+                "on this node or send smaller ones",
+                count,
+                self.max_message_size,
+            )
 
     @staticmethod
     def _bind(
@@ -743,7 +782,10 @@ class Transport:
         for dealer in self.dealers.values():
             dealer.close()
         self.dealers.clear()
-        for reader in (self._router_reader, self._sub_reader):
+        if self._router_monitor is not None and self.router is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.router.disable_monitor()
+        for reader in (self._router_monitor, self._router_reader, self._sub_reader):
             if reader is not None:
                 reader.close()
         # destroy(), not term(): it first closes every socket still open on the context
@@ -752,4 +794,4 @@ class Transport:
         self.ctx.destroy(LINGER)
 
 
-__all__ = ["Dealer", "LoopBudget", "Outbox", "Reader", "Transport"]
+__all__ = ["Dealer", "LoopBudget", "Outbox", "Reader", "Transport", "sockets_needed"]
