@@ -18,7 +18,7 @@ from typing import Any, Final
 import msgspec
 
 from ._inbound import Rejections, decode_batch
-from ._pending import PendingMap
+from ._pending import Incident, PendingMap
 from ._server import DEADLINE_EXPIRED, RequestServer
 from .config import NodeOptions
 from .errors import (
@@ -354,7 +354,18 @@ class Requester:
                 raise
             self.stats["requests_sent"] += 1
             kind, body, source = await fut
-        except (TransportFailed, RequestTimeout):
+        except TransportFailed as exc:
+            # One verdict per event, not per request: a dropped connection fails every
+            # request in flight on it at once (see on_disconnect).
+            if judged:
+                incident = exc._incident
+                if not isinstance(incident, Incident):
+                    self._record_failure(target)
+                elif not incident.judged:
+                    incident.judged = True
+                    self._record_failure(target)
+            raise
+        except RequestTimeout:
             if judged:
                 self._record_failure(target)
             raise
@@ -450,18 +461,32 @@ class Requester:
             self._fail_in_flight(peer, f"is {peer.status.value}", False)
 
     def on_disconnect(self, endpoint: str) -> None:
-        """The connection to ``endpoint`` dropped: replies to what was sent on it are lost."""
+        """The connection to ``endpoint`` dropped: replies to what was sent on it are lost.
+
+        The node may be healthy: libzmq drops a connection on which a frame over the
+        receiver's ``max_message_size`` arrives (a larger limit here, a peer whose
+        limit is not known yet). Its requests fail as one ``Incident``, so the drop
+        counts once against the node, not once per request it had in flight.
+        """
         for peer in list(self.membership.peers.values()):
             if peer.endpoint == endpoint:
-                self._fail_in_flight(peer, "dropped the connection", False)
+                limit = f"={peer.max_message_size}" if peer.max_message_size else ""
+                self._fail_in_flight(
+                    peer,
+                    "dropped the connection",
+                    False,
+                    f"the connection to {peer.node_id} dropped with this request in flight "
+                    f"(the node closed, or refused a frame over its max_message_size{limit})",
+                )
 
     def _fail_in_flight_if_left(self, peer: Peer) -> None:
         if peer.status is NodeStatus.LEFT:  # not if it came back meanwhile
             self._fail_in_flight(peer, "left", False)
 
-    def _fail_in_flight(self, peer: Peer, why: str, idempotent_only: bool) -> None:
+    def _fail_in_flight(self, peer: Peer, why: str, idempotent_only: bool, what: str = "") -> None:
         if self.closed:
             return
-        n = self.pending.fail_node(peer.node_id, why, idempotent_only=idempotent_only)
+        what = what or f"node {peer.node_id} {why} while the request was in flight"
+        n = self.pending.fail_node(peer.node_id, what, idempotent_only=idempotent_only)
         if n:
             log.info("%d requests in flight to %s failed over (%s)", n, peer.node_id, why)

@@ -7,16 +7,19 @@ once per request it had in flight.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 import msgspec
 import pytest
 import zmq
-from conftest import MakeNode, wait_until
+from conftest import MakeNode, member, parts, wait_until
 
-from catga_zmq import Node, Request
+from catga_zmq import Node, Request, TransportFailed
 from catga_zmq.protocol import Kind, encode_header
+from catga_zmq.resilience import CircuitState
+from catga_zmq.transport import send_frames
 
 MIB = 1024 * 1024
 
@@ -63,3 +66,67 @@ async def test_a_frame_over_the_limit_is_counted_and_the_node_serves_on(
     await wait_until(lambda: "server" in {m.node_id for m in client.members()})
     assert await client.send(OSay("still here"), node="server") == OEcho("still here")
     assert server.stats().connections_dropped == before + 1
+
+
+class OHold(Request[OEcho]):
+    """Answered once the test lets the server go on."""
+
+    text: str
+
+
+async def test_a_dropped_connection_is_one_strike_against_the_node_not_one_per_request(
+    make_node: MakeNode,
+) -> None:
+    server = make_node("server", max_message_size=MIB)
+    go_on = asyncio.Event()
+
+    @server.handler
+    async def hold(req: OHold) -> OEcho:
+        await go_on.wait()
+        return OEcho(req.text)
+
+    @server.handler
+    async def say(req: OSay) -> OEcho:
+        return OEcho(req.text)
+
+    await server.start()
+    client = make_node("client", max_message_size=64 * MIB)
+    await client.start()
+    await wait_until(lambda: "server" in {m.node_id for m in client.members()})
+    assert await client.send(OSay("first")) == OEcho("first")
+
+    in_flight = [asyncio.ensure_future(client.send(OHold(str(i)), timeout=30)) for i in range(32)]
+    try:
+        await wait_until(lambda: server.stats().running == 32, timeout=10)
+        dropped = server.stats().connections_dropped
+        # A frame the caller's own checks did not stop (they refuse one over the
+        # server's advertised limit): written on the client's DEALER as it is.
+        sock = parts(client).transport.dealers[server.endpoint].sock
+        header = encode_header(int(Kind.REQ), 10**6, OSay.__wire_name__, "client", 5000)
+        send_frames(sock, (header, msgspec.msgpack.encode(OSay("x" * (2 * MIB)))))
+        results = await asyncio.wait_for(
+            asyncio.gather(*in_flight, return_exceptions=True), timeout=10
+        )
+    finally:
+        go_on.set()
+        for fut in in_flight:
+            fut.cancel()
+    assert all(isinstance(r, TransportFailed) and r.delivered for r in results), results
+    message = str(results[0])
+    assert "the connection to server dropped with this request in flight" in message
+    assert "max_message_size=1048576" in message
+    assert server.stats().connections_dropped == dropped + 1
+
+    # One strike, not 32: the circuit to the healthy server stays closed.
+    assert member(client, "server").circuit is CircuitState.CLOSED
+    # The DEALER reconnects on its own (libzmq, 100 ms on); an explicit node= gives no
+    # verdict to the breaker while it does.
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                await client.send(OSay("back"), node="server", timeout=1)
+                break
+            except TransportFailed:
+                await asyncio.sleep(0.05)
+    assert await client.send(OSay("again")) == OEcho("again")
+    assert member(client, "server").circuit is CircuitState.CLOSED
