@@ -20,7 +20,7 @@ import msgspec
 from ._inbound import Rejections, decode_batch
 from ._pending import Incident, PendingMap
 from ._server import DEADLINE_EXPIRED, RequestServer
-from .config import NodeOptions
+from .config import DEFAULT_MAX_MESSAGE_SIZE, NodeOptions
 from .errors import (
     CatgaError,
     HandlerNotFound,
@@ -201,6 +201,7 @@ class Requester:
         tried: list[Peer] = []
         last_error: CatgaError | None = None
         attempts = rounds = 0
+        too_large = False
         while attempts < MAX_ATTEMPTS:
             target = self._choose(name, message, key, node, tried)
             if target is None:
@@ -229,15 +230,11 @@ class Requester:
                         if judged and target.breaker is not None:
                             target.breaker.release()
                         raise
-                limit = target.max_message_size
-                if limit and len(payload) > limit:
+                if len(payload) > (target.max_message_size or DEFAULT_MAX_MESSAGE_SIZE):
                     if judged and target.breaker is not None:
                         target.breaker.release()
-                    raise SerializationFailed(
-                        f"{name} is {len(payload)} bytes, over node {target.node_id}'s "
-                        f"max_message_size {limit}; send less or raise it on that node",
-                        node=target.node_id,
-                    )
+                    too_large = True
+                    raise self._too_large(name, len(payload), target)
                 reply: Any = await self.call_remote(
                     target,
                     name,
@@ -256,8 +253,9 @@ class Requester:
             except (Overloaded, HandlerNotFound) as exc:
                 last_error = exc  # not run there: another node may take it at once
             except SerializationFailed as exc:
-                if target.local or not target.max_message_size:
+                if not too_large:
                     raise
+                too_large = False
                 last_error = exc  # too large for that node: another may take it
             tried.append(target)
             if loop.time() >= deadline:
@@ -267,6 +265,28 @@ class Requester:
             raise last_error
         finally:
             del last_error  # break the frame <-> traceback cycle (see call_remote)
+
+    @staticmethod
+    def _too_large(name: str, size: int, target: Peer) -> SerializationFailed:
+        """``name`` of ``size`` bytes is over what ``target`` takes: refused here, since
+        libzmq would drop the frame there with the whole connection.
+
+        Until a node advertises its limit (in its heartbeats) the default is assumed:
+        a caller with a larger limit waits for the heartbeat, or names a node that
+        advertised a larger one.
+        """
+        limit = target.max_message_size
+        if limit:
+            told = f"node {target.node_id}'s max_message_size {limit}"
+        else:
+            told = (
+                f"the default max_message_size {DEFAULT_MAX_MESSAGE_SIZE} assumed for node "
+                f"{target.node_id} until its heartbeat says what it takes"
+            )
+        return SerializationFailed(
+            f"{name} is {size} bytes, over {told}; send less or raise it on that node",
+            node=target.node_id,
+        )
 
     def _no_nodes(self, name: str, node: str | None) -> NoNodes:
         if node is not None:

@@ -78,6 +78,10 @@ MIN_HEARTBEAT_INTERVAL: Final = 0.01  # s
 MAX_COUNT: Final = 1_000_000
 #: The largest frame libzmq is told to accept (bytes): int32, as its option takes.
 MAX_MESSAGE_SIZE: Final = 2**31 - 1  # bytes
+#: ``max_message_size`` when none is set (bytes). Also what a caller assumes of a peer
+#: that has not advertised its own (no heartbeat yet, or an older version), when its
+#: own is larger: a frame over the receiver's limit costs the whole connection.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024  # bytes
 
 
 def default_node_id() -> str:
@@ -178,7 +182,7 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             le=MAX_MESSAGE_SIZE,
             unit="bytes",
         ),
-    ] = 16 * 1024 * 1024
+    ] = DEFAULT_MAX_MESSAGE_SIZE
     max_concurrency: Annotated[
         int, _doc("handlers running at once; past it: OVERLOADED", ge=1, le=MAX_COUNT)
     ] = 1024

@@ -35,6 +35,7 @@ from typing import Final
 import msgspec
 import zmq
 
+from .config import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import ConfigError, TransportFailed
 from .protocol import encode_batch
 
@@ -356,7 +357,8 @@ class Dealer:
         self.transport = transport
         self.endpoint = endpoint
         #: A batch to this peer stays under this: its MAXMSGSIZE would drop the connection.
-        self.limit = transport.batch_limit
+        #: Until it advertises its own, the default is assumed (see ``set_peer_limit``).
+        self.limit = min(transport.batch_limit, DEFAULT_MAX_MESSAGE_SIZE)
         sock = self.sock = transport._socket(zmq.DEALER)
         # Queue only on a live connection: to a dead or unreachable peer, send fails at
         # once (EAGAIN) and the request goes to another node, never run late or twice.

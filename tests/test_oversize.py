@@ -14,14 +14,17 @@ from collections.abc import Callable
 import msgspec
 import pytest
 import zmq
+from _forge import RawPeer, raw_peer_fixture
 from conftest import MakeNode, member, parts, wait_until
 
-from catga_zmq import Node, Request, TransportFailed
-from catga_zmq.protocol import Kind, encode_header
+from catga_zmq import CatgaError, Node, Request, SerializationFailed, TransportFailed
+from catga_zmq.config import DEFAULT_MAX_MESSAGE_SIZE
+from catga_zmq.protocol import HEARTBEAT_TOPIC, Kind, encode_header
 from catga_zmq.resilience import CircuitState
 from catga_zmq.transport import send_frames
 
 MIB = 1024 * 1024
+_enc = msgspec.msgpack.encode
 
 
 class OEcho(msgspec.Struct):
@@ -130,3 +133,29 @@ async def test_a_dropped_connection_is_one_strike_against_the_node_not_one_per_r
                 await asyncio.sleep(0.05)
     assert await client.send(OSay("again")) == OEcho("again")
     assert member(client, "server").circuit is CircuitState.CLOSED
+
+
+raw_peer = raw_peer_fixture(RawPeer)
+
+
+async def test_a_peer_that_has_not_advertised_its_limit_is_assumed_to_take_the_default(
+    make_node: MakeNode, raw_peer: Callable[[Node], RawPeer]
+) -> None:
+    # A member whose heartbeats carry no max_message_size (an older version): a caller
+    # with a larger limit refuses, at the call, what the default limit would drop.
+    client = make_node("client", max_message_size=64 * MIB)
+    await client.start()
+    peer = raw_peer(client)
+    await peer.announce()
+    body = peer.heartbeat_body(handles=[OSay.__wire_name__])
+    assert body.max_message_size == 0
+    beat = [HEARTBEAT_TOPIC, encode_header(int(Kind.HB), 0, "", peer.node_id), _enc(body)]
+    await peer.publish_until(lambda: peer.node_id in {m.node_id for m in client.members()}, [beat])
+    big = OSay("x" * (DEFAULT_MAX_MESSAGE_SIZE + 1))
+    with pytest.raises(SerializationFailed, match="default max_message_size 16777216 assumed"):
+        await client.send(big, timeout=5)
+    assert client.stats().requests_sent == 0
+    # What the default takes goes out as before (to a node that never answers).
+    with pytest.raises(CatgaError) as caught:
+        await client.send(OSay("small"), timeout=0.5)
+    assert not isinstance(caught.value, SerializationFailed)
