@@ -484,8 +484,8 @@ class Requester:
         """The connection to ``endpoint`` dropped: replies to what was sent on it are lost.
 
         The node may be healthy: libzmq drops a connection on which a frame over the
-        receiver's ``max_message_size`` arrives (a larger limit here, a peer whose
-        limit is not known yet). Its requests fail as one ``Incident``, so the drop
+        receiver's ``max_message_size`` arrives (a request over the node's limit, or a
+        reply over this node's). Its requests fail as one ``Incident``, so the drop
         counts once against the node, not once per request it had in flight.
         """
         for peer in list(self.membership.peers.values()):
@@ -496,7 +496,8 @@ class Requester:
                     "dropped the connection",
                     False,
                     f"the connection to {peer.node_id} dropped with this request in flight "
-                    f"(the node closed, or refused a frame over its max_message_size{limit})",
+                    f"(the node closed, or refused a frame over its max_message_size{limit}; "
+                    f"or this node refused a reply over its own, {self.options.max_message_size})",
                 )
 
     def _fail_in_flight_if_left(self, peer: Peer) -> None:

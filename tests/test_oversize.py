@@ -118,6 +118,7 @@ async def test_a_dropped_connection_is_one_strike_against_the_node_not_one_per_r
     message = str(results[0])
     assert "the connection to server dropped with this request in flight" in message
     assert "max_message_size=1048576" in message
+    assert f"a reply over its own, {64 * MIB}" in message
     assert server.stats().connections_dropped == dropped + 1
 
     # One strike, not 32: the circuit to the healthy server stays closed.
