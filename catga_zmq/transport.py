@@ -392,6 +392,25 @@ class Dealer:
             self.reader.read_all()
             self.transport.unsend(self, "dropped the connection before they were sent")
             self.transport.on_disconnect(self.endpoint)
+            self.transport.loop.call_later(RECONNECT_IVL / 1000, self._reconnect)
+
+    def _reconnect(self) -> None:
+        """Connect afresh after a disconnection.
+
+        libzmq reconnects by itself after a peer closed the connection, but not after
+        it dropped one for a protocol error, a reply over this side's MAXMSGSIZE
+        included: the DEALER then takes every later request and sends it nowhere, and
+        each times out against a healthy node. A fresh connect revives it; after a peer
+        that closed, it takes the place of libzmq's own retry.
+        """
+        if self.sock.closed or self.transport.dealers.get(self.endpoint) is not self:
+            return
+        with contextlib.suppress(zmq.ZMQError):  # not connected in libzmq's view: no-op
+            self.sock.disconnect(self.endpoint)
+        try:
+            self.sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            log.warning("cannot reconnect to %s: %s", self.endpoint, exc)
 
     def close(self) -> None:
         if self.monitor is not None:

@@ -160,3 +160,32 @@ async def test_a_peer_that_has_not_advertised_its_limit_is_assumed_to_take_the_d
     with pytest.raises(CatgaError) as caught:
         await client.send(OSay("small"), timeout=0.5)
     assert not isinstance(caught.value, SerializationFailed)
+
+
+async def test_a_reply_over_the_callers_limit_does_not_cut_it_off_from_the_node(
+    make_node: MakeNode,
+) -> None:
+    # The server takes larger messages than the client: its reply is over the client's
+    # limit, and the client's libzmq drops the connection it came on (and, left alone,
+    # never connects again: every later request would time out).
+    server = make_node("server", max_message_size=64 * MIB)
+
+    @server.handler
+    async def say(req: OSay) -> OEcho:
+        return OEcho(req.text * (2 * MIB) if req.text == "big" else req.text)
+
+    await server.start()
+    client = make_node("client", max_message_size=MIB)
+    await client.start()
+    await wait_until(lambda: "server" in {m.node_id for m in client.members()})
+    with pytest.raises(TransportFailed, match="a reply over its own, 1048576"):
+        await client.send(OSay("big"), timeout=5)
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                assert await client.send(OSay("back"), node="server", timeout=1) == OEcho("back")
+                break
+            except (TransportFailed, TimeoutError):
+                await asyncio.sleep(0.05)
+    assert await client.send(OSay("again"), timeout=5) == OEcho("again")
+    assert member(client, "server").circuit is CircuitState.CLOSED
