@@ -95,6 +95,7 @@ class Builtins:
             late_replies=self.requester.pending.late_replies,
             members=counts,
             batches_sent=self.transport.batches_sent,
+            connections_dropped=self.transport.connections_dropped,
         )
 
 
@@ -107,6 +108,7 @@ _IDLE: dict[str, Any] = {
     "replies_dropped": 0,
     "late_replies": 0,
     "batches_sent": 0,
+    "connections_dropped": 0,
 }
 
 

@@ -16,6 +16,18 @@ from .errors import CatgaError, RequestTimeout, TransportFailed
 Reply: TypeAlias = tuple[int, "bytes | msgspec.Raw", str]
 
 
+class Incident:
+    """One event that failed the requests in flight to a node at once (its connection
+    dropped, it went silent, it left): it is one failure of that node, however many
+    requests it failed, so only the first of them to reach the node's circuit breaker
+    gives it a verdict."""
+
+    __slots__ = ("judged",)
+
+    def __init__(self) -> None:
+        self.judged = False
+
+
 class PendingMap:
     """Request id -> future of its reply; every way out of a wait removes the entry.
 
@@ -145,29 +157,32 @@ class PendingMap:
             if entry is not None and not entry[0].done():
                 entry[0].set_exception(TransportFailed(why, node=entry[1], retryable=True))
 
-    def fail_node(self, node_id: str, why: str, *, idempotent_only: bool) -> int:
-        """Fail the requests in flight to ``node_id``; returns how many."""
+    def fail_node(self, node_id: str, what: str, *, idempotent_only: bool) -> int:
+        """Fail the requests in flight to ``node_id``; returns how many. ``what`` says
+        what happened, as the start of their error's message; their errors share one
+        ``Incident``."""
         lost = [
             rid
             for rid, (_, target, idempotent, _, _) in self._entries.items()
             if target == node_id and (idempotent or not idempotent_only)
         ]
+        incident = Incident()
         for rid in lost:
             fut, _, idempotent, _, _ = self._entries.pop(rid)
             if not fut.done():
-                fut.set_exception(
-                    TransportFailed(
-                        f"node {node_id} {why} while the request was in flight; "
-                        + (
-                            "it may go to another node"
-                            if idempotent
-                            else "it may or may not have run"
-                        ),
-                        node=node_id,
-                        retryable=idempotent,
-                        delivered=True,
-                    )
+                exc = TransportFailed(
+                    what
+                    + (
+                        "; it may go to another node"
+                        if idempotent
+                        else "; it may or may not have run"
+                    ),
+                    node=node_id,
+                    retryable=idempotent,
+                    delivered=True,
                 )
+                exc._incident = incident
+                fut.set_exception(exc)
         return len(lost)
 
     def close(self, request_id: int) -> None:

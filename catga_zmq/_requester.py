@@ -19,9 +19,9 @@ import msgspec
 
 from ._clock import now_ms
 from ._inbound import Rejections, decode_batch
-from ._pending import PendingMap
+from ._pending import Incident, PendingMap
 from ._server import DEADLINE_EXPIRED, RequestServer
-from .config import NodeOptions
+from .config import DEFAULT_MAX_MESSAGE_SIZE, NodeOptions
 from .errors import (
     CatgaError,
     HandlerNotFound,
@@ -202,6 +202,7 @@ class Requester:
         tried: list[Peer] = []
         last_error: CatgaError | None = None
         attempts = rounds = 0
+        too_large = False
         while attempts < MAX_ATTEMPTS:
             target = self._choose(name, message, key, node, tried)
             if target is None:
@@ -230,15 +231,11 @@ class Requester:
                         if judged and target.breaker is not None:
                             target.breaker.release()
                         raise
-                limit = target.max_message_size
-                if limit and len(payload) > limit:
+                if len(payload) > (target.max_message_size or DEFAULT_MAX_MESSAGE_SIZE):
                     if judged and target.breaker is not None:
                         target.breaker.release()
-                    raise SerializationFailed(
-                        f"{name} is {len(payload)} bytes, over node {target.node_id}'s "
-                        f"max_message_size {limit}; send less or raise it on that node",
-                        node=target.node_id,
-                    )
+                    too_large = True
+                    raise self._too_large(name, len(payload), target)
                 reply: Any = await self.call_remote(
                     target,
                     name,
@@ -257,8 +254,9 @@ class Requester:
             except (Overloaded, HandlerNotFound) as exc:
                 last_error = exc  # not run there: another node may take it at once
             except SerializationFailed as exc:
-                if target.local or not target.max_message_size:
+                if not too_large:
                     raise
+                too_large = False
                 last_error = exc  # too large for that node: another may take it
             tried.append(target)
             if loop.time() >= deadline:
@@ -268,6 +266,28 @@ class Requester:
             raise last_error
         finally:
             del last_error  # break the frame <-> traceback cycle (see call_remote)
+
+    @staticmethod
+    def _too_large(name: str, size: int, target: Peer) -> SerializationFailed:
+        """``name`` of ``size`` bytes is over what ``target`` takes: refused here, since
+        libzmq would drop the frame there with the whole connection.
+
+        Until a node advertises its limit (in its heartbeats) the default is assumed:
+        a caller with a larger limit waits for the heartbeat, or names a node that
+        advertised a larger one.
+        """
+        limit = target.max_message_size
+        if limit:
+            told = f"node {target.node_id}'s max_message_size {limit}"
+        else:
+            told = (
+                f"the default max_message_size {DEFAULT_MAX_MESSAGE_SIZE} assumed for node "
+                f"{target.node_id} until its heartbeat says what it takes"
+            )
+        return SerializationFailed(
+            f"{name} is {size} bytes, over {told}; send less or raise it on that node",
+            node=target.node_id,
+        )
 
     def _no_nodes(self, name: str, node: str | None) -> NoNodes:
         if node is not None:
@@ -355,7 +375,18 @@ class Requester:
                 raise
             self.stats["requests_sent"] += 1
             kind, body, source = await fut
-        except (TransportFailed, RequestTimeout):
+        except TransportFailed as exc:
+            # One verdict per event, not per request: a dropped connection fails every
+            # request in flight on it at once (see on_disconnect).
+            if judged:
+                incident = exc._incident
+                if not isinstance(incident, Incident):
+                    self._record_failure(target)
+                elif not incident.judged:
+                    incident.judged = True
+                    self._record_failure(target)
+            raise
+        except RequestTimeout:
             if judged:
                 self._record_failure(target)
             raise
@@ -478,18 +509,33 @@ class Requester:
             self._fail_in_flight(peer, f"is {peer.status.value}", False)
 
     def on_disconnect(self, endpoint: str) -> None:
-        """The connection to ``endpoint`` dropped: replies to what was sent on it are lost."""
+        """The connection to ``endpoint`` dropped: replies to what was sent on it are lost.
+
+        The node may be healthy: libzmq drops a connection on which a frame over the
+        receiver's ``max_message_size`` arrives (a request over the node's limit, or a
+        reply over this node's). Its requests fail as one ``Incident``, so the drop
+        counts once against the node, not once per request it had in flight.
+        """
         for peer in list(self.membership.peers.values()):
             if peer.endpoint == endpoint:
-                self._fail_in_flight(peer, "dropped the connection", False)
+                limit = f"={peer.max_message_size}" if peer.max_message_size else ""
+                self._fail_in_flight(
+                    peer,
+                    "dropped the connection",
+                    False,
+                    f"the connection to {peer.node_id} dropped with this request in flight "
+                    f"(the node closed, or refused a frame over its max_message_size{limit}; "
+                    f"or this node refused a reply over its own, {self.options.max_message_size})",
+                )
 
     def _fail_in_flight_if_left(self, peer: Peer) -> None:
         if peer.status is NodeStatus.LEFT:  # not if it came back meanwhile
             self._fail_in_flight(peer, "left", False)
 
-    def _fail_in_flight(self, peer: Peer, why: str, idempotent_only: bool) -> None:
+    def _fail_in_flight(self, peer: Peer, why: str, idempotent_only: bool, what: str = "") -> None:
         if self.closed:
             return
-        n = self.pending.fail_node(peer.node_id, why, idempotent_only=idempotent_only)
+        what = what or f"node {peer.node_id} {why} while the request was in flight"
+        n = self.pending.fail_node(peer.node_id, what, idempotent_only=idempotent_only)
         if n:
             log.info("%d requests in flight to %s failed over (%s)", n, peer.node_id, why)

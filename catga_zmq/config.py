@@ -127,6 +127,10 @@ MAX_MESSAGE_SIZE: Final = 2**31 - 1  # bytes
 #: Frames an inbound connection may always have queued, whatever max_inbound_bytes says:
 #: fewer would make libzmq wake its reader for every frame or two.
 MIN_INBOUND_FRAMES: Final = 4
+#: ``max_message_size`` when none is set (bytes). Also what a caller assumes of a peer
+#: that has not advertised its own (no heartbeat yet, or an older version), when its
+#: own is larger: a frame over the receiver's limit costs the whole connection.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024  # bytes
 
 
 def default_node_id() -> str:
@@ -271,7 +275,7 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             le=MAX_MESSAGE_SIZE,
             unit="bytes",
         ),
-    ] = 16 * 1024 * 1024
+    ] = DEFAULT_MAX_MESSAGE_SIZE
     max_inbound_bytes: Annotated[
         int,
         _doc(

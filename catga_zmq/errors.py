@@ -210,6 +210,9 @@ class TransportFailed(CatgaError):
     ) -> None:
         super().__init__(message, node=node, retryable=retryable)
         self.delivered = delivered
+        # Shared by the requests one event failed together (a dropped connection, a
+        # lost node): that event counts once against the node's circuit breaker.
+        self._incident: object | None = None
 
 
 class SerializationFailed(CatgaError):

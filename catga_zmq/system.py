@@ -144,6 +144,11 @@ class NodeStats(msgspec.Struct):
     - ``replies_dropped``: replies it could not deliver (the caller had gone, or its
       queue was full); ``late_replies``: replies it got after its request had timed
       out or been cancelled.
+    - ``connections_dropped``: inbound connections (to its ROUTER) that ended: a peer
+      closed one, or libzmq dropped one whose peer sent a frame over this node's
+      ``max_message_size`` (with every request on it; libzmq tells the two apart to
+      nobody). A count that grows while peers stay up says: raise ``max_message_size``
+      here, or have them send smaller messages.
     - ``members``: how many other nodes it knows in each status, keyed by
       ``NodeStatus`` value (``{"alive": 2, "suspect": 1}``).
     """
@@ -165,6 +170,7 @@ class NodeStats(msgspec.Struct):
     late_replies: int
     members: Annotated[dict[Status, int], msgspec.Meta(max_length=MAX_STATUSES)]  # status -> count
     batches_sent: int = 0  # frames that carried several requests or replies
+    connections_dropped: int = 0  # inbound connections that ended
     healthy: bool = True  # every background loop of the node runs
     problems: Annotated[  # what is wrong when it is not healthy
         list[Annotated[str, msgspec.Meta(max_length=MAX_PROBLEM)]],

@@ -40,6 +40,7 @@ from typing import Final
 import msgspec
 import zmq
 
+from .config import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import ConfigError, TransportFailed
 from .protocol import encode_batch
 
@@ -376,7 +377,8 @@ class Dealer:
         self.transport = transport
         self.endpoint = endpoint
         #: A batch to this peer stays under this: its MAXMSGSIZE would drop the connection.
-        self.limit = transport.batch_limit
+        #: Until it advertises its own, the default is assumed (see ``set_peer_limit``).
+        self.limit = min(transport.batch_limit, DEFAULT_MAX_MESSAGE_SIZE)
         sock = self.sock = transport._socket(zmq.DEALER)
         # Queue only on a live connection: to a dead or unreachable peer, send fails at
         # once (EAGAIN) and the request goes to another node, never run late or twice.
@@ -420,6 +422,25 @@ class Dealer:
             self.reader.read_all()
             self.transport.unsend(self, "dropped the connection before they were sent")
             self.transport.on_disconnect(self.endpoint)
+            self.transport.loop.call_later(RECONNECT_IVL / 1000, self._reconnect)
+
+    def _reconnect(self) -> None:
+        """Connect afresh after a disconnection.
+
+        libzmq reconnects by itself after a peer closed the connection, but not after
+        it dropped one for a protocol error, a reply over this side's MAXMSGSIZE
+        included: the DEALER then takes every later request and sends it nowhere, and
+        each times out against a healthy node. A fresh connect revives it; after a peer
+        that closed, it takes the place of libzmq's own retry.
+        """
+        if self.sock.closed or self.transport.dealers.get(self.endpoint) is not self:
+            return
+        with contextlib.suppress(zmq.ZMQError):  # not connected in libzmq's view: no-op
+            self.sock.disconnect(self.endpoint)
+        try:
+            self.sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            log.warning("cannot reconnect to %s: %s", self.endpoint, exc)
 
     def close(self) -> None:
         if self.monitor is not None:
@@ -477,6 +498,18 @@ class Subscriber:
         self.reader.close()
 
 
+def sockets_needed(max_peers: int, max_addresses: int = 0) -> int:
+    """Sockets a node may hold at once: its context's limit.
+
+    A monitor is two sockets (libzmq's end and ours). Per member and per address not
+    yet joined (each at most ``max_peers``): a DEALER and its monitor, 3; a SUB per
+    member and per address heard of (``max_peers + max_addresses``). The node's own:
+    ROUTER and its monitor, PUB, 4; and room for the few short-lived ones (the ZAP
+    handler, a bind that failed).
+    """
+    return 2 * max_peers * 3 + (max_peers + max_addresses) + 4 + 64
+
+
 def _unset(frames: list[bytes]) -> None:
     raise RuntimeError("a transport's frame handlers are set before bind()")
 
@@ -506,13 +539,11 @@ class Transport:
         #: (the address book keeps at most max_addresses); past it ``subscribe_to``
         #: fails, so SUBs cannot take the sockets the DEALERs need.
         self.max_subscriptions = max_peers + max_addresses
-        # A DEALER and its monitor (two sockets: libzmq's end and ours) per member and
-        # per address not yet joined (each at most max_peers), a SUB per member and per
-        # address, and a few of the node's own: libzmq's default of 1,023 sockets ran
-        # out at about 340 peers. Capped at what this libzmq can take.
+        # libzmq's default of 1,023 sockets ran out at about 340 peers. Capped at what
+        # this libzmq can take.
         self.ctx.set(
             zmq.MAX_SOCKETS,
-            min(2 * max_peers * 3 + self.max_subscriptions + 64, self.ctx.get(zmq.SOCKET_LIMIT)),
+            min(sockets_needed(max_peers, max_addresses), self.ctx.get(zmq.SOCKET_LIMIT)),
         )
         self.max_message_size = max_message_size
         self.hwm = hwm
@@ -555,6 +586,9 @@ class Transport:
         #: CURVE: the client key (Z85) of the connection the request being handled
         #: came on (its ZAP User-Id).
         self.peer_key = b""
+        #: Inbound connections (to the ROUTER) that ended; see ``_on_router_monitor``.
+        self.connections_dropped = 0
+        self._router_monitor: Reader | None = None
 
     # setup --------------------------------------------------------------------------
 
@@ -623,6 +657,8 @@ class Transport:
         """Hand what the ROUTER reads to ``on_request`` (set it first; each SUB hands
         what it reads to ``on_broadcast`` from the start)."""
         assert self.router is not None
+        mon = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._router_monitor = Reader(self.loop, mon, self._on_router_monitor)
         self._router_reader = Reader(
             self.loop,
             self.router,
@@ -666,6 +702,28 @@ class Transport:
                 f"({endpoint};KEY), or put the node's certificate in the trust directory"
             )
         sock.setsockopt(zmq.CURVE_SERVERKEY, key)
+
+    def _on_router_monitor(self, frames: list[bytes]) -> None:
+        """A connection to the ROUTER ended. libzmq ends one whose peer sends a frame
+        over MAXMSGSIZE (its decoder fails, and the engine drops the connection with
+        every request on it) and says so only as this event, the same as when the peer
+        closed it: the two cannot be told apart, so both are counted, and the warning
+        names what to check."""
+        if len(frames) != 2 or len(frames[0]) < 6:
+            return
+        if int.from_bytes(frames[0][:2], "little") != _EVENT_DISCONNECTED:
+            return
+        self.connections_dropped += 1
+        count = self.connections_dropped
+        if count == 1 or count % 1000 == 0:
+            log.warning(
+                "an inbound connection ended (%d so far): its peer closed it, or it sent a "
+                "frame over max_message_size=%d, which libzmq drops with its connection and "
+                "every request on it; if peers send larger messages, raise max_message_size "
+                "on this node or send smaller ones",
+                count,
+                self.max_message_size,
+            )
 
     @staticmethod
     def _bind(
@@ -925,7 +983,10 @@ class Transport:
         for found in self.subscribers.values():
             found.close()
         self.subscribers.clear()
-        for reader in (self._router_reader, self._zap_reader):
+        if self._router_monitor is not None and self.router is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.router.disable_monitor()
+        for reader in (self._router_monitor, self._router_reader, self._zap_reader):
             if reader is not None:
                 reader.close()
         # destroy(), not term(): it first closes every socket still open on the context
@@ -934,4 +995,4 @@ class Transport:
         self.ctx.destroy(LINGER)
 
 
-__all__ = ["Dealer", "LoopBudget", "Outbox", "Reader", "Subscriber", "Transport"]
+__all__ = ["Dealer", "LoopBudget", "Outbox", "Reader", "Subscriber", "Transport", "sockets_needed"]
