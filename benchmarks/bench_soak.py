@@ -127,22 +127,36 @@ def flood_main(argv: list[str]) -> int:
     pool = garbage_pool(seed, depth, argv[4].split(","), argv[5])
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
-    sent, end = 0, time.monotonic() + seconds
+    # Non-blocking: when the server stops reading this connection (its queue is full:
+    # max_inbound_bytes, or the replies this flood leaves unread), the flood waits and
+    # reads its replies, as a flood that wants to go on must; a wait of more than
+    # SEND_TIMEOUT_MS without one message taken is a stuck server.
+    sent, waits, end = 0, 0, time.monotonic() + seconds
+    last_taken = time.monotonic()
     try:
-        while time.monotonic() < end:
+        while (now := time.monotonic()) < end:
+            before = sent
             for _ in range(256):  # the clock once per 256 messages
-                sock.send_multipart(pool[sent % POOL])
-                sent += 1
-    except zmq.Again:
-        print(f"flood stuck after {sent}", flush=True)
-        return 1
+                try:
+                    sock.send_multipart(pool[sent % POOL], zmq.NOBLOCK)
+                    sent += 1
+                except zmq.Again:
+                    waits += 1
+                    while sock.poll(0):
+                        sock.recv_multipart()
+                    time.sleep(0.001)
+                    break
+            if sent > before:
+                last_taken = now
+            elif now - last_taken > SEND_TIMEOUT_MS / 1000:
+                print(f"flood stuck after {sent}", flush=True)
+                return 1
     finally:
         sock.close()
         ctx.term()
-    print(f"flood sent {sent}", flush=True)
+    print(f"flood sent {sent} waits {waits}", flush=True)
     return 0
 
 
@@ -291,7 +305,7 @@ async def soak(
     for line in flood_lines:
         if not line.startswith("flood sent"):
             raise BenchError(f"a flood failed: {line!r}")
-        sent.append(int(line.split()[-1]))
+        sent.append(int(line.split()[2]))
     if mismatch:
         raise ReplyMismatch(f"{len(mismatch)} wrong replies, first: {mismatch[0]}")
     return {
