@@ -21,9 +21,10 @@ import zmq
 from _procs import Proc, python
 from conftest import MakeNode, wait_until
 
-from catga_zmq import CatgaError, Event, Node, Request
+from catga_zmq import CatgaError, Event, Node, Request, TransportFailed
 from catga_zmq.protocol import PROTOCOL_VERSION, Header, Kind
 from catga_zmq.security import RELOAD_INTERVAL, generate, load_secret
+from catga_zmq.transport import Curve, Transport
 
 _enc = msgspec.msgpack.encode
 
@@ -329,3 +330,50 @@ async def test_a_key_removed_from_the_trust_directory_is_refused_within_the_boun
     assert time.monotonic() - removed < RELOAD_INTERVAL + 10
     rejected = a.stats().frames_rejected
     await wait_until(lambda: a.stats().frames_rejected > rejected, timeout=10)
+
+
+# fail closed, and what a stranger's SUB gets -------------------------------------------------
+
+
+async def test_a_curve_transport_does_not_bind_without_its_zap_handler() -> None:
+    transport = Transport(
+        "x", max_message_size=1 << 20, hwm=1000, curve=Curve(*zmq.curve_keypair())
+    )
+    try:
+        with pytest.raises(TransportFailed, match="ZAP handler"):
+            transport.bind("127.0.0.1", 0, 0, "")
+        assert transport.router is None and transport.pub is None  # nothing bound
+    finally:
+        transport.close()
+
+
+async def test_a_stranger_key_receives_no_events(
+    make_node: MakeNode, keys: Keys, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    b = make_node("b", **keys.settings("b"))
+    await b.start()
+    b_key = keys.pair("b")[0]
+    subs: dict[str, zmq.Socket[bytes]] = {}
+    try:
+        for name in ("stranger", "a"):  # "a" is trusted: the control
+            sock = zctx.socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.curve_publickey, sock.curve_secretkey = keys.pair(name)
+            sock.curve_serverkey = b_key
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.connect(b.pub_endpoint)
+            subs[name] = sock
+        got: dict[str, int] = {"stranger": 0, "a": 0}
+        async with asyncio.timeout(20):
+            while not got["a"]:
+                await b.publish(Noted(n=1))
+                await asyncio.sleep(0.05)
+                for name, sock in subs.items():
+                    while sock.poll(0):
+                        sock.recv_multipart()
+                        got[name] += 1
+        assert got["stranger"] == 0
+        assert b.stats().connections_refused >= 1
+    finally:
+        for sock in subs.values():
+            sock.close(0)
