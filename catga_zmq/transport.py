@@ -707,8 +707,9 @@ class Transport:
         """A connection to the ROUTER ended. libzmq ends one whose peer sends a frame
         over MAXMSGSIZE (its decoder fails, and the engine drops the connection with
         every request on it) and says so only as this event, the same as when the peer
-        closed it: the two cannot be told apart, so both are counted, and the warning
-        names what to check."""
+        closed it: the two cannot be told apart, so both are counted, and the log line
+        names what to check. INFO, not WARNING: most connections that end were closed
+        by their peer (an operator command that has its answer, say)."""
         if len(frames) != 2 or len(frames[0]) < 6:
             return
         if int.from_bytes(frames[0][:2], "little") != _EVENT_DISCONNECTED:
@@ -716,7 +717,7 @@ class Transport:
         self.connections_dropped += 1
         count = self.connections_dropped
         if count == 1 or count % 1000 == 0:
-            log.warning(
+            log.info(
                 "an inbound connection ended (%d so far): its peer closed it, or it sent a "
                 "frame over max_message_size=%d, which libzmq drops with its connection and "
                 "every request on it; if peers send larger messages, raise max_message_size "
