@@ -444,6 +444,17 @@ class Gossip:
         self.transport.drop_peer(endpoint, address.pub_endpoint if address else "")
         log.info("forgot %s: it never joined", endpoint)
 
+    def peer_silent(self, peer: Peer) -> None:
+        """A member turned SUSPECT: perhaps only its SUB's connection went (libzmq does
+        not reconnect after an oversized frame). A new SUB costs little; a live node is
+        heard again at once."""
+        if peer.status is not NodeStatus.SUSPECT or not self.running:
+            return
+        try:
+            self.transport.resubscribe(peer.pub_endpoint)
+        except TransportFailed as exc:
+            log.warning("%s", exc.message)
+
     def peer_gone(self, peer: Peer) -> None:
         """Membership let go of ``peer`` (it left, was forgotten, or restarted elsewhere)."""
         if peer.status is NodeStatus.LEFT and self.running:

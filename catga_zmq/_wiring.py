@@ -177,7 +177,12 @@ class Parts:
             problems=problems,
         )
         membership.on_gone = gossip.peer_gone
-        membership.on_lost = requester.peer_lost
+
+        def on_lost(peer: Peer) -> None:
+            requester.peer_lost(peer)
+            gossip.peer_silent(peer)
+
+        membership.on_lost = on_lost
         membership.on_change = on_change
         transport.on_request = server.on_request
         transport.on_reply = requester.on_reply

@@ -859,6 +859,19 @@ class Transport:
             found.close()
         self.unsubscribe_from(pub_endpoint)
 
+    def resubscribe(self, pub_endpoint: str) -> None:
+        """Open ``pub_endpoint``'s SUB afresh, after reading what its old one holds.
+
+        libzmq does not reconnect a connection it ended on a protocol error (a frame
+        over this node's MAXMSGSIZE, say): that publisher would never be heard again.
+        """
+        found = self.subscribers.pop(pub_endpoint, None)
+        if found is None:
+            return
+        found.reader.read_all()
+        found.close()
+        self.subscribe_to(pub_endpoint)
+
     def unsubscribe_from(self, pub_endpoint: str) -> None:
         """Close the SUB to ``pub_endpoint`` (what it had queued unread goes with it)."""
         found = self.subscribers.pop(pub_endpoint, None)

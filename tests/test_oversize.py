@@ -17,7 +17,7 @@ import zmq
 from _forge import RawPeer, raw_peer_fixture
 from conftest import MakeNode, member, parts, wait_until
 
-from catga_zmq import CatgaError, Node, Request, SerializationFailed, TransportFailed
+from catga_zmq import CatgaError, Node, NodeStatus, Request, SerializationFailed, TransportFailed
 from catga_zmq.config import DEFAULT_MAX_MESSAGE_SIZE
 from catga_zmq.protocol import HEARTBEAT_TOPIC, Kind, encode_header
 from catga_zmq.resilience import CircuitState
@@ -190,3 +190,34 @@ async def test_a_reply_over_the_callers_limit_does_not_cut_it_off_from_the_node(
                 await asyncio.sleep(0.05)
     assert await client.send(OSay("again"), timeout=5) == OEcho("again")
     assert member(client, "server").circuit is CircuitState.CLOSED
+
+
+async def test_a_publisher_whose_sub_connection_dropped_is_heard_again(
+    make_node: MakeNode, raw_peer: Callable[[Node], RawPeer]
+) -> None:
+    # One event over the subscriber's limit: libzmq drops the SUB's connection and,
+    # after a protocol error, never connects it again. The member's heartbeats stop
+    # arriving; once it is SUSPECT the node opens a new SUB to it, and hears it again.
+    node = make_node("node", max_message_size=MIB)
+    await node.start()
+    peer = raw_peer(node)
+    await peer.announce()
+    beat = [
+        HEARTBEAT_TOPIC,
+        encode_header(int(Kind.HB), 0, "", peer.node_id),
+        _enc(peer.heartbeat_body()),
+    ]
+    await peer.publish_until(lambda: peer.node_id in {m.node_id for m in node.members()}, [beat])
+    assert member(node, peer.node_id).status is NodeStatus.ALIVE
+    peer.pub.send_multipart([HEARTBEAT_TOPIC, b"x", b"\x00" * (2 * MIB)])  # over the limit
+    went_silent = False
+    async with asyncio.timeout(20):
+        while True:
+            found = [m.status for m in node.members() if m.node_id == peer.node_id]
+            status = found[0] if found else None
+            went_silent = went_silent or status is not NodeStatus.ALIVE
+            if went_silent and status is NodeStatus.ALIVE:
+                break
+            peer.pub.send_multipart(beat)
+            await asyncio.sleep(0.02)
+    assert went_silent  # the drop was real: its heartbeats stopped arriving
