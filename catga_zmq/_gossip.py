@@ -28,12 +28,9 @@ from .discovery.base import Candidate, ChangeKind, Discovery
 from .errors import CatgaError, ConfigError, TransportFailed
 from .membership import Membership, NodeStatus, Peer
 from .protocol import MAX_INFO_PEERS, PROTOCOL_VERSION, Codec, HeartbeatBody
-from .security import Trust
+from .security import KEY_LENGTH, Trust, plaintext_meets_curve
 from .system import Info, NodeInfo, PeerAddress
 from .transport import Transport
-
-#: Characters of a CURVE public key in Z85.
-CURVE_KEY_LENGTH: Final = 40
 
 log = logging.getLogger("catga_zmq.node")
 
@@ -141,14 +138,11 @@ class Gossip:
         if self.transport.curve is not None:
             if not self._learn_key(c):
                 return
-        elif c.public_key and len(c.public_key) == CURVE_KEY_LENGTH:
+        elif c.public_key and len(c.public_key) == KEY_LENGTH:
             # (A seed's ";NAME" is no key: it names a certificate for CURVE nodes.)
+            who = c.node_id or c.endpoint
             self.reject(
-                c.node_id or c.endpoint,
-                "curve-peer",
-                f"{c.node_id or c.endpoint} at {c.endpoint} uses CURVE (it has a key); this "
-                "node runs in plaintext and cannot talk to it: set curve_secret_key and "
-                "curve_trust_dir (or curve_any_key)",
+                who, "curve-peer", plaintext_meets_curve(f"{who} at {c.endpoint}", "it has a key")
             )
             return
         if c.node_id == me.node_id:

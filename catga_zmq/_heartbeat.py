@@ -34,7 +34,7 @@ from .config import NodeOptions, parse_endpoint
 from .errors import ConfigError, ProtocolError
 from .membership import Membership, NodeStatus, Peer
 from .protocol import HEARTBEAT_TOPIC, Header, HeartbeatBody, Kind, decode_heartbeat, encode_header
-from .security import Trust
+from .security import Trust, plaintext_meets_curve
 from .transport import Transport
 
 log = logging.getLogger("catga_zmq.node")
@@ -194,9 +194,7 @@ class Heartbeats:
             self.reject(
                 hb.node_id,
                 "curve-peer",
-                f"{hb.node_id} uses CURVE (its heartbeat has a key); this node runs in "
-                "plaintext and cannot talk to it: set curve_secret_key and curve_trust_dir "
-                "(or curve_any_key)",
+                plaintext_meets_curve(hb.node_id, "its heartbeat has a key"),
             )
             return
         fresh = (

@@ -471,6 +471,14 @@ def load(options: NodeOptions) -> Security | None:
         raise ConfigError(f"curve_trust_dir: {exc.message}") from None
 
 
+def plaintext_meets_curve(who: str, why: str) -> str:
+    """What a plaintext node says of a peer that uses CURVE (``why``: how it knows)."""
+    return (
+        f"{who} uses CURVE ({why}); this node runs in plaintext and cannot talk to it: "
+        "set curve_secret_key and curve_trust_dir (or curve_any_key)"
+    )
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a bind setting) is only this machine: 127.0.0.0/8, ::1, localhost.
 

@@ -379,7 +379,7 @@ class Dealer:
         #: A batch to this peer stays under this: its MAXMSGSIZE would drop the connection.
         #: Until it advertises its own, the default is assumed (see ``set_peer_limit``).
         self.limit = min(transport.batch_limit, DEFAULT_MAX_MESSAGE_SIZE)
-        sock = self.sock = transport._socket(zmq.DEALER)
+        sock = self.sock = transport._socket(zmq.DEALER, endpoint)
         # Queue only on a live connection: to a dead or unreachable peer, send fails at
         # once (EAGAIN) and the request goes to another node, never run late or twice.
         sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -388,11 +388,6 @@ class Dealer:
         self.monitor: Reader | None = None
         #: Set once a request went out in this loop iteration (see the module docstring).
         self.outbox: Outbox | None = None
-        try:
-            transport._server_key(sock, endpoint)
-        except TransportFailed:
-            sock.close(LINGER)
-            raise
         try:
             if transport.on_disconnect is not None:
                 mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -465,12 +460,7 @@ class Subscriber:
     def __init__(self, transport: Transport, endpoint: str) -> None:
         self.transport = transport
         self.endpoint = endpoint
-        sock = self.sock = transport._socket(zmq.SUB)
-        try:
-            transport._server_key(sock, endpoint)
-        except TransportFailed:
-            sock.close(LINGER)
-            raise
+        sock = self.sock = transport._socket(zmq.SUB, endpoint)
         try:
             if endpoint.startswith("tcp://["):
                 sock.setsockopt(zmq.IPV6, 1)  # an IPv4-bound node can still reach an IPv6 peer
@@ -592,12 +582,19 @@ class Transport:
 
     # setup --------------------------------------------------------------------------
 
-    def _socket(self, kind: int) -> zmq.Socket[bytes]:
-        sock = self.ctx.socket(kind)
+    def _socket(self, kind: int, endpoint: str = "") -> zmq.Socket[bytes]:
+        """A socket with the node's options; one that connects to ``endpoint`` (DEALER,
+        SUB) checks, with CURVE, the key it must find there: ``TransportFailed`` before
+        any socket is made when none is known."""
         curve = self.curve
+        server_key = self._server_key(endpoint) if curve is not None and endpoint else None
+        sock = self.ctx.socket(kind)
         if curve is not None:
             sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
             sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
+            if server_key is not None:
+                # libzmq takes a socket's options at each connect: set before it.
+                sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
             if kind in (zmq.ROUTER, zmq.PUB):
                 sock.setsockopt(zmq.CURVE_SERVER, 1)
                 sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
@@ -690,18 +687,15 @@ class Transport:
         if self.curve is not None and key:
             self.keys[endpoint] = key
 
-    def _server_key(self, sock: zmq.Socket[bytes], endpoint: str) -> None:
-        """CURVE: the key a connection to ``endpoint`` must find there, set before the
-        connect (libzmq takes a socket's options at each connect)."""
-        if self.curve is None:
-            return
+    def _server_key(self, endpoint: str) -> bytes:
+        """CURVE: the key a connection to ``endpoint`` must find there."""
         key = self.keys.get(endpoint)
         if key is None:
             raise TransportFailed(
                 f"no CURVE key known for {endpoint}: give it with the seed "
                 f"({endpoint};KEY), or put the node's certificate in the trust directory"
             )
-        sock.setsockopt(zmq.CURVE_SERVERKEY, key)
+        return key
 
     def _on_router_monitor(self, frames: list[bytes]) -> None:
         """A connection to the ROUTER ended. libzmq ends one whose peer sends a frame
