@@ -369,7 +369,8 @@ async def test_a_failed_background_loop_is_logged_restarted_and_closes_the_node_
     ]
     assert failed, "the failed loop was not logged at ERROR"
     # ... then it is started again, and the node is healthy again.
-    await wait_until(lambda: node.healthy, timeout=10)
+    # (healthy turns true when the new task exists; it calls watch() on its first step)
+    await wait_until(lambda: node.healthy and once.watch_calls == 2, timeout=10)
     assert once.watch_calls == 2
     assert node.problems() == []
 
