@@ -96,6 +96,7 @@ class Builtins:
             members=counts,
             batches_sent=self.transport.batches_sent,
             connections_dropped=self.transport.connections_dropped,
+            handshakes_failed=self.transport.handshakes.failed,
         )
 
 
@@ -109,6 +110,7 @@ _IDLE: dict[str, Any] = {
     "late_replies": 0,
     "batches_sent": 0,
     "connections_dropped": 0,
+    "handshakes_failed": 0,
 }
 
 

@@ -134,6 +134,11 @@ class NodeStats(msgspec.Struct):
       ``TIMEOUT`` without running, because this node read them after their caller's
       deadline (it was stalled: see ``catga_zmq._clock``).
     - ``connections_refused``: CURVE handshakes it refused (a key it does not trust).
+    - ``handshakes_failed``: other ZeroMQ handshakes that failed, on connections it made
+      (a peer in plaintext while it runs CURVE, or the other way round; a peer that
+      refused its key or serves with another key) and on those made to it (a client of
+      the other kind, or one that holds another key for it). Each is logged once, with
+      what to do.
     - ``requests_sent``: requests it sent to other nodes.
     - ``events_published``: events it published; ``events_received``: events from
       other nodes it delivered to its subscribers; ``events_lost``: events from other
@@ -178,6 +183,7 @@ class NodeStats(msgspec.Struct):
     ] = []
     requests_expired: int = 0
     connections_refused: int = 0
+    handshakes_failed: int = 0
 
 
 class Stats(Request[NodeStats]):

@@ -40,6 +40,7 @@ from typing import Final
 import msgspec
 import zmq
 
+from . import _handshake
 from .config import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import ConfigError, TransportFailed
 from .protocol import encode_batch
@@ -72,7 +73,12 @@ LINGER: Final = 0  # ms: unsent frames of a closing node are dropped, not flushe
 # EVENTS check costs more than the rest of the hot path's bookkeeping.
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _EVENT_DISCONNECTED: Final = int(zmq.EVENT_DISCONNECTED)
+#: What a DEALER's and a SUB's monitors report (a SUB's connection ending is no news:
+#: heartbeats tell).
+_DEALER_EVENTS: Final = _EVENT_DISCONNECTED | _handshake.OUTBOUND_EVENTS
+_ROUTER_EVENTS: Final = _EVENT_DISCONNECTED | _handshake.FAILED
 _MORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
+_STOP_RECONNECT: Final = _handshake.stop_reconnect_option()
 
 # pyzmq's own send/recv methods are Python wrappers (keyword handling, enum flags) over
 # the compiled socket's; on the hot path we call the compiled ones directly.
@@ -363,15 +369,109 @@ class Outbox:
         return frame, self.clear()
 
 
-class Dealer:
+class _Outbound:
+    """What a DEALER and a SUB share: a monitor, and what follows a failed handshake.
+
+    A handshake that fails (a peer of the other kind, a key refused) is said once and
+    counted (``Transport.handshakes``); libzmq's own reconnects are off for it
+    (``_handshake.stop_reconnect_option``), and the socket connects again after a delay
+    that doubles with each failure in a row (``_handshake.retry_delay``), instead of ten
+    times a second.
+    """
+
+    __slots__ = ("_after_failure", "_retry", "endpoint", "failures", "monitor", "sock", "transport")
+
+    transport: Transport
+    endpoint: str
+    sock: zmq.Socket[bytes]
+    monitor: Reader | None
+    #: Handshakes with the peer that failed in a row (0 after one succeeds).
+    failures: int
+    _after_failure: bool
+    _retry: asyncio.TimerHandle | None
+
+    def _registered(self) -> bool:
+        raise NotImplementedError
+
+    def _watch(self, events: int) -> None:
+        """Start the monitor (before ``connect``): its events go to ``_on_monitor``."""
+        self.failures = 0
+        self._after_failure = False
+        self._retry = None
+        mon = self.sock.get_monitor_socket(events)
+        self.monitor = Reader(self.transport.loop, mon, self._on_monitor)
+
+    def _on_monitor(self, frames: list[bytes]) -> None:
+        if len(frames) != 2 or len(frames[0]) < 6:
+            return
+        event = int.from_bytes(frames[0][:2], "little")
+        if _handshake.is_failure(event):
+            self._handshake_failed(event, int.from_bytes(frames[0][2:6], "little"))
+        elif _handshake.is_success(event):
+            self.failures = 0
+            self.transport.handshakes.outbound_ok(self.endpoint)
+        elif event == _EVENT_DISCONNECTED:
+            if self._after_failure:
+                # The end of the connection whose handshake failed: it never carried a
+                # frame, and its retry is set.
+                self._after_failure = False
+                return
+            self._disconnected()
+
+    def _handshake_failed(self, event: int, value: int) -> None:
+        self.transport.handshakes.outbound_failed(self.endpoint, event, value)
+        self.failures += 1
+        self._after_failure = True
+        if self._retry is None:
+            delay = _handshake.retry_delay(self.failures)
+            self._retry = self.transport.loop.call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._reconnect()
+
+    def _disconnected(self) -> None:
+        """A connection that had been up ended."""
+
+    def _reconnect(self) -> None:
+        """Connect afresh (after a disconnection, or a failed handshake).
+
+        libzmq reconnects by itself after a peer closed the connection, but not after
+        it dropped one for a protocol error (a frame over this side's MAXMSGSIZE, a
+        failed handshake): the socket then takes every later message and sends it
+        nowhere. A fresh connect revives it; after a peer that closed, it takes the
+        place of libzmq's own retry.
+        """
+        if self.sock.closed or not self._registered():
+            return
+        with contextlib.suppress(zmq.ZMQError):  # not connected in libzmq's view: no-op
+            self.sock.disconnect(self.endpoint)
+        try:
+            self.sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            log.warning("cannot reconnect to %s: %s", self.endpoint, exc)
+
+    def _close_monitor(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self.monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.sock.disable_monitor()
+            self.monitor.close()
+            self.monitor = None
+
+
+class Dealer(_Outbound):
     """The DEALER to one peer, with a monitor that reports its disconnections.
 
     A peer process that dies closes its TCP connections at once; the monitor tells us
     in milliseconds, long before heartbeats fall silent, so requests in flight to it
     can be failed over (or failed) at once instead of at the failure detector's pace.
+    It reports failed handshakes too (``_Outbound``).
     """
 
-    __slots__ = ("endpoint", "limit", "monitor", "outbox", "reader", "sock", "transport")
+    __slots__ = ("limit", "outbox", "reader")
 
     def __init__(self, transport: Transport, endpoint: str) -> None:
         self.transport = transport
@@ -385,33 +485,28 @@ class Dealer:
         sock.setsockopt(zmq.IMMEDIATE, 1)
         if endpoint.startswith("tcp://["):
             sock.setsockopt(zmq.IPV6, 1)  # an IPv4-bound node can still reach an IPv6 peer
-        self.monitor: Reader | None = None
+        self.monitor = None
         #: Set once a request went out in this loop iteration (see the module docstring).
         self.outbox: Outbox | None = None
         try:
-            if transport.on_disconnect is not None:
-                mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-                self.monitor = Reader(transport.loop, mon, self._on_monitor)
+            self._watch(_DEALER_EVENTS)
             sock.connect(endpoint)
         except zmq.ZMQError as exc:
-            if self.monitor is not None:
-                with contextlib.suppress(zmq.ZMQError):
-                    sock.disable_monitor()
-                self.monitor.close()
+            self._close_monitor()
             sock.close(LINGER)
             raise TransportFailed(transport._no_socket(endpoint, exc)) from None
         self.reader = Reader(transport.loop, sock, self._on_reply)
+
+    def _registered(self) -> bool:
+        return self.transport.dealers.get(self.endpoint) is self
 
     def _on_reply(self, frames: list[bytes]) -> None:
         # With this DEALER's endpoint: a reply counts only for a request that went
         # through this connection (see ``PendingMap.resolve``).
         self.transport.on_reply(frames, self.endpoint)
 
-    def _on_monitor(self, frames: list[bytes]) -> None:
-        if len(frames) != 2 or len(frames[0]) < 6:
-            return
-        event = int.from_bytes(frames[0][:2], "little")
-        if event == _EVENT_DISCONNECTED and self.transport.on_disconnect is not None:
+    def _disconnected(self) -> None:
+        if self.transport.on_disconnect is not None:
             # Replies that came in before the connection went are read first, and
             # requests still in the outbox were never sent: they may go elsewhere.
             self.reader.read_all()
@@ -419,58 +514,43 @@ class Dealer:
             self.transport.on_disconnect(self.endpoint)
             self.transport.loop.call_later(RECONNECT_IVL / 1000, self._reconnect)
 
-    def _reconnect(self) -> None:
-        """Connect afresh after a disconnection.
-
-        libzmq reconnects by itself after a peer closed the connection, but not after
-        it dropped one for a protocol error, a reply over this side's MAXMSGSIZE
-        included: the DEALER then takes every later request and sends it nowhere, and
-        each times out against a healthy node. A fresh connect revives it; after a peer
-        that closed, it takes the place of libzmq's own retry.
-        """
-        if self.sock.closed or self.transport.dealers.get(self.endpoint) is not self:
-            return
-        with contextlib.suppress(zmq.ZMQError):  # not connected in libzmq's view: no-op
-            self.sock.disconnect(self.endpoint)
-        try:
-            self.sock.connect(self.endpoint)
-        except zmq.ZMQError as exc:
-            log.warning("cannot reconnect to %s: %s", self.endpoint, exc)
-
     def close(self) -> None:
-        if self.monitor is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self.sock.disable_monitor()
-            self.monitor.close()
+        self._close_monitor()
         self.reader.close()
 
 
-class Subscriber:
+class Subscriber(_Outbound):
     """The SUB socket connected to one peer's PUB: what it reads comes from that PUB.
 
     A socket a publisher, not one socket for all: ZeroMQ does not say which connection
     a SUB read a message on, and a heartbeat or an event proves something only when it
     comes from the PUB its node announced. Its reader draws on the loop's one
     ``LoopBudget`` like every other: many publishers together are read no more in an
-    iteration than one.
+    iteration than one. Its monitor reports failed handshakes (``_Outbound``).
     """
 
-    __slots__ = ("endpoint", "reader", "sock", "transport")
+    __slots__ = ("reader",)
 
     def __init__(self, transport: Transport, endpoint: str) -> None:
         self.transport = transport
         self.endpoint = endpoint
         sock = self.sock = transport._socket(zmq.SUB, endpoint)
+        self.monitor = None
         try:
+            self._watch(_handshake.OUTBOUND_EVENTS)
             if endpoint.startswith("tcp://["):
                 sock.setsockopt(zmq.IPV6, 1)  # an IPv4-bound node can still reach an IPv6 peer
             for topic in transport.topics:
                 sock.setsockopt(zmq.SUBSCRIBE, topic)
             sock.connect(endpoint)
         except zmq.ZMQError as exc:
+            self._close_monitor()
             sock.close(LINGER)
             raise TransportFailed(transport._no_socket(endpoint, exc)) from None
         self.reader = Reader(transport.loop, sock, self._on_broadcast)
+
+    def _registered(self) -> bool:
+        return self.transport.subscribers.get(self.endpoint) is self
 
     def _on_broadcast(self, frames: list[bytes]) -> None:
         # With this SUB's endpoint: heartbeats and events are judged by the PUB they
@@ -485,6 +565,7 @@ class Subscriber:
         self.reader.kick()
 
     def close(self) -> None:
+        self._close_monitor()
         self.reader.close()
 
 
@@ -492,12 +573,13 @@ def sockets_needed(max_peers: int, max_addresses: int = 0) -> int:
     """Sockets a node may hold at once: its context's limit.
 
     A monitor is two sockets (libzmq's end and ours). Per member and per address not
-    yet joined (each at most ``max_peers``): a DEALER and its monitor, 3; a SUB per
-    member and per address heard of (``max_peers + max_addresses``). The node's own:
+    yet joined (each at most ``max_peers``): a DEALER and its monitor, 3; a SUB and its
+    monitor, 3, per member and per address heard of (``max_peers + max_addresses``). The
+    node's own:
     ROUTER and its monitor, PUB, 4; and room for the few short-lived ones (the ZAP
     handler, a bind that failed).
     """
-    return 2 * max_peers * 3 + (max_peers + max_addresses) + 4 + 64
+    return 2 * max_peers * 3 + (max_peers + max_addresses) * 3 + 4 + 64
 
 
 def _unset(frames: list[bytes]) -> None:
@@ -578,6 +660,10 @@ class Transport:
         self.peer_key = b""
         #: Inbound connections (to the ROUTER) that ended; see ``_on_router_monitor``.
         self.connections_dropped = 0
+        #: Handshakes that failed, both ways: counted and said once.
+        self.handshakes = _handshake.Handshakes(curve is not None)
+        # ROUTER connections whose handshake failed and whose end is still to come.
+        self._failed_unended = 0
         self._router_monitor: Reader | None = None
 
     # setup --------------------------------------------------------------------------
@@ -607,6 +693,10 @@ class Transport:
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX)
+        if endpoint and _STOP_RECONNECT is not None:
+            # After a failed handshake the socket connects again itself, backing off
+            # (``_Outbound``): libzmq would retry ten times a second, forever.
+            sock.setsockopt(*_STOP_RECONNECT)
         return sock
 
     def bind(self, host: str, port: int, pub_port: int, advertise: str) -> None:
@@ -654,7 +744,7 @@ class Transport:
         """Hand what the ROUTER reads to ``on_request`` (set it first; each SUB hands
         what it reads to ``on_broadcast`` from the start)."""
         assert self.router is not None
-        mon = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        mon = self.router.get_monitor_socket(_ROUTER_EVENTS)
         self._router_monitor = Reader(self.loop, mon, self._on_router_monitor)
         self._router_reader = Reader(
             self.loop,
@@ -698,7 +788,8 @@ class Transport:
         return key
 
     def _on_router_monitor(self, frames: list[bytes]) -> None:
-        """A connection to the ROUTER ended. libzmq ends one whose peer sends a frame
+        """A client's handshake failed (``Handshakes.inbound_failed``), or a connection
+        to the ROUTER ended. libzmq ends one whose peer sends a frame
         over MAXMSGSIZE (its decoder fails, and the engine drops the connection with
         every request on it) and says so only as this event, the same as when the peer
         closed it: the two cannot be told apart, so both are counted, and the log line
@@ -706,7 +797,17 @@ class Transport:
         by their peer (an operator command that has its answer, say)."""
         if len(frames) != 2 or len(frames[0]) < 6:
             return
-        if int.from_bytes(frames[0][:2], "little") != _EVENT_DISCONNECTED:
+        event = int.from_bytes(frames[0][:2], "little")
+        if _handshake.is_failure(event):
+            self._failed_unended += 1
+            self.handshakes.inbound_failed(event, int.from_bytes(frames[0][2:6], "little"))
+            return
+        if event != _EVENT_DISCONNECTED:
+            return
+        if self._failed_unended:
+            # Its handshake failed (events name no connection: one end per failure is
+            # left out, whichever connection it is): it was never up, so not dropped.
+            self._failed_unended -= 1
             return
         self.connections_dropped += 1
         count = self.connections_dropped
