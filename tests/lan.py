@@ -7,7 +7,10 @@ Each ``Lan`` makes its own namespaces, all named after one unique prefix
     <prefix>-<host> a host: lo, and <prefix>v<i> = 10.213.X.(10+i)/24 with a
                     multicast route (224.0.0.0/4) so mDNS crosses the bridge
 
-X is chosen at random per ``Lan``. Nothing is added to the machine's own namespace:
+X is chosen at random per ``Lan``. ``Lan(..., curve=True)``: every node and client runs
+with CURVE (``--curve-secret-key``, ``--curve-trust-dir``), its key made by
+``catga_zmq.security.generate`` in ``<workdir>/keys`` and trusted in ``<workdir>/trust``
+unless its host is one of ``untrusted``. Nothing is added to the machine's own namespace:
 both ends of each veth pair are created inside the namespaces. Every process a ``Lan``
 starts runs inside one of its namespaces, is a ``tests._procs.Proc`` (tracked by its
 PID, output in files), gets SIGKILL if the test process dies (``PR_SET_PDEATHSIG``), and
@@ -54,6 +57,8 @@ STOP_TIMEOUT = 8.0  # s from SIGTERM to SIGKILL in close()
 POLL = 0.05  # s between looks at a log file (the wait_* of Proc poll as often)
 FIRST_HOST = 10  # host i (from 1) gets 10.213.X.(FIRST_HOST + i)
 MAX_HOSTS = 40
+#: CURVE: the clients per host whose keys are made (and trusted) before anything starts.
+CURVE_CLIENTS = 4
 _HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 
 #: A node's log line: ``2026-11-23 10:49:52,612 WARNING catga_zmq.membership: node h2 ...``
@@ -238,6 +243,8 @@ class Lan:
         workdir: Path | str | None = None,
         cluster: str | None = None,
         env: Mapping[str, str] | None = None,
+        curve: bool = False,
+        untrusted: Sequence[str] = (),
     ) -> None:
         if not hosts or len(hosts) > MAX_HOSTS:
             raise ValueError(f"a Lan has 1 to {MAX_HOSTS} hosts, got {len(hosts)}")
@@ -255,6 +262,11 @@ class Lan:
         self.workdir.mkdir(parents=True, exist_ok=True)
         #: Extra environment for every process (e.g. CATGA_HEARTBEAT_INTERVAL).
         self.env = dict(env or {})
+        self.curve = curve
+        #: Hosts whose nodes' and clients' keys are not in the trust directory.
+        self.untrusted = frozenset(untrusted)
+        self.keys = self.workdir / "keys"
+        self.trust = self.workdir / "trust"
         self.bridge_ns = f"{self.prefix}-br"
         self._index = {host: i for i, host in enumerate(self.hosts, 1)}
         self._namespaces: list[str] = []  # made by us, in order
@@ -308,6 +320,8 @@ class Lan:
         if self._closed:
             raise LanError("this Lan is closed; make a new one")
         atexit.register(self.close)
+        if self.curve:
+            self._make_keys()
         try:
             br = self.bridge_ns
             self._add_ns(br)
@@ -345,6 +359,30 @@ class Lan:
             self.close()
             raise
         return self
+
+    def _make_keys(self) -> None:
+        """Every node's and client's key pair, before anything starts: a key trusted
+        later is refused until the nodes re-read the trust directory."""
+        from catga_zmq.security import generate
+
+        self.keys.mkdir(exist_ok=True)
+        self.trust.mkdir(exist_ok=True)
+        for host in self.hosts:
+            names = [host, *(f"client-{host}-{n}" for n in range(1, CURVE_CLIENTS + 1))]
+            for name in names:
+                public, _ = generate(name, self.keys)
+                if host not in self.untrusted:
+                    shutil.copy(public, self.trust / public.name)
+
+    def _curve_args(self, node_id: str) -> list[str]:
+        if not self.curve:
+            return []
+        secret = self.keys / f"{node_id}.key_secret"
+        if not secret.exists():
+            raise LanError(
+                f"no key for {node_id}: keys are made for {CURVE_CLIENTS} clients a host"
+            )
+        return ["--curve-secret-key", str(secret), "--curve-trust-dir", str(self.trust)]
 
     # nodes -------------------------------------------------------------------------
 
@@ -387,6 +425,7 @@ class Lan:
             "--discovery", "mdns",
             "--cluster", self.cluster,
             "--id", host,
+            *self._curve_args(host),
             *args,
         ]  # fmt: skip
         proc = self._spawn(
@@ -445,12 +484,14 @@ class Lan:
         self._clients += 1
         stem = self.workdir / f"client.{host}.{self._clients}"
         out = stem.parent / f"{stem.name}.json"
+        node_id = f"client-{host}-{self._clients}"
         cmd = [
             sys.executable, str(CLIENT),
             "--bind", self.ip(host),
             "--cluster", self.cluster,
-            "--id", f"client-{host}-{self._clients}",
+            "--id", node_id,
             "--out", str(out),
+            *self._curve_args(node_id),
             *args,
         ]  # fmt: skip
         name = f"client {self._clients} on {host}"

@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-peers", type=int, default=1, help="peers handling the type to wait for")
     p.add_argument("--wait-timeout", type=float, default=30.0, help="s to wait for them")
     p.add_argument("--out", help="write the JSON report here (default stdout)")
+    p.add_argument("--curve-secret-key", help="CURVE: this client's secret key file")
+    p.add_argument("--curve-trust-dir", help="CURVE: the trusted nodes' certificates")
     return p
 
 
@@ -208,7 +210,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, run.stopping.set)
     wanted = TYPES[args.mode]
+    curve = {}
+    if args.curve_secret_key:
+        curve = {"curve_secret_key": args.curve_secret_key, "curve_trust_dir": args.curve_trust_dir}
     node = Node(
+        **curve,  # type: ignore[arg-type]
         node_id=args.id,
         cluster=args.cluster,
         bind=args.bind,

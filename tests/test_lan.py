@@ -5,6 +5,10 @@ own address, with mDNS on its own interface and the library's default timings; a
 client (``tests/lan_client.py``) in another namespace sends the load and reports each
 request. Needs root: ``sudo python -m pytest -m netns tests/test_lan.py -v``
 (see tests/README.md). Skipped, with the reason, where namespaces cannot be made.
+
+Discovery and the SIGKILL failover run twice, in plaintext and with CURVE (every node
+and client with its own key, all trusted: ``Lan(curve=True)``); a host whose key is not
+trusted gets nowhere (CURVE only).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ FAULT_BOUND = 3.0  # s
 #: Error codes a non-idempotent request may end with when its node dies under it.
 UNSURE_CODES = {"TIMEOUT", "TRANSPORT_FAILED"}
 
-MakeLan = Callable[[Sequence[str]], Lan]
+MakeLan = Callable[..., Lan]
 
 
 @pytest.fixture
@@ -45,8 +49,8 @@ def make_lan(tmp_path: Path) -> Iterator[MakeLan]:
         pytest.skip(why)
     made: list[Lan] = []
 
-    def make(hosts: Sequence[str]) -> Lan:
-        lan = Lan(hosts, workdir=tmp_path / f"lan{len(made)}")
+    def make(hosts: Sequence[str], **options: Any) -> Lan:
+        lan = Lan(hosts, workdir=tmp_path / f"lan{len(made)}", **options)
         made.append(lan)
         print(f"LAN {lan.prefix}: logs in {lan.workdir}")
         return lan.up()
@@ -63,6 +67,19 @@ def make_lan(tmp_path: Path) -> Iterator[MakeLan]:
         prefixes = tuple(f"{lan.prefix}-" for lan in made)
         left = [n for n in namespaces() if n.startswith(prefixes)] if prefixes else []
         assert not problems and not left, f"teardown: {problems}; namespaces left: {left}"
+
+
+@pytest.fixture(params=[False, True], ids=["plaintext", "curve"])
+def curve(request: pytest.FixtureRequest) -> bool:
+    """The scenario once in plaintext, once with CURVE on every node and client."""
+    return bool(request.param)
+
+
+def _no_failed_handshakes(report: dict[str, Any]) -> None:
+    """No peer of the client refused a key or failed a handshake (``--mode`` stats)."""
+    for node, stats in report["stats"].items():
+        assert stats.get("handshakes_failed") == 0, (node, stats)
+        assert stats.get("connections_refused") == 0, (node, stats)
 
 
 def _start(lan: Lan, hosts: Sequence[str], *args: str) -> None:
@@ -130,9 +147,9 @@ def _client_event(report: dict[str, Any], name: str, node: str, after: float) ->
 # 1. discovery ------------------------------------------------------------------------
 
 
-def test_four_hosts_find_each_other_by_mdns_and_serve(make_lan: MakeLan) -> None:
+def test_four_hosts_find_each_other_by_mdns_and_serve(make_lan: MakeLan, curve: bool) -> None:
     hosts = ["h1", "h2", "h3", "h4"]
-    lan = make_lan([*hosts, "c1"])
+    lan = make_lan([*hosts, "c1"], curve=curve)
     _start(lan, hosts)
 
     where = lan.run_client(
@@ -173,14 +190,15 @@ def test_four_hosts_find_each_other_by_mdns_and_serve(make_lan: MakeLan) -> None
     assert len(reqs) == 100
     assert all(r["outcome"] == "ok" and not r["late"] for r in reqs), _summary(reqs)
     assert {r["node"] for r in reqs} == set(hosts), _summary(reqs)
+    _no_failed_handshakes(work)
 
 
 # 2. kill -9 under load, idempotent requests ---------------------------------------------
 
 
-def test_kill_9_under_load_loses_no_idempotent_request(make_lan: MakeLan) -> None:
+def test_kill_9_under_load_loses_no_idempotent_request(make_lan: MakeLan, curve: bool) -> None:
     hosts = ["h1", "h2", "h3"]
-    lan = make_lan([*hosts, "c1"])
+    lan = make_lan([*hosts, "c1"], curve=curve)
     _start(lan, hosts)
     rate, duration, timeout = 100, 8, 5
     client = lan.start_client(
@@ -217,6 +235,34 @@ def test_kill_9_under_load_loses_no_idempotent_request(make_lan: MakeLan) -> Non
     assert not failed, _summary(reqs, killed_at)
     late = [r for r in reqs if r["late"]]
     assert not late, _summary(reqs, killed_at)
+
+
+# 2b. CURVE: a host whose key is not trusted --------------------------------------------
+
+
+def test_a_host_with_an_untrusted_key_is_no_member_and_says_why(make_lan: MakeLan) -> None:
+    hosts = ["h1", "h2"]
+    lan = make_lan([*hosts, "c1", "u1"], curve=True, untrusted=["u1"])
+    _start(lan, hosts)
+    # u1 trusts the nodes, they do not trust it: it finds no peer and gives up.
+    stranger = lan.start_client(
+        "u1", ["--mode", "where", "--wait-peers", "1", "--wait-timeout", "8", "--timeout", "2"]
+    )
+    where = lan.run_client(
+        "c1", ["--mode", "where", "--wait-peers", "2", "--timeout", "2"], timeout=60
+    )
+    answers = {r["target"]: (r["outcome"], r["node"]) for r in where["requests"]}
+    assert answers == {h: ("ok", h) for h in hosts}, _summary(where["requests"])
+    stranger.proc.popen.wait(40)
+    assert stranger.proc.returncode not in (0, None), stranger.proc.stdout()
+    assert not any(line.startswith("ready") for line in stranger.lines())
+    said = stranger.proc.stderr()
+    assert "refused this node's CURVE key" in said, said[-3000:]
+    for host in hosts:
+        assert not lan.log_lines(host, r"^node client-u1-\S+ joined"), lan.log(host)[-2000:]
+    refused = sum(where["stats"][h].get("connections_refused", 0) for h in hosts)
+    assert refused >= 1, where["stats"]
+    assert any(lan.log_lines(h, r"^refused a CURVE connection from key") for h in hosts)
 
 
 # 3. kill -9 under load, non-idempotent requests ---------------------------------------
