@@ -140,6 +140,12 @@ def explain_inbound(curve: bool, event: int, value: int) -> str:
             "refused a client whose CURVE handshake does not decrypt: it holds another "
             "key for this node than this node's (a stale certificate?)"
         )
+    if event == _NO_DETAIL:
+        other = f"a plaintext node ({_CURVE_FLAGS})" if curve else f"a CURVE node ({_PLAIN_FLAGS})"
+        return (
+            "a client closed its connection before the handshake ended: a node of the "
+            f"other kind, {other}, or a port check"
+        )
     return f"a client's handshake failed (ZeroMQ event {event:#x}, value {value:#x})"
 
 
@@ -170,7 +176,8 @@ class Handshakes:
         if event == _AUTH:
             return  # the ZAP handler refused a key: counted and logged there
         self.failed += 1
-        kind = (event, value)
+        # NO_DETAIL's value is an errno (EPIPE, ECONNRESET...): one kind, whichever.
+        kind = (event, value if event == _PROTOCOL else 0)
         seen = self._inbound_seen.get(kind, 0) + 1
         if len(self._inbound_seen) < 64 or kind in self._inbound_seen:
             self._inbound_seen[kind] = seen

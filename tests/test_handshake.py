@@ -26,6 +26,16 @@ from catga_zmq._handshake import RETRY_FIRST, RETRY_MAX, retry_delay, stop_recon
 SECURITY = "catga_zmq.security"
 
 
+def inbound_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the ROUTER side said: a mechanism mismatch, or (as libzmq may report the
+    same client, depending on timing) a connection closed during the handshake."""
+    return [
+        m
+        for m in warnings_with(caplog, "")
+        if m.startswith(("refused a client", "a client closed its connection"))
+    ]
+
+
 def warnings_with(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [
         r.getMessage()
@@ -59,10 +69,11 @@ async def test_a_curve_node_that_meets_a_plaintext_peer_says_so_once_per_endpoin
         said = warnings_with(caplog, f"{end} ")
         assert len(said) == 1, said
         assert "plaintext" in said[0] and "--curve-secret-key" in said[0], said
-    # p's ROUTER refused a's CURVE DEALER: counted, and said once.
-    await wait_until(lambda: p.stats().handshakes_failed >= 2, timeout=20)
-    said = warnings_with(caplog, "refused a client that uses CURVE")
-    assert len(said) == 1, said
+    # p's ROUTER refused a's CURVE DEALER: counted, and said once a kind.
+    await wait_until(lambda: p.stats().handshakes_failed >= 3, timeout=20)
+    said = inbound_warnings(caplog)
+    assert 1 <= len(said) <= 2 and len(set(said)) == len(said), said
+    assert all("(1 so far)" in m and "CURVE" in m for m in said), said
     assert p.stats().connections_dropped == 0  # never up, so never dropped
     assert [m.node_id for m in a.members() if not m.local] == []
 
@@ -81,9 +92,10 @@ async def test_a_plaintext_node_seeded_with_a_curve_node_gets_nowhere_and_says_w
     said = warnings_with(caplog, f"{a.endpoint} ")  # "uses CURVE", or a reset (see above)
     assert len(said) == 1, said
     assert "uses CURVE" in said[0] and "curve_secret_key" in said[0], said
-    await wait_until(lambda: a.stats().handshakes_failed >= 2, timeout=20)
-    said = warnings_with(caplog, "refused a client that does not speak CURVE")
-    assert len(said) == 1 and "(1 so far)" in said[0], said
+    await wait_until(lambda: a.stats().handshakes_failed >= 3, timeout=20)
+    said = inbound_warnings(caplog)
+    assert 1 <= len(said) <= 2 and len(set(said)) == len(said), said
+    assert all("(1 so far)" in m and "plaintext node" in m for m in said), said
     assert a.stats().connections_dropped == 0
     assert a.stats().connections_refused == 0  # no key to refuse: not ZAP's count
     with pytest.raises(CatgaError):

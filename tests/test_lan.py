@@ -240,7 +240,7 @@ def test_kill_9_under_load_loses_no_idempotent_request(make_lan: MakeLan, curve:
 # 2b. CURVE: a host whose key is not trusted --------------------------------------------
 
 
-def test_a_host_with_an_untrusted_key_is_no_member_and_says_why(make_lan: MakeLan) -> None:
+def test_a_curve_lan_refuses_a_host_whose_key_is_not_trusted(make_lan: MakeLan) -> None:
     hosts = ["h1", "h2"]
     lan = make_lan([*hosts, "c1", "u1"], curve=True, untrusted=["u1"])
     _start(lan, hosts)
