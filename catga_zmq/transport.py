@@ -40,7 +40,17 @@ from typing import Final
 import msgspec
 import zmq
 
-from . import _handshake
+from ._handshake import (
+    FAILED as HANDSHAKE_FAILED,
+)
+from ._handshake import (
+    OUTBOUND_EVENTS,
+    Handshakes,
+    is_failure,
+    is_success,
+    retry_delay,
+    stop_reconnect_option,
+)
 from .config import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import ConfigError, TransportFailed
 from .protocol import encode_batch
@@ -75,10 +85,10 @@ _NOBLOCK: Final = int(zmq.NOBLOCK)
 _EVENT_DISCONNECTED: Final = int(zmq.EVENT_DISCONNECTED)
 #: What a DEALER's and a SUB's monitors report (a SUB's connection ending is no news:
 #: heartbeats tell).
-_DEALER_EVENTS: Final = _EVENT_DISCONNECTED | _handshake.OUTBOUND_EVENTS
-_ROUTER_EVENTS: Final = _EVENT_DISCONNECTED | _handshake.FAILED
+_DEALER_EVENTS: Final = _EVENT_DISCONNECTED | OUTBOUND_EVENTS
+_ROUTER_EVENTS: Final = _EVENT_DISCONNECTED | HANDSHAKE_FAILED
 _MORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
-_STOP_RECONNECT: Final = _handshake.stop_reconnect_option()
+_STOP_RECONNECT: Final = stop_reconnect_option()
 
 # pyzmq's own send/recv methods are Python wrappers (keyword handling, enum flags) over
 # the compiled socket's; on the hot path we call the compiled ones directly.
@@ -405,9 +415,9 @@ class _Outbound:
         if len(frames) != 2 or len(frames[0]) < 6:
             return
         event = int.from_bytes(frames[0][:2], "little")
-        if _handshake.is_failure(event):
+        if is_failure(event):
             self._handshake_failed(event, int.from_bytes(frames[0][2:6], "little"))
-        elif _handshake.is_success(event):
+        elif is_success(event):
             self.failures = 0
             self.transport.handshakes.outbound_ok(self.endpoint)
         elif event == _EVENT_DISCONNECTED:
@@ -423,7 +433,7 @@ class _Outbound:
         self.failures += 1
         self._after_failure = True
         if self._retry is None:
-            delay = _handshake.retry_delay(self.failures)
+            delay = retry_delay(self.failures)
             self._retry = self.transport.loop.call_later(delay, self._retry_now)
 
     def _retry_now(self) -> None:
@@ -537,7 +547,7 @@ class Subscriber(_Outbound):
         sock = self.sock = transport._socket(zmq.SUB, endpoint)
         self.monitor = None
         try:
-            self._watch(_handshake.OUTBOUND_EVENTS)
+            self._watch(OUTBOUND_EVENTS)
             if endpoint.startswith("tcp://["):
                 sock.setsockopt(zmq.IPV6, 1)  # an IPv4-bound node can still reach an IPv6 peer
             for topic in transport.topics:
@@ -661,7 +671,7 @@ class Transport:
         #: Inbound connections (to the ROUTER) that ended; see ``_on_router_monitor``.
         self.connections_dropped = 0
         #: Handshakes that failed, both ways: counted and said once.
-        self.handshakes = _handshake.Handshakes(curve is not None)
+        self.handshakes = Handshakes(curve is not None)
         # ROUTER connections whose handshake failed and whose end is still to come.
         self._failed_unended = 0
         self._router_monitor: Reader | None = None
@@ -798,7 +808,7 @@ class Transport:
         if len(frames) != 2 or len(frames[0]) < 6:
             return
         event = int.from_bytes(frames[0][:2], "little")
-        if _handshake.is_failure(event):
+        if is_failure(event):
             self._failed_unended += 1
             self.handshakes.inbound_failed(event, int.from_bytes(frames[0][2:6], "little"))
             return

@@ -506,10 +506,9 @@ def reap_leaked_sockets(node: Node) -> int:
     """
     t = parts(node).transport
     known = {id(s) for s in (t.router, t.pub) if s is not None}
-    known |= {id(sub.sock) for sub in t.subscribers.values()}
     if t._router_monitor is not None:
         known.add(id(t._router_monitor.sock))
-    for d in t.dealers.values():
+    for d in [*t.dealers.values(), *t.subscribers.values()]:
         for s in (getattr(d, "sock", None), getattr(getattr(d, "monitor", None), "sock", None)):
             if s is not None:
                 known.add(id(s))
