@@ -15,6 +15,7 @@ import contextlib
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -28,7 +29,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 import pytest
-from _procs import Proc, python, run, stop_all
+from _procs import ROOT, Proc, child_env, python, run, stop_all
 from conftest import catga_tasks, parts, wait_until
 
 from catga_zmq import ConfigError, Node
@@ -336,17 +337,19 @@ async def test_dns_server_down_at_start_one_line_then_backoff_then_joins(
     port = free_port(hosts)
     server = dnsmasq()  # not started yet
     server.write_hosts((h, NAME) for h in hosts)
-    n1 = nodes.start("n1", hosts[0], port, *dns_flags(server, NAME, "--log-level", "DEBUG"))
+    # A shorter interval (the last --dns-interval counts): the backoff reaches it sooner.
+    flags = dns_flags(server, NAME, "--dns-interval", "0.5", "--log-level", "DEBUG")
+    n1 = nodes.start("n1", hosts[0], port, *flags)
     nodes.start("n2", hosts[1], port, "--discovery", "none")
     await nodes.ready()  # the node starts, DNS or not
 
     retry = re.compile(rf"DNS discovery of {NAME}: next attempt in ([\d.]+) s")
     deadline = time.monotonic() + 20.0
-    while len(retry.findall(n1.stderr())) < 4:
-        assert time.monotonic() < deadline, n1.fail("fewer than 4 attempts in 20 s")
+    while len(retry.findall(n1.stderr())) < 3:
+        assert time.monotonic() < deadline, n1.fail("fewer than 3 attempts in 20 s")
         await asyncio.sleep(0.05)
     # Doubling from 0.25 s, capped at the interval.
-    assert [float(d) for d in retry.findall(n1.stderr())][:4] == [0.25, 0.5, 1.0, 1.0]
+    assert [float(d) for d in retry.findall(n1.stderr())][:3] == [0.25, 0.5, 0.5]
 
     await server.start()
     await n1.await_log("resolved again after", INTERVAL + JOIN_SLACK)
@@ -356,6 +359,82 @@ async def test_dns_server_down_at_start_one_line_then_backoff_then_joins(
     assert len(problems) == 1, problems
     assert f"no answer to SRV {NAME} from {server.resolver}" in problems[0]
     assert "is the DNS server up?" in problems[0]
+
+
+@pytest.mark.cluster
+def test_readme_dns_commands_work_as_written(tmp_path: Path) -> None:
+    commands = readme_dns_commands()
+    assert [c[0] for c in commands] == ["printf", "dnsmasq", "export", "python", "python", "python"]
+    # The README's addresses, ports and cluster, replaced by free ones of this run.
+    dns_host, *node_hosts = loopback_hosts(3)
+    cluster = f"dns-{uuid.uuid4().hex[:10]}"
+    ours = {
+        "127.0.0.99": dns_host,
+        "5300": str(free_port([dns_host], socket.SOCK_DGRAM)),
+        "127.0.0.11": node_hosts[0],
+        "127.0.0.12": node_hosts[1],
+        "5555": str(free_port(node_hosts)),
+    }
+    theirs = re.compile(r"127\.0\.0\.(?:99|11|12)\b|\b(?:5300|5555)\b")
+
+    def here(word: str) -> str:
+        if word == "shop":
+            return cluster
+        word = theirs.sub(lambda m: ours[m.group()], word)
+        return word.replace("shop.hosts", str(tmp_path / "shop.hosts"))
+
+    env: dict[str, str] = {}
+    started: list[Proc] = []
+    try:
+        for n, words in enumerate([here(w) for w in c] for c in commands):
+            if words[0] == "printf":
+                assert words[2] == ">"
+                Path(words[3]).write_text(words[1].replace("\\n", "\n"))
+            elif words[0] == "export":
+                env.update(w.split("=", 1) for w in words[1:])
+            elif words[-1] == "&":
+                program = python(*words[1:-1]) if words[0] == "python" else words[:-1]
+                started.append(
+                    Proc.start(words[0], program, tmp_path / f"readme.{n}", env=child_env(**env))
+                )
+                if words[0] == "dnsmasq":
+                    _wait_answering(started[-1], dns_host, int(ours["5300"]))
+                else:
+                    started[-1].wait_ready(READY_TIMEOUT)
+            else:
+                done = run(python(*words[1:]), env=child_env(**env))
+        assert done.returncode == 0, done.stderr
+        table = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()[1:]}
+        assert table == {"shop-1": "alive", "shop-2": "alive"}, done.stdout
+    finally:
+        stop_all(started)
+
+
+def readme_dns_commands() -> list[list[str]]:
+    """The commands of the shell block under README's "DNS discovery", as words."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n### DNS discovery\n", 1)[1].split("\n### ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block is not None, "no shell block under 'DNS discovery'"
+    lines = block.group(1).replace("\\\n", " ").splitlines()
+    return [shlex.split(line) for line in lines if line.strip()]
+
+
+def _wait_answering(proc: Proc, host: str, port: int) -> None:
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port, resolver.lifetime = [host], port, 0.5
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            resolver.resolve("up.test", "A")
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return
+        except dns.exception.DNSException:
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise proc.fail("dnsmasq did not answer") from None
+            time.sleep(0.05)
+        else:
+            return
 
 
 # the backend on its own -----------------------------------------------------------------
