@@ -30,7 +30,7 @@ import dns.exception
 import dns.resolver
 import pytest
 from _procs import ROOT, Proc, child_env, python, run, stop_all
-from conftest import catga_tasks, parts, wait_until
+from conftest import PATIENT, catga_tasks, parts, wait_until
 
 from catga_zmq import ConfigError, Node
 from catga_zmq.config import DnsRecordName
@@ -532,6 +532,49 @@ async def test_a_record_that_goes_away_stops_its_greetings(
         await wait_until(lambda: not any(t.endswith(greeting) for t in catga_tasks()), 10)
         assert f"tcp://{nobody}:{port}" not in parts(node).transport.dealers
         assert node.healthy
+
+
+async def test_a_listed_node_that_restarts_at_its_address_is_greeted_again(
+    dnsmasq: Callable[..., Dnsmasq],
+) -> None:
+    # The records do not change when a node restarts at its address, so no new ADDED
+    # comes: the node that knew it greets the address again once the old one is gone.
+    [host] = loopback_hosts(1)
+    port = free_port([host])
+    server = dnsmasq()
+    server.write_hosts([(host, NAME)])
+    await server.start()
+    finder = Node(
+        "finder",
+        discovery="dns",
+        dns_name=NAME,
+        dns_resolver=server.resolver,
+        dns_port=port,
+        dns_interval=0.5,
+        **PATIENT,
+    )
+
+    def listed() -> Node:
+        # No discovery of its own: only the finder's greetings can introduce it.
+        return Node("listed", discovery=None, bind=host, port=port, **PATIENT)
+
+    async with finder:
+        async with listed():
+            await wait_until(lambda: _alive(finder, "listed"), 10)
+            old = parts(finder).membership.peers["listed"].incarnation
+        await wait_until(lambda: not _alive(finder, "listed"), 10)  # its BYE: LEFT
+        async with listed():
+            await wait_until(
+                lambda: (
+                    _alive(finder, "listed")
+                    and parts(finder).membership.peers["listed"].incarnation != old
+                ),
+                10,
+            )
+
+
+def _alive(node: Node, node_id: str) -> bool:
+    return any(m.node_id == node_id and m.status.value == "alive" for m in node.members())
 
 
 async def test_dns_discovery_object_given_to_a_node(dnsmasq: Callable[..., Dnsmasq]) -> None:
