@@ -244,7 +244,9 @@ class DnsDiscovery(Discovery):
         now = asyncio.get_running_loop().time()
         if problem.kind == self._problem and now - self._logged_at < REPEAT_LOG:
             return
-        again = f" ({self._failures} failures so far)" if problem.kind == self._problem else ""
+        again = (
+            f" ({self._failures} failed attempts so far)" if problem.kind == self._problem else ""
+        )
         self._problem, self._logged_at = problem.kind, now
         log.log(
             logging.ERROR if exc is not None else logging.WARNING,
@@ -259,7 +261,7 @@ class DnsDiscovery(Discovery):
     def _succeeded(self, endpoints: set[str]) -> None:
         if self._problem is not None:
             log.info(
-                "DNS discovery of %s: resolved again after %d failures (%d addresses)",
+                "DNS discovery of %s: resolved again after %d failed attempts (%d listed)",
                 self.dns_name,
                 self._failures,
                 len(endpoints),
@@ -283,7 +285,7 @@ class DnsDiscovery(Discovery):
             if endpoint != own:
                 self._fanout.publish(DiscoveryChange(ChangeKind.ADDED, candidate))
         log.info(
-            "DNS discovery of %s: %d addresses; added %s; removed %s",
+            "DNS discovery of %s: %d listed; added %s; removed %s",
             self.dns_name,
             len(self._found),
             _listing(added),
