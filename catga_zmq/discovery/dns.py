@@ -406,12 +406,13 @@ class DnsDiscovery(Discovery):
         missing = [t for t in targets if t not in known]
         if missing:
             known.update(await self._targets(resolver, missing))
-        return {
+        endpoints = {
             endpoint_of(address, port)
             for target, ports in targets.items()
             for address in known.get(target, ())
             for port in ports
         }
+        return set(sorted(endpoints)[:MAX_RECORDS])
 
     async def _targets(
         self, resolver: dns.asyncresolver.Resolver, targets: Iterable[str]
