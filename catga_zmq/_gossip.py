@@ -76,10 +76,12 @@ class Gossip:
         self.spawn = spawn
         self.forget_source = forget_source
         self.loop = asyncio.get_running_loop()
-        #: Static seeds and no discovery: nodes learn of each other by greeting.
-        self.enabled = options.discovery in ("static", "none")
+        #: Static seeds, DNS and no discovery: nodes learn of each other by greeting.
+        self.enabled = options.discovery in ("static", "dns", "none")
         self.running = True
-        self._greeting: set[str] = set()  # endpoints being greeted now
+        #: Endpoints being greeted now, each with its greeting's token: a greeting goes
+        #: on only while its token is there (``withdraw`` takes it away).
+        self._greeting: dict[str, object] = {}
         self._greeted: set[str] = set()  # endpoints that answered a greeting
         #: Every address heard of (greetings included, before any heartbeat), by
         #: endpoint: what an ``Info`` answer passes on, so a joiner learns of nodes
@@ -91,6 +93,9 @@ class Gossip:
         self.proof_time = ADDRESS_PROOF_TIME
         #: The seeds' endpoints (without the key a seed may name).
         self._seeds = frozenset(split_seed(s)[0] for s in options.seeds)
+        #: Discovery records that give only an endpoint (DNS): greeted like seeds, for
+        #: as long as they are listed.
+        self._listed: set[str] = set()
         #: CURVE: whose keys to accept (None in plaintext).
         self.trust = trust
 
@@ -112,9 +117,11 @@ class Gossip:
         async for change in discovery.watch():
             c = change.candidate
             if change.kind is ChangeKind.ADDED:
+                if c.node_id is None:
+                    self._listed.add(c.endpoint)
                 self.add_candidate(c, greet=self.enabled, trusted=True)
             else:
-                self.forget_address(c.endpoint)
+                self.withdraw(c.endpoint)
 
     def add_candidate(self, c: Candidate, *, greet: bool, trusted: bool = False) -> None:
         """Connect to ``c`` (and greet it if asked). ``trusted``: it comes from discovery
@@ -353,15 +360,19 @@ class Gossip:
         """Exchange ``Info`` with ``endpoint`` (0 attempts: until it answers, for seeds)."""
         if endpoint in self._greeting or not self.running:
             return
-        self._greeting.add(endpoint)
-        self.spawn(self._greet(endpoint, attempts), f"greet-{endpoint}")
+        token = self._greeting[endpoint] = object()
+        self.spawn(self._greet(endpoint, attempts, token), f"greet-{endpoint}")
 
-    async def _greet(self, endpoint: str, attempts: int) -> None:
+    async def _greet(self, endpoint: str, attempts: int, token: object) -> None:
         payload = self.codec.encode(Info(caller=self.my_address()))
         target = Peer(node_id=endpoint, endpoint=endpoint, pub_endpoint="", incarnation=0)
         give_up = self.loop.time() + attempts * GREETING_TIMEOUT if attempts else math.inf
+
+        def wanted() -> bool:
+            return self.running and self._greeting.get(endpoint) is token
+
         try:
-            while self.running and self.loop.time() < give_up:
+            while wanted() and self.loop.time() < give_up:
                 deadline = self.loop.time() + GREETING_TIMEOUT
                 try:
                     info: NodeInfo = await self.requester.call_remote(
@@ -380,12 +391,14 @@ class Gossip:
                     log.debug("greeting %s: %s", endpoint, exc)
                     await asyncio.sleep(max(0.0, deadline - self.loop.time()))
                     continue
-                self._greeted_by(endpoint, info)
+                if wanted():  # not withdrawn while the answer was on its way
+                    self._greeted_by(endpoint, info)
                 return
-            if self.running:
+            if wanted():
                 self.forget_address(endpoint)
         finally:
-            self._greeting.discard(endpoint)
+            if self._greeting.get(endpoint) is token:
+                del self._greeting[endpoint]
 
     def _greeted_by(self, endpoint: str, info: NodeInfo) -> None:
         if info.cluster != self.options.cluster:
@@ -425,6 +438,13 @@ class Gossip:
             )
 
     # forgetting ----------------------------------------------------------------------
+
+    def withdraw(self, endpoint: str) -> None:
+        """A discovery record went away: stop greeting it, and forget the address unless
+        its node joined (heartbeats decide about members, not records)."""
+        self._listed.discard(endpoint)
+        self._greeting.pop(endpoint, None)
+        self.forget_address(endpoint)
 
     def forget_address(self, endpoint: str) -> None:
         """An address that never joined (unanswered greetings, or its discovery record
@@ -476,6 +496,7 @@ class Gossip:
         self.addresses.pop(peer.endpoint, None)
         self._proven(peer.endpoint)
         self._greeted.discard(peer.endpoint)
-        if peer.endpoint in self._seeds and self.enabled:
-            # A seed that comes back at the same address knows nothing of this node.
+        if self.enabled and (peer.endpoint in self._seeds or peer.endpoint in self._listed):
+            # A seed (or a listed address) that comes back at the same address knows
+            # nothing of this node.
             self.greet(peer.endpoint, attempts=0)

@@ -96,9 +96,9 @@ class Node:
 
     ``Node(node_id="users-1", cluster="shop")``; any ``NodeOptions`` setting may be passed
     as a keyword (``heartbeat_interval=0.25``). ``discovery`` is a backend name
-    (``"mdns"``, ``"static"``, ``"memory"``, ``"none"``), a ``Discovery`` object, or None
-    (none). Register handlers and subscribers, then ``async with node:`` (or
-    ``await node.start()`` ... ``await node.aclose()``).
+    (``"mdns"``, ``"static"``, ``"memory"``, ``"dns"``, ``"none"``), a ``Discovery``
+    object, or None (none). Register handlers and subscribers, then ``async with node:``
+    (or ``await node.start()`` ... ``await node.aclose()``).
     """
 
     def __init__(
@@ -119,11 +119,14 @@ class Node:
         if isinstance(discovery, Discovery):
             self._discovery_obj = discovery
             settings["discovery"] = (
-                discovery.name if discovery.name in ("mdns", "static", "memory") else "none"
+                discovery.name if discovery.name in ("mdns", "static", "memory", "dns") else "none"
             )
             seeds = getattr(discovery, "seeds", None)
             if seeds is not None:
                 settings["seeds"] = list(seeds)
+            own_settings = getattr(discovery, "node_settings", None)
+            if callable(own_settings):  # DnsDiscovery: its name, port... as settings
+                settings.update(own_settings())
         elif discovery is None:
             settings["discovery"] = "none"
         elif discovery is not _DEFAULT:

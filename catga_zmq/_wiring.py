@@ -203,6 +203,16 @@ def make_discovery(opts: NodeOptions) -> Discovery | None:
         from .discovery.memory import MemoryDiscovery
 
         return MemoryDiscovery()
+    if opts.discovery == "dns":
+        from .discovery.dns import DnsDiscovery
+
+        return DnsDiscovery(
+            opts.dns_name,
+            record=opts.dns_record,
+            port=opts.dns_port or opts.port,
+            interval=opts.dns_interval,
+            resolver=opts.dns_resolver,
+        )
     from .discovery.mdns import MdnsDiscovery, interfaces_for_bind
 
     return MdnsDiscovery(opts.cluster, interfaces_for_bind(opts.bind), version=PROTOCOL_VERSION)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import ipaddress
 import os
 import re
 import socket
@@ -45,7 +46,8 @@ from .protocol import (
     Metadata,
 )
 
-DiscoveryName = Literal["mdns", "static", "memory", "none"]
+DiscoveryName = Literal["mdns", "static", "memory", "dns", "none"]
+DnsRecordName = Literal["auto", "a", "srv"]
 RoutingName = Literal[
     "round_robin", "local_first", "weighted", "consistent_hash", "least_connections"
 ]
@@ -86,6 +88,19 @@ _HOST_ALLOWED: Final = (
     f"a host name, an IPv4 or IPv6 address or *, up to {MAX_HOST} letters, digits, "
     "'.', '-', '_', ':', '%', '[' or ']'"
 )
+#: What ``dns_name`` takes: a DNS name (RFC 1035, with the ``_`` of SRV names), up to
+#: 253 characters and a final ``.``; each label's length is checked in ``validated()``.
+MAX_DNS_NAME: Final = 254
+_DNS_NAME_ALLOWED: Final = (
+    f"empty, or a DNS name up to {MAX_DNS_NAME - 1} characters (and a final '.'): "
+    "labels of 1-63 letters, digits, '-' or '_', joined by '.'"
+)
+#: What ``dns_resolver`` takes, checked in ``validated()``: ``HOST[:PORT]``.
+_DNS_RESOLVER_ALLOWED: Final = (
+    "empty, or an IP address with an optional port: 127.0.0.53, 127.0.0.53:5353, ::1 or [::1]:5353"
+)
+#: The shortest ``dns_interval`` (s): shorter floods the DNS server.
+MIN_DNS_INTERVAL: Final = 0.1  # s
 #: Seeds a node greets at most: far past any real list.
 MAX_SEEDS: Final = 1024
 Seed = Annotated[str, msgspec.Meta(max_length=MAX_ENDPOINT, pattern=NO_CONTROL_PATTERN)]
@@ -145,7 +160,9 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
       ``metadata`` (free labels other nodes see).
     - Sockets: ``bind``, ``port`` (ROUTER, requests), ``pub_port`` (PUB, heartbeats and
       events), ``advertise`` (the host peers connect to), ``max_message_size``.
-    - Discovery: ``discovery`` (mdns, static, memory or none) and ``seeds`` for static.
+    - Discovery: ``discovery`` (mdns, static, memory, dns or none), ``seeds`` for
+      static, and for dns ``dns_name``, ``dns_record``, ``dns_port``, ``dns_interval``
+      and ``dns_resolver``.
     - Failure detection: ``heartbeat_interval``, ``suspect_after``, ``acceptable_pause``,
       ``phi_threshold``, ``faulted_after``.
     - Resilience: ``breaker_threshold``, ``breaker_cooldown``, ``request_timeout``.
@@ -214,6 +231,51 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             },
         ),
     ] = []
+    dns_name: Annotated[
+        str,
+        _text(
+            "dns discovery: the name to resolve (A/AAAA records, or SRV: see dns_record)",
+            _DNS_NAME_ALLOWED,
+            pattern=r"\A[A-Za-z0-9._-]*\Z",
+            max_length=MAX_DNS_NAME,
+        ),
+    ] = ""
+    dns_record: Annotated[
+        DnsRecordName,
+        _doc(
+            "dns discovery: srv (each record names a host and its ROUTER port), a (A and "
+            "AAAA records, at dns_port), or auto (SRV when the name has SRV records, else A)"
+        ),
+    ] = "auto"
+    dns_port: Annotated[
+        int,
+        _doc(
+            "dns discovery: the ROUTER port of the nodes found by A/AAAA records; 0: this "
+            "node's own port",
+            ge=0,
+            le=65535,
+        ),
+    ] = 0
+    dns_interval: Annotated[
+        float,
+        _doc(
+            "dns discovery: s between two resolutions of dns_name (and the longest wait "
+            "between two attempts when the DNS server fails)",
+            ge=MIN_DNS_INTERVAL,
+            le=MAX_DURATION,
+            unit="s",
+        ),
+    ] = 5.0
+    dns_resolver: Annotated[
+        str,
+        _text(
+            "dns discovery: the DNS server to ask, IP[:PORT] (default port 53); empty: "
+            "the system's (/etc/resolv.conf)",
+            _DNS_RESOLVER_ALLOWED,
+            pattern=r"\A[0-9A-Za-z.:_\[\]%-]*\Z",
+            max_length=MAX_HOST,
+        ),
+    ] = ""
     heartbeat_interval: Annotated[
         float,
         _doc("s between two heartbeats", ge=MIN_HEARTBEAT_INTERVAL, le=MAX_DURATION, unit="s"),
@@ -403,6 +465,7 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(
                 "discovery 'static' needs at least one seed (--seeds tcp://host:port)"
             )
+        _check_dns(opts)
         return opts
 
     def merged(self, changes: Mapping[str, Any]) -> NodeOptions:
@@ -443,6 +506,61 @@ def curve_mode(opts: NodeOptions) -> CurveMode:
         "curve_secret_key is set; now say which peers to trust: curve_trust_dir, or "
         "curve_any_key for encryption without authentication"
     )
+
+
+def _check_dns(opts: NodeOptions) -> None:
+    """The dns_* settings, checked together: a name to resolve, a usable resolver, and a
+    port for the nodes found by A/AAAA records."""
+    if opts.dns_name:
+        check_dns_name(opts.dns_name)
+    if opts.dns_resolver:
+        parse_resolver(opts.dns_resolver)
+    if opts.discovery != "dns":
+        return
+    if not opts.dns_name:
+        raise ConfigError("discovery 'dns' needs a name to resolve (--dns-name NAME)")
+    if opts.dns_record != "srv" and not (opts.dns_port or opts.port):
+        raise ConfigError(
+            f"discovery 'dns' with dns_record {opts.dns_record!r} needs the port of the nodes "
+            "its A/AAAA records name: set dns_port (or port, which it defaults to), or "
+            "use dns_record 'srv', whose records carry the port"
+        )
+
+
+def check_dns_name(name: str) -> None:
+    """``ConfigError`` unless ``name`` is a DNS name: labels of 1-63 characters."""
+    labels = name.removesuffix(".").split(".")
+    if len(name.removesuffix(".")) > MAX_DNS_NAME - 1 or not all(0 < len(x) <= 63 for x in labels):
+        raise ConfigError(
+            f"dns_name {_short_repr(name)} is not a DNS name; write labels of 1-63 letters, "
+            "digits, '-' or '_' joined by '.' (for example catga.default.svc.cluster.local "
+            "or _catga._tcp.example.org)"
+        )
+
+
+def parse_resolver(text: str) -> tuple[str, int]:
+    """``dns_resolver`` -> (IP address, port), or ``ConfigError`` saying how to write it.
+
+    ``127.0.0.53``, ``127.0.0.53:5353``, ``::1``, ``[::1]:5353``; the port is 53 when
+    none is given.
+    """
+    host, port = text.strip(), "53"
+    if host.startswith("["):
+        inside, bracket, rest = host[1:].partition("]")
+        host = inside if bracket and (not rest or rest.startswith(":")) else ""
+        port = rest[1:] if rest else port
+    elif host.count(":") == 1:
+        host, _, port = host.partition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(
+            f"dns_resolver {_short_repr(text)} is not usable; write the DNS server as "
+            "IP[:PORT] (for example 127.0.0.53, 127.0.0.53:5353 or [::1]:5353)"
+        )
+    return str(address), int(port)
 
 
 def _check_heartbeat_fits(opts: NodeOptions) -> None:

@@ -381,7 +381,8 @@ def test_enum_error_in_toml_lists_the_choices(tmp_path: Path) -> None:
     path.write_text('discovery = "carrier-pigeon"\n')
     with pytest.raises(ConfigError) as info:
         options_from_toml(path)
-    assert "discovery='carrier-pigeon' is not one of mdns, static, memory, none" in str(info.value)
+    choices = "mdns, static, memory, dns, none"
+    assert f"discovery='carrier-pigeon' is not one of {choices}" in str(info.value)
     assert "catga.toml" in info.value.message
 
 

@@ -99,3 +99,29 @@ def test_each_module_imports_alone(name: str) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_dnspython_is_imported_only_when_dns_discovery_is_chosen() -> None:
+    # A fresh interpreter: the suite's own imports (test_dns_discovery) must not count.
+    code = """if True:
+        import asyncio, sys
+        from catga_zmq import Node, NodeOptions
+        from catga_zmq._wiring import make_discovery
+
+        async def run() -> None:
+            async with Node("a", discovery=None):
+                pass
+
+        asyncio.run(run())
+        assert "dns" not in sys.modules, "a node without DNS discovery imported dnspython"
+        make_discovery(NodeOptions(discovery="dns", dns_name="x.test", dns_record="srv"))
+        assert "dns.asyncresolver" in sys.modules
+    """
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

@@ -34,6 +34,8 @@ INF = math.inf
 RANGES = {
     "port": "0 to 65535",
     "pub_port": "0 to 65535",
+    "dns_port": "0 to 65535",
+    "dns_interval": "0.1 to 3600 s",
     "heartbeat_interval": "0.01 to 3600 s",
     "suspect_after": "0.001 to 3600 s",
     "acceptable_pause": "0 to 3600 s",
@@ -71,6 +73,11 @@ BAD: list[tuple[str, Any]] = [
     ("port", 65536),
     ("pub_port", -1),
     ("pub_port", 65536),
+    ("dns_port", -1),
+    ("dns_port", 65536),
+    ("dns_interval", 0.09),
+    ("dns_interval", 3601.0),
+    ("dns_interval", NAN),
     ("heartbeat_interval", 0.009),
     ("heartbeat_interval", NAN),
     ("heartbeat_interval", INF),
@@ -190,6 +197,8 @@ def test_node_id_with_a_final_newline_is_refused() -> None:
 LOW_ENDS: dict[str, Any] = {
     "port": 0,
     "pub_port": 0,
+    "dns_port": 0,
+    "dns_interval": 0.1,
     "heartbeat_interval": 0.01,
     "suspect_after": 0.02,
     "acceptable_pause": 0.0,
@@ -210,6 +219,8 @@ LOW_ENDS: dict[str, Any] = {
 HIGH_ENDS: dict[str, Any] = {
     "port": 65535,
     "pub_port": 65534,
+    "dns_port": 65535,
+    "dns_interval": 3600.0,
     "heartbeat_interval": 3599.0,
     "suspect_after": 3599.5,
     "acceptable_pause": 3600.0,
