@@ -40,6 +40,8 @@ OBSERVER_SETTINGS = (
     "cluster",
     "discovery",
     "seeds",
+    "redis_url",
+    "redis_key_prefix",
     "bind",
     "advertise",
     "node_id",

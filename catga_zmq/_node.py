@@ -96,8 +96,8 @@ class Node:
 
     ``Node(node_id="users-1", cluster="shop")``; any ``NodeOptions`` setting may be passed
     as a keyword (``heartbeat_interval=0.25``). ``discovery`` is a backend name
-    (``"mdns"``, ``"static"``, ``"memory"``, ``"none"``), a ``Discovery`` object, or None
-    (none). Register handlers and subscribers, then ``async with node:`` (or
+    (``"mdns"``, ``"static"``, ``"memory"``, ``"redis"``, ``"none"``), a ``Discovery``
+    object, or None (none). Register handlers and subscribers, then ``async with node:`` (or
     ``await node.start()`` ... ``await node.aclose()``).
     """
 
@@ -119,11 +119,16 @@ class Node:
         if isinstance(discovery, Discovery):
             self._discovery_obj = discovery
             settings["discovery"] = (
-                discovery.name if discovery.name in ("mdns", "static", "memory") else "none"
+                discovery.name
+                if discovery.name in ("mdns", "static", "memory", "redis")
+                else "none"
             )
             seeds = getattr(discovery, "seeds", None)
             if seeds is not None:
                 settings["seeds"] = list(seeds)
+            url = getattr(discovery, "url", None)
+            if discovery.name == "redis" and isinstance(url, str):
+                settings.setdefault("redis_url", url)
         elif discovery is None:
             settings["discovery"] = "none"
         elif discovery is not _DEFAULT:
