@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import shlex
 import shutil
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,9 +25,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from _procs import Proc, python, run
+from _procs import ROOT, Proc, python, run, stop_all
 
-from catga_zmq import ConfigError, Node, NodeFaulted, NodeOptions, NodeStatus
+from catga_zmq import ConfigError, Node, NodeFaulted, NodeOptions, NodeStatus, Ping
 from catga_zmq.discovery.base import Candidate, ChangeKind
 from catga_zmq.discovery.redis import RedisDiscovery
 from catga_zmq.security import generate
@@ -239,32 +242,31 @@ async def test_a_sigkilled_nodes_entry_expires_and_heartbeats_fault_it(
 
 
 async def test_an_entry_deleted_from_redis_never_makes_a_heartbeating_node_leave(
-    server: RedisServer, tmp_path: Path
+    server: RedisServer,
 ) -> None:
     # Membership is the heartbeats': the entry going only stops greetings.
-    with cluster_of(server.url, tmp_path, ("n1",)) as cluster, server.client() as r:
-        async with client_of(cluster) as client:
-            assert isinstance(client.discovery, RedisDiscovery)
-            discovery = client.discovery
-            with r.pipeline() as pipe:
-                pipe.zrem(cluster.zset, "n1").delete(cluster.key("n1"))
-                pipe.publish(f"catga:{{{cluster.name}}}:changes", "n1")
-                pipe.execute()
-            await until(
-                lambda: all(c.node_id != "n1" for c in discovery.candidates()),
-                CHANGE_TIMEOUT,
-                "n1 withdrawn at the client",
-            )
-            assert status(client, "n1") is NodeStatus.ALIVE
-            assert await client.send(Where(), node="n1", timeout=5.0) == "n1"
-            # n1's next refresh writes it again.
-            await until(
-                lambda: any(c.node_id == "n1" for c in discovery.candidates()),
-                CHANGE_TIMEOUT,
-                "n1 back at the client",
-            )
-            assert r.hgetall(cluster.key("n1"))["ep"] == cluster.nodes["n1"].ready["endpoint"]
-            assert status(client, "n1") is NodeStatus.ALIVE
+    cluster = f"rd-{uuid.uuid4().hex[:10]}"
+    settings = {"cluster": cluster, "discovery": "redis", "redis_url": server.url}
+    # n1 refreshes every 1.5 s: its entry stays deleted long enough to be seen gone.
+    slow = {"redis_refresh_interval": 1.5, "redis_ttl": 4.0}
+    async with Node("n1", **settings, **slow) as n1, Node("client", **settings, **FAST) as client:
+        await client.wait_for_peers(1, timeout=FIND_TIMEOUT)
+        assert isinstance(client.discovery, RedisDiscovery)
+        changes = client.discovery.watch()
+        with server.client() as r, r.pipeline() as pipe:
+            pipe.zrem(f"catga:{{{cluster}}}:nodes", "n1").delete(f"catga:{{{cluster}}}:node:n1")
+            pipe.publish(f"catga:{{{cluster}}}:changes", "n1")
+            pipe.execute()
+        seen: list[ChangeKind] = []
+        async with asyncio.timeout(CHANGE_TIMEOUT):
+            async for change in changes:
+                if change.candidate.node_id == "n1":
+                    seen.append(change.kind)
+                if seen[-2:] == [ChangeKind.REMOVED, ChangeKind.ADDED]:
+                    break  # withdrawn, then written again by n1's next refresh
+        assert status(client, "n1") is NodeStatus.ALIVE
+        assert (await client.send(Ping(), node="n1", timeout=5.0)).node_id == "n1"
+        assert n1.healthy
 
 
 async def test_redis_restarted_mid_run_nodes_keep_serving_and_register_again(
@@ -292,6 +294,9 @@ async def test_redis_restarted_mid_run_nodes_keep_serving_and_register_again(
                 await asyncio.sleep(1.5)  # longer than the TTL: nothing expires meanwhile
                 assert len(outcomes) > served_while_down  # still serving
                 assert all(status(client, n) is NodeStatus.ALIVE for n in IDS)
+                # What discovery knew stays while Redis is away.
+                assert isinstance(client.discovery, RedisDiscovery)
+                assert {c.node_id for c in client.discovery.candidates()} == set(IDS)
                 server.start()  # empty: a Redis that lost its data
                 want = {*IDS, client.node_id}
                 await until(
@@ -330,10 +335,10 @@ async def test_redis_down_at_start_one_line_then_backoff_then_registered(
         line = next(x for x in proc.stderr().splitlines() if "cannot reach" in x)
         assert srv.url in line and "retrying" in line
         first = time.monotonic()
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(1.5)
         attempts = proc.stderr().count("redis discovery: attempt ")
-        # Backoff (0.1 s, doubling, jittered): a few attempts in 2.5 s, not hundreds.
-        assert 2 <= attempts <= 8, attempts
+        # Backoff (0.1 s, doubling, jittered): a few attempts in 1.5 s, not hundreds.
+        assert 2 <= attempts <= 7, attempts
         assert proc.stderr().count("cannot reach") == 1
         srv.start()
         with srv.client() as r:
@@ -358,16 +363,26 @@ async def test_redis_down_at_start_one_line_then_backoff_then_registered(
         ("redis//127.0.0.1:6379", "the scheme must be"),
         ("redis://127.0.0.1:notaport/0", "not usable"),
         ("redis://127.0.0.1:6379/zero", "the path is the database number"),
-        ("redis://:secret@127.0.0.1:70000/0", "not usable"),
+        ("redis://127.0.0.1:0/0", "the port must be 1 to 65535"),
+        ("redis://127.0.0.1:6379/0?timeout=1", "the only query taken is ?db=N"),
+        ("http://127.0.0.1:6379", "the scheme must be"),
     ],
 )
-def test_a_malformed_url_is_one_line_and_exit_code_2(url: str, says: str) -> None:
+def test_a_malformed_url_is_refused_with_the_settings(url: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        NodeOptions(discovery="redis", redis_url=url).validated()
+    message = info.value.message
+    assert says in message and "redis://HOST:PORT/DB" in message
+    assert "\n" not in message
+
+
+def test_a_malformed_url_is_one_line_and_exit_code_2() -> None:
+    url = "redis://:secret@127.0.0.1:70000/0"
     done = run(python("-m", "catga_zmq.node", "--discovery", "redis", "--redis-url", url))
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert says in lines[0]
-    assert "redis_url" in lines[0] and "redis://HOST:PORT/DB" in lines[0]
+    assert "redis_url 'redis://:***@127.0.0.1:70000/0' is not usable" in lines[0]
     assert "secret" not in lines[0]  # the password is never shown
 
 
@@ -502,3 +517,47 @@ async def test_curve_nodes_find_each_other_with_the_key_from_redis(
                 assert node._parts is not None
                 assert entry["pk"] == node._parts.me.public_key
                 assert len(entry["pk"]) == 40
+
+
+# README ---------------------------------------------------------------------------------
+
+
+def readme_redis_commands() -> list[list[str]]:
+    """The shell commands of the block under README's "Redis discovery"."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n### Redis discovery\n", 1)[1].split("\n### ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block is not None, "no shell block under 'Redis discovery'"
+    return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line]
+
+
+def test_readme_redis_commands_work_as_written(tmp_path: Path) -> None:
+    # As written, but for the port and the cluster (this run's own), and the server's
+    # --dir (a temporary one, though it writes nothing there).
+    port, cluster = str(_free_port()), f"readme-{uuid.uuid4().hex[:10]}"
+
+    def here(words: list[str]) -> list[str]:
+        words = [w.replace("6379", port).replace("{shop}", f"{{{cluster}}}") for w in words]
+        words = [cluster if w == "shop" else w for w in words]
+        return [sys.executable, *words[1:]] if words[0] == "python" else words
+
+    commands = [here(words) for words in readme_redis_commands()]
+    assert [c[0] for c in commands] == ["redis-server", *[sys.executable] * 3, *["redis-cli"] * 2]
+    server_cmd, *node_cmds = commands[:3]
+    procs = [Proc.start("redis", [*server_cmd, "--dir", str(tmp_path)], tmp_path / "redis")]
+    try:
+        for cmd in node_cmds:
+            node_id = cmd[cmd.index("--id") + 1]
+            procs.append(Proc.start(node_id, cmd, tmp_path / node_id))
+        for proc in procs[1:]:
+            proc.wait_ready(READY_TIMEOUT)
+        nodes = run(commands[3], timeout=60)
+        assert nodes.returncode == 0, nodes.stderr
+        assert "shop-1" in nodes.stdout and "shop-2" in nodes.stdout, nodes.stdout
+        ids = run(commands[4], timeout=30)
+        assert ids.returncode == 0, ids.stderr
+        assert set(ids.stdout.split()[::2]) == {"shop-1", "shop-2"}, ids.stdout
+        entry = run(commands[5], timeout=30).stdout.split()
+        assert dict(zip(entry[::2], entry[1::2], strict=True))["ep"] == procs[1].ready["endpoint"]
+    finally:
+        stop_all(procs)
