@@ -561,3 +561,16 @@ def test_readme_redis_commands_work_as_written(tmp_path: Path) -> None:
         assert dict(zip(entry[::2], entry[1::2], strict=True))["ep"] == procs[1].ready["endpoint"]
     finally:
         stop_all(procs)
+
+
+async def test_a_node_given_a_redis_discovery_object_uses_it(server: RedisServer) -> None:
+    cluster = f"rd-{uuid.uuid4().hex[:10]}"
+    discovery = RedisDiscovery(server.url, cluster, **_fast())
+    node = Node("obj", cluster=cluster, discovery=discovery)
+    assert node.options.discovery == "redis"
+    assert node.options.redis_url == server.url
+    with server.client() as r:
+        async with node:
+            assert node.discovery is discovery and discovery.connected
+            assert r.hgetall(f"catga:{{{cluster}}}:node:obj")["ep"] == node.endpoint
+        assert r.exists(f"catga:{{{cluster}}}:node:obj") == 0  # withdrawn on close
