@@ -531,6 +531,7 @@ def readme_redis_commands() -> list[list[str]]:
     return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line]
 
 
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="needs redis-cli")
 def test_readme_redis_commands_work_as_written(tmp_path: Path) -> None:
     # As written, but for the port and the cluster (this run's own), and the server's
     # --dir (a temporary one, though it writes nothing there).
