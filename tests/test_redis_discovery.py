@@ -575,3 +575,50 @@ async def test_a_node_given_a_redis_discovery_object_uses_it(server: RedisServer
             assert node.discovery is discovery and discovery.connected
             assert r.hgetall(f"catga:{{{cluster}}}:node:obj")["ep"] == node.endpoint
         assert r.exists(f"catga:{{{cluster}}}:node:obj") == 0  # withdrawn on close
+
+
+async def test_two_nodes_with_one_id_through_redis_the_younger_closes(
+    server: RedisServer,
+) -> None:
+    # They share one hash: each reads what is there before it writes its own, so each
+    # connects to the other and their heartbeats tell which is younger.
+    cluster = f"rd-{uuid.uuid4().hex[:10]}"
+    settings = {"cluster": cluster, "discovery": "redis", "redis_url": server.url, **FAST}
+    async with Node("dup", **settings) as older:
+        await asyncio.sleep(0.05)  # a later start: the younger incarnation
+        younger = Node("dup", **settings)
+        await younger.start()
+        try:
+            await asyncio.wait_for(younger.wait_closed(), CHANGE_TIMEOUT)
+        finally:
+            await younger.aclose()
+        assert younger.failure is not None and "the younger" in younger.failure.message
+        assert older.state == "running"
+        with server.client() as r:
+            await until(
+                lambda: r.hget(f"catga:{{{cluster}}}:node:dup", "ep") == older.endpoint,
+                CHANGE_TIMEOUT,
+                "the older's entry in Redis",
+            )
+
+
+async def test_a_backend_withdraws_only_its_own_record(server: RedisServer) -> None:
+    # Two with one id: the one that closes must not withdraw what the other wrote last.
+    cluster = f"rd-{uuid.uuid4().hex[:10]}"
+    slow = {"refresh_interval": 30.0, "ttl": 61.0}  # writes only when registering
+    a = RedisDiscovery(server.url, cluster, **slow)
+    b = RedisDiscovery(server.url, cluster, **slow)
+    key = f"catga:{{{cluster}}}:node:dup"
+    try:
+        with server.client() as r:
+            await b.register(Candidate("tcp://127.0.0.1:5402", "dup", cluster=cluster))
+            await a.register(Candidate("tcp://127.0.0.1:5401", "dup", cluster=cluster))
+            assert r.hget(key, "ep") == "tcp://127.0.0.1:5401"  # a's, written last
+            await b.aclose()
+            assert r.hget(key, "ep") == "tcp://127.0.0.1:5401"
+            assert r.zscore(f"catga:{{{cluster}}}:nodes", "dup") is not None
+            await a.aclose()
+            assert r.exists(key) == 0  # its own: withdrawn
+    finally:
+        await a.aclose()
+        await b.aclose()

@@ -203,9 +203,13 @@ class RedisDiscovery(Discovery):
             return
         try:
             async with asyncio.timeout(UNREGISTER_TIMEOUT), self._lock:
+                key = self.node_key(me.node_id)
+                endpoint = await self._client.hget(key, "ep")
+                if endpoint is not None and endpoint != me.endpoint.encode():
+                    return  # another node's with our id (it stays; we were the younger)
                 pipe = self._client.pipeline(transaction=True)
                 pipe.zrem(self.nodes_key, me.node_id)
-                pipe.delete(self.node_key(me.node_id))
+                pipe.delete(key)
                 pipe.publish(self.channel, me.node_id)
                 await pipe.execute()
         except Exception as exc:  # a closing node must not fail on its directory
@@ -391,8 +395,14 @@ class RedisDiscovery(Discovery):
             ttl = round(self.ttl * 1000)
             me, wanted = self._me, self._wanted
             pipe = client.pipeline(transaction=True)
+            prior_at = None
             if me is not None and me.node_id is not None:
                 key = self.node_key(me.node_id)
+                # What is there before it is overwritten: another node's, when two run
+                # with one id; connecting to it lets their heartbeats tell which of the
+                # two is younger (and closes).
+                prior_at = len(pipe)
+                pipe.hmget(key, list(FIELDS))
                 pipe.delete(key)  # no field of an older record may linger
                 fields: dict[Any, Any] = self._fields(me)  # redis-py's Mapping is invariant
                 pipe.hset(key, mapping=fields)
@@ -405,6 +415,10 @@ class RedisDiscovery(Discovery):
                 pipe.publish(self.channel, me.node_id)
             done = await pipe.execute()
             self._written = wanted
+        if me is not None and me.node_id is not None and prior_at is not None:
+            prior = done[prior_at]
+            if any(v is not None for v in prior):
+                self._take(me.node_id, prior)
         live = done[live_at]
         return [i for raw in live if (i := _text(raw, MAX_SOURCE)) is not None]
 
@@ -470,7 +484,10 @@ class RedisDiscovery(Discovery):
             return
         me = self._me
         if me is not None and (found.node_id, found.endpoint) == (me.node_id, me.endpoint):
-            return  # our own entry
+            # Our own entry; what another node with our id wrote there (a duplicate,
+            # whose heartbeats tell which of us is younger) is gone.
+            self._remove(node_id)
+            return
         old = self._found.get(node_id)
         if old is not None and old == found and old.metadata == found.metadata:
             return
