@@ -13,9 +13,10 @@ Keys of cluster ``C`` under the prefix ``P`` (``redis_key_prefix``, ``catga`` by
   or unregisters, and the others read that id's hash at once.
 
 The braces make ``C`` a Redis Cluster hash tag: every key of one cluster is in one slot.
-Each refresh (``redis_refresh_interval``) writes this node's entry in one MULTI (DEL,
-HSET, PEXPIRE, ZADD), prunes the ids whose score has passed (ZREMRANGEBYSCORE) and reads
-the live ids: a new id's hash is read, an id gone is REMOVED. As for mDNS and seeds, an
+Each refresh (``redis_refresh_interval``) writes this node's entry in one MULTI (HMGET
+of what was there, which is another node's when two run with one id; DEL, HSET,
+PEXPIRE, ZADD), prunes the ids whose score has passed (ZREMRANGEBYSCORE) and reads the
+live ids: a new id's hash is read, an id gone is REMOVED. As for mDNS and seeds, an
 entry that goes only stops the greetings: heartbeats decide membership.
 
 What Redis holds is untrusted input: an entry is taken only if every field is within its
