@@ -45,6 +45,8 @@ OBSERVER_SETTINGS = (
     "dns_port",
     "dns_interval",
     "dns_resolver",
+    "redis_url",
+    "redis_key_prefix",
     "bind",
     "advertise",
     "node_id",

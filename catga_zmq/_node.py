@@ -96,9 +96,9 @@ class Node:
 
     ``Node(node_id="users-1", cluster="shop")``; any ``NodeOptions`` setting may be passed
     as a keyword (``heartbeat_interval=0.25``). ``discovery`` is a backend name
-    (``"mdns"``, ``"static"``, ``"memory"``, ``"dns"``, ``"none"``), a ``Discovery``
-    object, or None (none). Register handlers and subscribers, then ``async with node:``
-    (or ``await node.start()`` ... ``await node.aclose()``).
+    (``"mdns"``, ``"static"``, ``"memory"``, ``"dns"``, ``"redis"``, ``"none"``), a
+    ``Discovery`` object, or None (none). Register handlers and subscribers, then
+    ``async with node:`` (or ``await node.start()`` ... ``await node.aclose()``).
     """
 
     def __init__(
@@ -119,7 +119,9 @@ class Node:
         if isinstance(discovery, Discovery):
             self._discovery_obj = discovery
             settings["discovery"] = (
-                discovery.name if discovery.name in ("mdns", "static", "memory", "dns") else "none"
+                discovery.name
+                if discovery.name in ("mdns", "static", "memory", "dns", "redis")
+                else "none"
             )
             seeds = getattr(discovery, "seeds", None)
             if seeds is not None:
@@ -127,6 +129,9 @@ class Node:
             own_settings = getattr(discovery, "node_settings", None)
             if callable(own_settings):  # DnsDiscovery: its name, port... as settings
                 settings.update(own_settings())
+            url = getattr(discovery, "url", None)
+            if discovery.name == "redis" and isinstance(url, str):
+                settings.setdefault("redis_url", url)
         elif discovery is None:
             settings["discovery"] = "none"
         elif discovery is not _DEFAULT:

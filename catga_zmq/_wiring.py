@@ -213,6 +213,18 @@ def make_discovery(opts: NodeOptions) -> Discovery | None:
             interval=opts.dns_interval,
             resolver=opts.dns_resolver,
         )
+    if opts.discovery == "redis":
+        from .discovery.redis import RedisDiscovery
+
+        return RedisDiscovery(
+            opts.redis_url,
+            opts.cluster,
+            key_prefix=opts.redis_key_prefix,
+            refresh_interval=opts.redis_refresh_interval,
+            ttl=opts.redis_ttl,
+            limit=opts.max_addresses,
+            version=PROTOCOL_VERSION,
+        )
     from .discovery.mdns import MdnsDiscovery, interfaces_for_bind
 
     return MdnsDiscovery(opts.cluster, interfaces_for_bind(opts.bind), version=PROTOCOL_VERSION)

@@ -34,6 +34,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from ._redis_url import check_redis_url, redact
 from .errors import ConfigError
 from .protocol import (
     MAX_CLUSTER,
@@ -46,7 +47,7 @@ from .protocol import (
     Metadata,
 )
 
-DiscoveryName = Literal["mdns", "static", "memory", "dns", "none"]
+DiscoveryName = Literal["mdns", "static", "memory", "dns", "redis", "none"]
 DnsRecordName = Literal["auto", "a", "srv"]
 RoutingName = Literal[
     "round_robin", "local_first", "weighted", "consistent_hash", "least_connections"
@@ -108,6 +109,8 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: The longest path a file or directory setting takes (Linux's PATH_MAX).
 MAX_PATH: Final = 4096
 _PATH_ALLOWED: Final = f"empty, or a path up to {MAX_PATH} characters with no control characters"
+#: The longest ``redis_url`` taken.
+MAX_REDIS_URL: Final = 2048
 
 
 def _doc(
@@ -160,9 +163,10 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
       ``metadata`` (free labels other nodes see).
     - Sockets: ``bind``, ``port`` (ROUTER, requests), ``pub_port`` (PUB, heartbeats and
       events), ``advertise`` (the host peers connect to), ``max_message_size``.
-    - Discovery: ``discovery`` (mdns, static, memory, dns or none), ``seeds`` for
-      static, and for dns ``dns_name``, ``dns_record``, ``dns_port``, ``dns_interval``
-      and ``dns_resolver``.
+    - Discovery: ``discovery`` (mdns, static, memory, dns, redis or none), ``seeds`` for
+      static; for dns ``dns_name``, ``dns_record``, ``dns_port``, ``dns_interval`` and
+      ``dns_resolver``; ``redis_url``, ``redis_key_prefix``, ``redis_refresh_interval``
+      and ``redis_ttl`` for redis.
     - Failure detection: ``heartbeat_interval``, ``suspect_after``, ``acceptable_pause``,
       ``phi_threshold``, ``faulted_after``.
     - Resilience: ``breaker_threshold``, ``breaker_cooldown``, ``request_timeout``.
@@ -276,6 +280,45 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             max_length=MAX_HOST,
         ),
     ] = ""
+    redis_url: Annotated[
+        str,
+        _text(
+            "redis discovery: the server, redis://HOST:PORT/DB (rediss:// for TLS, "
+            "unix:///PATH for a socket)",
+            f"empty, or a URL up to {MAX_REDIS_URL} characters with no control characters",
+            pattern=NO_CONTROL_PATTERN,
+            max_length=MAX_REDIS_URL,
+        ),
+    ] = ""
+    redis_key_prefix: Annotated[
+        str,
+        _text(
+            "redis discovery: the first part of every key (PREFIX:{CLUSTER}:nodes)",
+            "1-64 letters, digits, '.', '_' or '-'",
+            pattern=r"\A[A-Za-z0-9._-]+\Z",
+            min_length=1,
+            max_length=64,
+        ),
+    ] = "catga"
+    redis_refresh_interval: Annotated[
+        float,
+        _doc(
+            "s between two refreshes of this node's redis entry (and reads of the others')",
+            ge=0.05,
+            le=MAX_DURATION,
+            unit="s",
+        ),
+    ] = 2.0
+    redis_ttl: Annotated[
+        float,
+        _doc(
+            "s a redis entry lives unless refreshed (a crashed node's is gone after it); "
+            "more than twice redis_refresh_interval",
+            ge=0.2,
+            le=MAX_DURATION,
+            unit="s",
+        ),
+    ] = 10.0
     heartbeat_interval: Annotated[
         float,
         _doc("s between two heartbeats", ge=MIN_HEARTBEAT_INTERVAL, le=MAX_DURATION, unit="s"),
@@ -466,6 +509,7 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 "discovery 'static' needs at least one seed (--seeds tcp://host:port)"
             )
         _check_dns(opts)
+        _check_redis(opts)
         return opts
 
     def merged(self, changes: Mapping[str, Any]) -> NodeOptions:
@@ -475,6 +519,22 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         data = msgspec.structs.asdict(self)
         data.update(changes)
         return options_from_mapping(data, source="")
+
+
+def _check_redis(opts: NodeOptions) -> None:
+    if opts.redis_url:
+        check_redis_url(opts.redis_url)
+    elif opts.discovery == "redis":
+        raise ConfigError(
+            "discovery 'redis' needs redis_url, the server (--redis-url redis://HOST:PORT/DB)"
+        )
+    if not opts.redis_ttl > 2 * opts.redis_refresh_interval:
+        # Two refreshes may fail in a row (a blip, a stalled loop) before an entry of a
+        # live node expires.
+        raise ConfigError(
+            f"redis_ttl ({opts.redis_ttl} s) must be more than twice "
+            f"redis_refresh_interval ({opts.redis_refresh_interval} s)"
+        )
 
 
 CurveMode = Literal["off", "trust_dir", "any_key"]
@@ -737,7 +797,10 @@ def _explain(msg: str, data: Mapping[str, Any], label: Label) -> str:
     s = _by_name().get(m.group(1)) if m else None
     if m is None or s is None:
         return msg
-    shown = f"{label(s)}{_short_repr(data[s.name])}"
+    value = data[s.name]
+    if s.name == "redis_url" and isinstance(value, str):
+        value = redact(value)  # errors go to logs and terminals: never the password
+    shown = f"{label(s)}{_short_repr(value)}"
     if s.choices:
         return f"{shown} is not one of {', '.join(s.choices)}"
     if s.type_name == "bool":

@@ -45,6 +45,9 @@ def test_validated_keeps_a_given_node_id() -> None:
         ({"seeds": ["localhost:5"]}, ["localhost:5", "tcp://HOST:PORT"]),
         ({"seeds": ["tcp://127.0.0.1:0"]}, ["tcp://127.0.0.1:0"]),
         ({"discovery": "static"}, ["static", "seed"]),
+        ({"discovery": "redis"}, ["redis", "redis_url"]),
+        ({"redis_url": "redis://127.0.0.1:x/0"}, ["redis_url", "redis://HOST:PORT/DB"]),
+        ({"redis_ttl": 1.0, "redis_refresh_interval": 0.5}, ["redis_ttl", "redis_refresh"]),
         ({"log_level": "LOUD"}, ["log_level", "LOUD"]),
         ({"node_id": "has space"}, ["node_id", "has space"]),
         ({"node_id": "-leading-dash"}, ["node_id"]),
@@ -381,7 +384,7 @@ def test_enum_error_in_toml_lists_the_choices(tmp_path: Path) -> None:
     path.write_text('discovery = "carrier-pigeon"\n')
     with pytest.raises(ConfigError) as info:
         options_from_toml(path)
-    choices = "mdns, static, memory, dns, none"
+    choices = "mdns, static, memory, dns, redis, none"
     assert f"discovery='carrier-pigeon' is not one of {choices}" in str(info.value)
     assert "catga.toml" in info.value.message
 

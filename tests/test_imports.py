@@ -125,3 +125,29 @@ def test_dnspython_is_imported_only_when_dns_discovery_is_chosen() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_redis_is_imported_only_by_a_node_that_uses_it() -> None:
+    # A node without Redis discovery (and the package itself) must not need redis-py.
+    code = (
+        "import asyncio, sys\n"
+        "import catga_zmq, catga_zmq.node, catga_zmq.discovery\n"
+        "from catga_zmq import Node\n"
+        "async def main():\n"
+        "    async with Node('a', discovery='memory'):\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+        "assert 'redis' not in sys.modules, 'redis imported'\n"
+        "from catga_zmq.discovery.redis import RedisDiscovery\n"
+        "assert 'redis' not in sys.modules, 'redis imported by the module alone'\n"
+        "RedisDiscovery('redis://127.0.0.1:6379/0', 'c')\n"
+        "assert 'redis' in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

@@ -18,6 +18,7 @@ PUBLIC_MODULES = [
     "catga_zmq",
     "catga_zmq.discovery",
     "catga_zmq.discovery.mdns",
+    "catga_zmq.discovery.redis",
     "catga_zmq.routing",
 ]
 

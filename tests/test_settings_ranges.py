@@ -36,6 +36,8 @@ RANGES = {
     "pub_port": "0 to 65535",
     "dns_port": "0 to 65535",
     "dns_interval": "0.1 to 3600 s",
+    "redis_refresh_interval": "0.05 to 3600 s",
+    "redis_ttl": "0.2 to 3600 s",
     "heartbeat_interval": "0.01 to 3600 s",
     "suspect_after": "0.001 to 3600 s",
     "acceptable_pause": "0 to 3600 s",
@@ -116,6 +118,10 @@ BAD: list[tuple[str, Any]] = [
     ("max_peers", 8_001),
     ("max_addresses", 0),
     ("max_addresses", 1_000_001),
+    ("redis_refresh_interval", 0.04),
+    ("redis_refresh_interval", NAN),
+    ("redis_ttl", 0.1),
+    ("redis_ttl", INF),
 ]
 
 
@@ -193,12 +199,15 @@ def test_node_id_with_a_final_newline_is_refused() -> None:
 
 
 #: The ends of every range, in two sets that each satisfy the checks between settings
-#: (heartbeat_interval < suspect_after < faulted_after).
+#: (heartbeat_interval < suspect_after < faulted_after; redis_ttl more than twice
+#: redis_refresh_interval).
 LOW_ENDS: dict[str, Any] = {
     "port": 0,
     "pub_port": 0,
     "dns_port": 0,
     "dns_interval": 0.1,
+    "redis_refresh_interval": 0.05,
+    "redis_ttl": 0.2,
     "heartbeat_interval": 0.01,
     "suspect_after": 0.02,
     "acceptable_pause": 0.0,
@@ -221,6 +230,8 @@ HIGH_ENDS: dict[str, Any] = {
     "pub_port": 65534,
     "dns_port": 65535,
     "dns_interval": 3600.0,
+    "redis_refresh_interval": 1000.0,
+    "redis_ttl": 3600.0,
     "heartbeat_interval": 3599.0,
     "suspect_after": 3599.5,
     "acceptable_pause": 3600.0,
