@@ -37,7 +37,7 @@ from .errors import (
 from .mediator import Behavior, Mediator
 from .membership import ClusterNode, MembershipEvent, NodeStatus
 from .messages import Event, Message, Request
-from .metrics import Metrics, Probes, timed_send
+from .metrics import Metrics, Probes, prometheus, timed_send
 from .protocol import PROTOCOL_VERSION, Codec
 from .routing import Router, make_router
 from .security import RELOAD_INTERVAL, Security, TrustStore, plaintext_warning
@@ -289,6 +289,8 @@ class Node:
         opts = self.options
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
+        if opts.metrics_port or self._metrics_registry is not None:
+            prometheus()  # before anything is bound: a missing extra is one clear error
         # The files are read now (settings only name them): a bad key fails the start.
         self._security = security = load_security(opts)
         curve = None if security is None else Curve(security.keys.public, security.keys.secret)

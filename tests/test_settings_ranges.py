@@ -50,6 +50,7 @@ RANGES = {
     "weight": "0 to 1000000",
     "max_peers": "1 to 8000",
     "max_addresses": "1 to 1000000",
+    "metrics_port": "0 to 65535",
 }
 
 #: The bad settings found taken, or failing late, and at least one past each end of
@@ -109,6 +110,8 @@ BAD: list[tuple[str, Any]] = [
     ("max_peers", 8_001),
     ("max_addresses", 0),
     ("max_addresses", 1_000_001),
+    ("metrics_port", -1),
+    ("metrics_port", 65536),
 ]
 
 
@@ -206,6 +209,7 @@ LOW_ENDS: dict[str, Any] = {
     "weight": 0,
     "max_peers": 1,
     "max_addresses": 1,
+    "metrics_port": 0,
 }
 HIGH_ENDS: dict[str, Any] = {
     "port": 65535,
@@ -226,6 +230,7 @@ HIGH_ENDS: dict[str, Any] = {
     "weight": 1_000_000,
     "max_peers": 8_000,
     "max_addresses": 1_000_000,
+    "metrics_port": 65533,
 }
 
 
