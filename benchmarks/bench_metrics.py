@@ -7,7 +7,8 @@ server its handlers) and a thread here scrapes both ``/metrics`` once a second, 
 Prometheus would. It measures:
 
 - sequential round trips (p50/p99),
-- requests/s with ``--in-flight`` (64) requests outstanding.
+- requests/s with ``--in-flight`` (64) requests outstanding, and the client's CPU time
+  per request in that run (less moved by other load on the machine than requests/s).
 
     python benchmarks/bench_metrics.py                  # 5 rounds, about 1 minute
     python benchmarks/bench_metrics.py --rounds 7 --seconds 3
@@ -99,6 +100,7 @@ async def one_round(a: Any, endpoint: str, cluster: str, metrics: dict[str, Any]
         "p50_us": lat["p50_us"],
         "p99_us": lat["p99_us"],
         "req_s": thr["req_s"],
+        "client_cpu_us": thr["client_cpu_s"] / thr["count"] * 1e6 if thr["count"] else 0.0,
         "scrapes": scraper.scrapes,
     }
 
@@ -128,7 +130,7 @@ def run(a: Any) -> dict[str, list[dict[str, Any]]]:
                 log(
                     f"round {r + 1}/{a.rounds} metrics {mode:<3} p50 {got['p50_us']:6.0f} µs  "
                     f"p99 {got['p99_us']:6.0f} µs  req/s @{a.in_flight} {got['req_s']:,.0f}  "
-                    f"scrapes {got['scrapes']}"
+                    f"client CPU {got['client_cpu_us']:5.1f} µs/req  scrapes {got['scrapes']}"
                 )
     return rounds
 
@@ -143,6 +145,7 @@ def format_report(a: Any, rounds: dict[str, list[dict[str, Any]]]) -> str:
             fmt(med(mode, "p50_us")),
             fmt(med(mode, "p99_us")),
             fmt(med(mode, "req_s")),
+            fmt(med(mode, "client_cpu_us"), 1),
         ]
         for mode in MODES
     ]
@@ -151,8 +154,9 @@ def format_report(a: Any, rounds: dict[str, list[dict[str, Any]]]) -> str:
         fmt(med("on", "p50_us") / med("off", "p50_us"), 2, "x"),
         fmt(med("on", "p99_us") / med("off", "p99_us"), 2, "x"),
         fmt(med("on", "req_s") / med("off", "req_s"), 2, "x"),
+        fmt(med("on", "client_cpu_us") / med("off", "client_cpu_us"), 2, "x"),
     ]
-    head = ["mode", "p50 µs", "p99 µs", f"req/s @{a.in_flight}"]
+    head = ["mode", "p50 µs", "p99 µs", f"req/s @{a.in_flight}", "client CPU µs/req"]
     return (
         f"Medians of {a.rounds} rounds (the order of the modes alternating); 100-byte "
         "payloads; with metrics on, both nodes have a metrics_port and are scraped every "

@@ -75,6 +75,8 @@ BUCKETS: Final = (
 #: Message types with series of their own; the next ones share the label ``_other``.
 MAX_TYPE_LABELS: Final = 1024
 OTHER: Final = "_other"
+#: Classes whose label is remembered (the rest are looked up at each send).
+MAX_CLASSES: Final = 4 * MAX_TYPE_LABELS
 #: The ``type`` label of a send() given something that is not a Request.
 NOT_A_REQUEST: Final = "_invalid"
 OK: Final = "OK"
@@ -127,18 +129,20 @@ class _Row:
 class Timings:
     """Requests by type and outcome, with a histogram of their durations by type."""
 
-    __slots__ = ("max_types", "rows")
+    __slots__ = ("max_types", "names", "rows")
 
     def __init__(self, max_types: int = MAX_TYPE_LABELS) -> None:
         self.rows: dict[str, _Row] = {}
         self.max_types = max_types
+        #: The label of each class sent (its wire name), looked up once per class.
+        self.names: dict[type, str] = {}
 
     def observe(self, name: str, outcome: str | None, seconds: float) -> None:
         """One request of type ``name`` ended (``outcome`` None: OK) after ``seconds``."""
         row = self.rows.get(name)
         if row is None:
             row = self._row(name)
-        row.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+        row.buckets[_bisect(BUCKETS, seconds)] += 1
         row.total += seconds
         if outcome is None:
             row.ok += 1
@@ -152,6 +156,10 @@ class Timings:
         if row is None:
             row = self.rows[name] = _Row()
         return row
+
+
+_bisect: Final = bisect.bisect_left
+_clock: Final = time.perf_counter
 
 
 def _outcome(exc: BaseException) -> str:
@@ -198,14 +206,18 @@ class HandlerTimings:
 
 async def timed_send(timings: Timings, sent: Coroutine[Any, Any, Any], cls: type) -> Any:
     """Await ``send()``'s coroutine, and count it by type and outcome with its duration."""
-    name = cls.__wire_name__ if issubclass(cls, Request) else NOT_A_REQUEST
-    start = time.perf_counter()
+    name = timings.names.get(cls)
+    if name is None:
+        name = cls.__wire_name__ if issubclass(cls, Request) else NOT_A_REQUEST
+        if len(timings.names) < MAX_CLASSES:  # classes made at run time: not for ever
+            timings.names[cls] = name
+    start = _clock()
     try:
         result = await sent
     except BaseException as exc:
-        timings.observe(name, _outcome(exc), time.perf_counter() - start)
+        timings.observe(name, _outcome(exc), _clock() - start)
         raise
-    timings.observe(name, None, time.perf_counter() - start)
+    timings.observe(name, None, _clock() - start)
     return result
 
 
