@@ -143,7 +143,10 @@ async def traffic(caller: Node, server: Node) -> None:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(server.endpoint)
         await sock.send_multipart([b"garbage", b"frames", b"here", b"four"])
-        await wait_until(lambda: server.stats().frames_rejected >= 1)
+        # a Greet whose payload is no Greet: rejected as "payload:metrics_test.Greet"
+        header = encode_header(int(Kind.REQ), 1, Greet.__wire_name__, "z", 5000)
+        await sock.send_multipart([header, b"\xc1"])
+        await wait_until(lambda: server.stats().frames_rejected >= 2)
         sock.close(0)
     finally:
         ctx.destroy(0)
@@ -188,7 +191,8 @@ async def test_promtool_passes_on_a_live_nodes_output(make_node: MakeNode, tmp_p
     handled = {(s["type"], s["outcome"]) for s in found["catga_requests_handled_total"]}
     assert ("metrics_test.Greet", "OK") in handled
     assert ("metrics_test.Fail", "HANDLER_FAILED") in handled
-    assert {s["reason"] for s in found["catga_frames_rejected_total"]} == {"frames"}
+    # the reason is the problem's first word: never the type name that came with it
+    assert {s["reason"] for s in found["catga_frames_rejected_total"]} == {"frames", "payload"}
     # sub-millisecond buckets: a loopback request is about 0.1 ms
     bounds = {float(s["le"]) for s in found["catga_handler_duration_seconds_bucket"]}
     assert min(bounds) <= 0.0001
