@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from ._server import NOT_RUN
 from .errors import CatgaError, ConfigError, HandlerError
 from .mediator import Call, Context
 from .membership import NodeStatus
@@ -90,10 +91,8 @@ READ_TIMEOUT: Final = 5.0  # s
 MAX_HEADER_LINES: Final = 100
 
 #: Error codes that say "not run here" when a handler's own code raises them (a nested
-#: send): the caller gets HANDLER_FAILED, so that is the outcome (see _server.NOT_RUN).
-_NOT_RUN_CODES: Final = frozenset(
-    {"OVERLOADED", "HANDLER_NOT_FOUND", "TRANSPORT_FAILED", "NO_NODES"}
-)
+#: send): the caller gets HANDLER_FAILED, so that is the outcome.
+_NOT_RUN_CODES: Final = frozenset(cls.code for cls in NOT_RUN)
 
 
 def prometheus() -> Any:

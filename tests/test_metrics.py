@@ -39,6 +39,7 @@ from catga_zmq import (
     MemoryHub,
     Node,
     Request,
+    RequestTimeout,
     StaticDiscovery,
 )
 from catga_zmq.discovery.base import Candidate
@@ -555,3 +556,20 @@ async def test_prometheus_scrapes_a_cluster_under_load(tmp_path: Path) -> None:
             assert rate > 0, "Prometheus saw no request rate for cluster.Where"
             assert sorted(float(r["value"][1]) for r in up) == [1.0, 1.0, 1.0], up
             assert {r["metric"]["instance"] for r in up} == {f"127.0.0.1:{p}" for p in ports}
+
+
+async def test_a_handler_cut_at_its_deadline_counts_as_timeout(make_node: MakeNode) -> None:
+    gate = asyncio.Event()  # never set: the handler runs until its deadline cancels it
+    a = make_node("a", metrics_port=free_port())
+    b = make_node("b", metrics_port=free_port())
+    serve(b, gate)
+    await a.start()
+    await b.start()
+    await a.wait_for_peers(1, handles=Hold, timeout=10)
+    with pytest.raises(RequestTimeout):
+        await a.send(Hold(), node="b", timeout=0.2)
+    await wait_until(lambda: b.stats().running == 0)
+    handled = samples((await http_get(b.metrics_url))[1])["catga_requests_handled_total"]
+    assert {"type": "metrics_test.Hold", "outcome": "TIMEOUT"} in handled
+    sent = samples((await http_get(a.metrics_url))[1])["catga_requests_sent_total"]
+    assert {"type": "metrics_test.Hold", "outcome": "TIMEOUT"} in sent
