@@ -509,16 +509,15 @@ async def test_prometheus_scrapes_a_cluster_under_load(tmp_path: Path) -> None:
     from tests.apps.cluster_app import Where
 
     cluster = f"pm-{uuid.uuid4().hex[:10]}"
-    seed_port = free_port()
-    seed = f"tcp://127.0.0.1:{seed_port}"
+    # Every node is a seed of the others and of the client: no wait for gossip.
+    node_ports = [free_port() for _ in range(3)]
+    seeds = [f"tcp://127.0.0.1:{p}" for p in node_ports]
     ports = [free_port() for _ in range(3)]
     with processes() as started:
         for n, port in enumerate(ports, 1):
             cmd = python("-m", "catga_zmq.node", "--app", APP, "--id", f"n{n}")
-            cmd += ["--cluster", cluster, "--bind", "127.0.0.1", "--seeds", seed]
-            cmd += ["--metrics-port", str(port)]
-            if n == 1:
-                cmd += ["--port", str(seed_port)]
+            cmd += ["--cluster", cluster, "--bind", "127.0.0.1", "--seeds", ",".join(seeds)]
+            cmd += ["--port", str(node_ports[n - 1]), "--metrics-port", str(port)]
             started.append(Proc.start(f"n{n}", cmd, tmp_path / f"n{n}"))
         for proc in started:
             await proc.await_ready(20)
@@ -527,9 +526,9 @@ async def test_prometheus_scrapes_a_cluster_under_load(tmp_path: Path) -> None:
         cmd = [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}"]
         cmd += [f"--web.listen-address=127.0.0.1:{prom_port}"]
         started.append(Proc.start("prometheus", cmd, tmp_path / "prometheus"))
-        client = Node("load", cluster, discovery=StaticDiscovery([seed]))
+        client = Node("load", cluster, discovery=StaticDiscovery(seeds))
         async with client:
-            await client.wait_for_peers(3, timeout=20, handles=Where)
+            await client.wait_for_peers(3, timeout=30, handles=Where)
             stop = asyncio.Event()
 
             async def load() -> None:
