@@ -307,7 +307,6 @@ class Metrics:
         self.started_at = time.monotonic()
         self.sent = Timings()
         self.handled = Timings()
-        self.own_registry = registry is None
         if registry is None:
             registry = prom.CollectorRegistry()
             # The process's own figures too (CPU, memory, GC), as the default registry has.
@@ -362,9 +361,8 @@ class Metrics:
             server.close()
         for writer in list(self._writers):
             writer.close()
-        if self._collector is not None:
-            with contextlib.suppress(KeyError):
-                self.registry.unregister(self._collector)
+        with contextlib.suppress(KeyError):  # left it already
+            self.registry.unregister(self._collector)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._writers) >= MAX_CONNECTIONS:
