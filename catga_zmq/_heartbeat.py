@@ -72,6 +72,8 @@ class Heartbeats:
         self.trust = trust
         self.loop = asyncio.get_running_loop()
         self._seq = 0
+        #: Heartbeats taken from peers (those that passed every check; BYEs not counted).
+        self.received = 0
         self._cpu_mark = (time.monotonic(), time.process_time())
         self._duplicates: set[tuple[str, int]] = set()
 
@@ -104,6 +106,11 @@ class Heartbeats:
             max_message_size=self.options.max_message_size,
             public_key=me.public_key,
         )
+
+    @property
+    def sent(self) -> int:
+        """Heartbeats (and the BYE) this node has sent: each takes the next sequence number."""
+        return self._seq
 
     def send(self, kind: Kind = Kind.HB) -> None:
         body = msgspec.msgpack.encode(self.body())
@@ -200,6 +207,7 @@ class Heartbeats:
         fresh = (
             known is None or known.incarnation != hb.incarnation or known.status is NodeStatus.LEFT
         )
+        self.received += 1
         self.membership.on_heartbeat(hb, self.loop.time())
         if header.sent_ms and header.source == hb.node_id:
             peer = self.membership.peers.get(hb.node_id)

@@ -45,10 +45,21 @@ class Rejections:
     ``LOG_BURST`` new pairs in ``LOG_WINDOW`` is counted and logged as one summary line.
     """
 
-    __slots__ = ("_clock", "_logged", "_suppressed", "_window_lines", "_window_start", "stats")
+    __slots__ = (
+        "_clock",
+        "_logged",
+        "_suppressed",
+        "_window_lines",
+        "_window_start",
+        "reasons",
+        "stats",
+    )
 
     def __init__(self, stats: dict[str, int], clock: Callable[[], float] = time.monotonic) -> None:
         self.stats = stats
+        #: Rejected frames by reason: the problem up to its first ":" ("payload" for
+        #: "payload:shop.GetUser"), a word the code chose, so the table stays small.
+        self.reasons: dict[str, int] = {}
         self._clock = clock
         # A dict keeps insertion order: the first key is the oldest.
         self._logged: dict[tuple[str, str], None] = {}
@@ -58,6 +69,8 @@ class Rejections:
 
     def __call__(self, peer: str, problem: str, detail: str) -> None:
         self.stats["frames_rejected"] += 1
+        reason = problem.partition(":")[0][:MAX_PROBLEM]
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
         # Slicing a short str returns it unchanged: a known pair costs no copy.
         key = (peer[:MAX_PEER], problem[:MAX_PROBLEM])
         if key in self._logged:

@@ -16,10 +16,11 @@ import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from enum import StrEnum
-from typing import Any, Final, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 from ._builtins import stats_of
 from ._supervisor import Supervisor
+from ._version import __version__
 from ._wiring import Parts, make_discovery
 from ._zap import Authenticator
 from .config import NodeOptions
@@ -36,12 +37,16 @@ from .errors import (
 from .mediator import Behavior, Mediator
 from .membership import ClusterNode, MembershipEvent, NodeStatus
 from .messages import Event, Message, Request
+from .metrics import Metrics, Probes, prometheus, timed_send
 from .protocol import PROTOCOL_VERSION, Codec
 from .routing import Router, make_router
 from .security import RELOAD_INTERVAL, Security, TrustStore, plaintext_warning
 from .security import load as load_security
 from .system import NodeStats
 from .transport import Curve, Transport
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 log = logging.getLogger("catga_zmq.node")
 
@@ -99,6 +104,10 @@ class Node:
     (``"mdns"``, ``"static"``, ``"memory"``, ``"dns"``, ``"redis"``, ``"none"``), a
     ``Discovery`` object, or None (none). Register handlers and subscribers, then
     ``async with node:`` (or ``await node.start()`` ... ``await node.aclose()``).
+
+    ``metrics_registry``: a prometheus_client ``CollectorRegistry`` of your own that gets
+    this node's metrics while it runs (with ``metrics_port`` set, that registry is what
+    the port serves); without it, ``metrics_port`` serves a registry of the node's own.
     """
 
     def __init__(
@@ -108,6 +117,7 @@ class Node:
         *,
         discovery: Discovery | str | None = _DEFAULT,
         options: NodeOptions | None = None,
+        metrics_registry: CollectorRegistry | None = None,
         **settings: Any,
     ) -> None:
         base = options or NodeOptions()
@@ -177,6 +187,11 @@ class Node:
         self._closer: asyncio.Task[None] | None = None
         #: The drain was cut short (aclose() cancelled): skip its waits.
         self._cut_short = False
+        self._metrics_registry = metrics_registry
+        #: Prometheus metrics, while the node runs with them (None: off).
+        self._metrics: Metrics | None = None
+        #: start() finished: registered with discovery, heartbeats under way.
+        self._joined = False
 
     # registration ------------------------------------------------------------------------
 
@@ -282,6 +297,8 @@ class Node:
         opts = self.options
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
+        if opts.metrics_port or self._metrics_registry is not None:
+            prometheus()  # before anything is bound: a missing extra is one clear error
         # The files are read now (settings only name them): a bad key fails the start.
         self._security = security = load_security(opts)
         curve = None if security is None else Curve(security.keys.public, security.keys.secret)
@@ -315,6 +332,8 @@ class Node:
                 problems=self.problems,
                 trust=None if security is None else security.trust,
             )
+            if opts.metrics_port or self._metrics_registry is not None:
+                await self._start_metrics(parts)
             transport.start_reading()
             parts.builtins.register()
             self.state = State.RUNNING
@@ -329,6 +348,7 @@ class Node:
                 await self.discovery.register(self._candidate())
                 discovery = self.discovery
                 supervisor.supervise("discovery", lambda: parts.gossip.follow(discovery))
+            self._joined = True
         except BaseException:
             self.state = State.DRAINING  # nothing half-started may outlive a failed start
             try:
@@ -347,6 +367,49 @@ class Node:
             opts.cluster,
             opts.discovery,
         )
+
+    async def _start_metrics(self, parts: Parts) -> None:
+        opts = self.options
+        self._metrics = metrics = Metrics(
+            node_id=opts.node_id,
+            cluster=opts.cluster,
+            version=__version__,
+            parts=parts,
+            counters=self._counters,
+            probes=Probes(
+                state=lambda: self.state.value,
+                not_ready=self._not_ready,
+                not_live=self._not_live,
+                problems=self.problems,
+            ),
+            registry=self._metrics_registry,
+        )
+        self.mediator.add_behavior(metrics.handler_timings(), outermost=True)
+        if opts.metrics_port:
+            await metrics.serve(opts.metrics_bind, opts.metrics_port)
+
+    def _not_ready(self) -> str:
+        """Why this node should not be given traffic now ("" when it may: running,
+        joined, not draining)."""
+        if self.state is not State.RUNNING:
+            return f"node {self.node_id} is {self.state.value}"
+        if not self._joined or self._parts is None or not self._parts.heartbeats.sent:
+            return f"node {self.node_id} has not joined its cluster yet"
+        return ""
+
+    def _not_live(self) -> str:
+        """Why this node should be restarted ("" while it is fine: its loop answers)."""
+        if self.failure is not None:
+            return f"node {self.node_id} failed: {self.failure.message}"
+        if self.state is State.CLOSED:
+            return f"node {self.node_id} is closed"
+        return ""
+
+    @property
+    def metrics_url(self) -> str:
+        """Where this node serves ``/metrics`` (``http://127.0.0.1:9464/metrics``); empty
+        without ``metrics_port``, or before the node starts."""
+        return self._metrics.url if self._metrics is not None else ""
 
     def _candidate(self) -> Candidate:
         assert self._parts is not None
@@ -468,6 +531,8 @@ class Node:
                 await self._close_discovery(discovery)
             self.mediator.cancel_subscribers()
             await self.mediator.idle(0.0)
+            if self._metrics is not None:
+                await self._metrics.aclose()
         finally:
             self._release(parts)
 
@@ -475,6 +540,8 @@ class Node:
         """The end of the teardown, with nothing to wait for, so nothing to cut it short."""
         self.mediator.cancel_subscribers()
         self.state = State.CLOSED
+        if self._metrics is not None:
+            self._metrics.close()
         if parts is not None:
             parts.membership.close_watchers()
             parts.requester.pending.fail_all(
@@ -631,6 +698,9 @@ class Node:
         sent: Coroutine[Any, Any, T] = self._parts.requester.send(
             message, timeout, key, node, trace
         )
+        if self._metrics is not None:
+            timed: Coroutine[Any, Any, T] = timed_send(self._metrics.sent, sent, type(message))
+            return timed
         return sent
 
     async def _not_running(self) -> Any:

@@ -177,6 +177,8 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     - Security (CURVE): ``curve_secret_key`` (this node's secret key file; empty:
       plaintext), and whom to trust: ``curve_trust_dir`` (the public keys of the nodes
       allowed) or ``curve_any_key`` (any key: encrypted, not authenticated).
+    - Metrics: ``metrics_port`` (HTTP: ``/metrics``, ``/livez``, ``/readyz``; 0: off)
+      and ``metrics_bind`` (127.0.0.1 unless set).
 
     Durations are in seconds, sizes in bytes. Every number has a range, stated next to
     its default; ``validated()`` checks each value against it, then the values together.
@@ -464,6 +466,24 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "stays bound to the first key it came with), instead of curve_trust_dir"
         ),
     ] = False
+    metrics_port: Annotated[
+        int,
+        _doc(
+            "HTTP port of /metrics (Prometheus), /livez and /readyz; 0: no metrics "
+            "(needs pip install 'catga-zmq[prometheus]')",
+            ge=0,
+            le=65535,
+        ),
+    ] = 0
+    metrics_bind: Annotated[
+        str,
+        _text(
+            "host or IP the metrics port binds to (loopback unless set)",
+            _HOST_ALLOWED,
+            pattern=rf"\A{_HOST_CHARS}+\Z",
+            max_length=MAX_HOST,
+        ),
+    ] = "127.0.0.1"
 
     def inbound_frames(self) -> int:
         """The ROUTER's receive high-water mark: what ``max_inbound_bytes`` allows.
@@ -491,6 +511,11 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if opts.port and opts.port == opts.pub_port:
             raise ConfigError(f"port and pub_port are both {opts.port}; they must differ")
+        for name in ("port", "pub_port"):
+            if opts.metrics_port and opts.metrics_port == getattr(opts, name):
+                raise ConfigError(
+                    f"metrics_port and {name} are both {opts.metrics_port}; they must differ"
+                )
         if not opts.heartbeat_interval < opts.suspect_after < opts.faulted_after:
             raise ConfigError(
                 "need heartbeat_interval < suspect_after < faulted_after, got "

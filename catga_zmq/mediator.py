@@ -217,9 +217,13 @@ class Mediator:
             SubscriberEntry(cls, fn, wants_ctx, inspect.iscoroutinefunction(fn))
         )
 
-    def add_behavior(self, behavior: Behavior) -> None:
-        """Add a behaviour; the last added runs innermost, closest to the handler."""
-        self.behaviors.append(behavior)
+    def add_behavior(self, behavior: Behavior, *, outermost: bool = False) -> None:
+        """Add a behaviour; the last added runs innermost, closest to the handler.
+        ``outermost``: around every other one instead (metrics see each call whole)."""
+        if outermost:
+            self.behaviors.insert(0, behavior)
+        else:
+            self.behaviors.append(behavior)
         for entry in self.handlers.values():
             entry.call = self._compose(entry)
 

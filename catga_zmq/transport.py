@@ -649,6 +649,9 @@ class Transport:
         #: A batch stays under this: the receiver's MAXMSGSIZE would drop the connection.
         self.batch_limit = max_message_size
         self.batches_sent = 0
+        #: Batches sent by how many records each carried (index: records; the last
+        #: slot also takes any larger one, though a batch goes out at BATCH_RECORDS).
+        self.batch_records = [0] * (BATCH_RECORDS + 1)
         self.router: zmq.Socket[bytes] | None = None
         self.pub: zmq.Socket[bytes] | None = None
         self._router_reader: Reader | None = None
@@ -936,6 +939,7 @@ class Transport:
         box = dealer.outbox
         if box is None or not box.records:
             return
+        count = len(box.records)
         frame, rids = box.take()
         try:
             if dealer.sock.closed:
@@ -946,6 +950,7 @@ class Transport:
                 self.on_unsent(rids, self._not_sent(dealer.endpoint, exc))
             return
         self.batches_sent += 1
+        self.batch_records[min(count, BATCH_RECORDS)] += 1
         dealer.reader.after_send()
 
     def flush(self) -> None:
@@ -1052,6 +1057,7 @@ class Transport:
             self._undelivered(exc, count)
             return False
         self.batches_sent += 1
+        self.batch_records[min(count, BATCH_RECORDS)] += 1
         return True
 
     def _undelivered(self, exc: zmq.ZMQError, count: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,37 @@ def test_each_module_imports_alone(name: str) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+#: A child that imports the package and every module, runs a node without metrics and
+#: says which optional libraries got imported.
+WITHOUT_EXTRAS = textwrap.dedent(
+    """
+    import asyncio, importlib, sys
+    import catga_zmq
+    for name in sys.argv[1:]:
+        importlib.import_module(name)
+    async def main():
+        async with catga_zmq.Node("a", discovery=None) as node:
+            node.stats()
+    asyncio.run(main())
+    print(",".join(m for m in ("prometheus_client", "redis", "dns", "zstandard") if m in sys.modules))
+    """
+)
+
+
+def test_optional_libraries_are_imported_only_when_used() -> None:
+    # catga_zmq.metrics itself imports prometheus_client only when a node turns metrics on.
+    modules = [m for m in MODULES if not m.endswith("pytest_plugin")]
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", WITHOUT_EXTRAS, *modules],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"imported without being used: {done.stdout.strip()}"
 
 
 def test_dnspython_is_imported_only_when_dns_discovery_is_chosen() -> None:

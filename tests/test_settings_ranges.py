@@ -54,6 +54,7 @@ RANGES = {
     "weight": "0 to 1000000",
     "max_peers": "1 to 8000",
     "max_addresses": "1 to 1000000",
+    "metrics_port": "0 to 65535",
 }
 
 #: The bad settings found taken, or failing late, and at least one past each end of
@@ -122,6 +123,8 @@ BAD: list[tuple[str, Any]] = [
     ("redis_refresh_interval", NAN),
     ("redis_ttl", 0.1),
     ("redis_ttl", INF),
+    ("metrics_port", -1),
+    ("metrics_port", 65536),
 ]
 
 
@@ -224,6 +227,7 @@ LOW_ENDS: dict[str, Any] = {
     "weight": 0,
     "max_peers": 1,
     "max_addresses": 1,
+    "metrics_port": 0,
 }
 HIGH_ENDS: dict[str, Any] = {
     "port": 65535,
@@ -248,6 +252,7 @@ HIGH_ENDS: dict[str, Any] = {
     "weight": 1_000_000,
     "max_peers": 8_000,
     "max_addresses": 1_000_000,
+    "metrics_port": 65533,
 }
 
 
