@@ -504,6 +504,14 @@ async def test_any_key_bindings_stay_within_max_peers_and_keep_known_nodes(
             sock.send_multipart(
                 [header(Kind.REQ, f"y{i}", i + 1, Ping.__wire_name__), _enc(Ping())]
             )
+        answered: list[list[bytes]] = []
+        async with asyncio.timeout(10):  # each answered (an id of its own is anyone's)
+            while len(answered) < 200:
+                if sock.poll(0):
+                    answered += unbatch(sock.recv_multipart())
+                else:
+                    await asyncio.sleep(0.01)
+        assert {decode_header(h).kind for h, _ in answered} == {int(Kind.REP)}
         await forge(s, beats)
         await wait_until(lambda: a.stats().frames_rejected >= 40, timeout=10)
         # Requests bind nothing, heartbeats only as many ids as the peer table holds.
