@@ -10,6 +10,8 @@ publisher is known):
   incarnation that names the PUB it came from, is dropped, counted (``heartbeat-
   connection``) and logged once per peer. So a forger cannot take a live node's id
   (its requests would go to the forger) nor say BYE for it.
+- With CURVE, a heartbeat naming this node's own id is taken (as a duplicate's) only
+  with this node's own key: the key of another PUB cannot make it stop.
 - A BYE is taken only from the PUB its member was heard on, whatever incarnation it
   names: otherwise a forger could say BYE for a silent node with a "newer" one.
 - A member gone silent (SUSPECT, FAULTED) or LEFT may come back from another PUB, with a
@@ -165,6 +167,10 @@ class Heartbeats:
             return
         me = self.me
         if hb.node_id == me.node_id:
+            # With CURVE only a PUB with this node's own key speaks for its id (the same
+            # key files run twice): anyone else's would make this node stop.
+            if self.trust is not None and not self._key_ok(hb, pub_endpoint, bind=False):
+                return
             if hb.incarnation != me.incarnation or hb.endpoint != me.endpoint:
                 self._duplicate(hb)
             return
@@ -210,16 +216,18 @@ class Heartbeats:
         if fresh:
             self.on_fresh(hb)
 
-    def _key_ok(self, hb: HeartbeatBody, pub_endpoint: str) -> bool:
+    def _key_ok(self, hb: HeartbeatBody, pub_endpoint: str, bind: bool = True) -> bool:
         """CURVE: ``hb`` names a key trusted for its node id (or the trust directory
         knows one), and it is the key the PUB it came from proved in its handshake; its
-        endpoints are then connected to with that key."""
+        endpoints are then connected to with that key. ``bind``: a member's heartbeat,
+        which binds its id to that key in any-key mode (and its endpoints to it)."""
         trust = self.trust
         assert trust is not None
         key = hb.public_key.encode("ascii", "replace") or trust.key_of(hb.node_id) or b""
         proved = self.transport.keys.get(pub_endpoint)
+        allowed = trust.bind if bind else trust.identity_ok
         # The key is checked against the PUB's before it may bind the id (any-key mode).
-        if not key or (proved and proved != key) or not trust.bind(hb.node_id, key):
+        if not key or (proved and proved != key) or not allowed(hb.node_id, key):
             self.reject(
                 hb.node_id,
                 "untrusted-key",
@@ -227,6 +235,8 @@ class Heartbeats:
                 "which is not trusted for that node id; dropped",
             )
             return False
+        if not bind:
+            return True
         self.transport.learn_key(hb.endpoint, key)
         self.transport.learn_key(hb.pub_endpoint, key)
         return True

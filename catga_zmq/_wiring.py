@@ -183,6 +183,9 @@ class Parts:
         )
         if isinstance(trust, FirstKeySeen):
             first_key_seen = trust
+            if transport.curve is not None:
+                # This node's own id is its own key's: nobody else may take it here.
+                first_key_seen.bind(opts.node_id, transport.curve.public)
 
             def on_gone(peer: Peer) -> None:
                 gossip.peer_gone(peer)

@@ -407,7 +407,8 @@ class FirstKeySeen:
     node calls for a member's heartbeat (read on the PUB whose key its SUB checked);
     ``identity_ok()`` only checks, so requests and greetings, which anyone may send
     naming any id, cannot take ids for nodes yet to come, nor fill the table. At most
-    ``limit`` node ids are bound (a node passes its ``max_peers``); past it a new one is
+    ``limit`` node ids are bound (a node passes its ``max_peers``, plus one for its own
+    id, which it binds to its own key when it starts); past it a new one is
     refused rather than an old binding dropped (which would let a stranger take over
     that id); ``unbind()`` releases the id of a member forgotten.
     """
@@ -477,8 +478,9 @@ def load(options: NodeOptions) -> Security | None:
     except ConfigError as exc:
         raise ConfigError(f"curve_secret_key: {exc.message}") from None
     if mode == "any_key":
-        # Only members are bound (see FirstKeySeen): as many as the peer table holds.
-        return Security(keys=keys, trust=FirstKeySeen(limit=options.max_peers))
+        # Only members are bound (see FirstKeySeen): as many as the peer table holds,
+        # and this node's own id.
+        return Security(keys=keys, trust=FirstKeySeen(limit=options.max_peers + 1))
     try:
         return Security(keys=keys, trust=TrustStore(options.curve_trust_dir))
     except ConfigError as exc:

@@ -107,12 +107,20 @@ def own_beat(peer: RawPeer) -> list[bytes]:
     return [HEARTBEAT_TOPIC, header(Kind.HB, peer.node_id), _enc(peer.heartbeat_body())]
 
 
-async def forge(peer: RawPeer, frames: list[list[bytes]]) -> None:
-    """Publish ``frames`` ROUNDS times, with the peer's own heartbeat (it stays a member)."""
+async def forge(
+    peer: RawPeer, frames: list[list[bytes]], node: Node | None = None, rejected: int = 0
+) -> None:
+    """Publish ``frames`` ROUNDS times, with the peer's own heartbeat (it stays a member),
+    and on until ``node`` has rejected ``rejected`` frames in all (a SUB that is opened
+    afresh, as for a member that turned SUSPECT, misses what is sent meanwhile)."""
     for _ in range(ROUNDS):
         for frame in [own_beat(peer), *frames]:
             peer.pub.send_multipart(frame)
         await asyncio.sleep(0.02)
+    if node is not None:
+        await peer.publish_until(
+            lambda: node.stats().frames_rejected >= rejected, [own_beat(peer), *frames]
+        )
 
 
 async def two_nodes(
@@ -151,17 +159,28 @@ def logged(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
     ]
 
 
+def logged_once(
+    caplog: pytest.LogCaptureFixture, nodes: list[Node], peer: str, problem: str, *words: str
+) -> None:
+    """The first of ``nodes`` logged (peer, problem), and each node that did (every node
+    here that reads the forger's PUB may), logged it once: one line each."""
+    rejected = [n for n in nodes if (peer, problem) in parts(n).heartbeats.reject._logged]
+    assert rejected[:1] == nodes[:1], f"{nodes[0].node_id} did not log {problem} of {peer}"
+    assert len(logged(caplog, f"from {peer}:", *words)) == len(rejected)
+
+
 @pytest.fixture(autouse=True)
 def _log(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="catga_zmq.node")
 
 
-async def silent(a: Node, b: Node) -> int:
-    """Silence ``b`` until ``a`` has it SUSPECT or FAULTED; its incarnation there."""
+async def silent(a: Node, b: Node, m: RawPeer) -> int:
+    """Silence ``b`` until ``a`` has it SUSPECT or FAULTED (``m`` heartbeats meanwhile);
+    its incarnation there."""
     incarnation = member(a, "b").incarnation
     silence(b)
-    await wait_until(
-        lambda: _status(a, "b") in (NodeStatus.SUSPECT, NodeStatus.FAULTED), timeout=20
+    await m.publish_until(
+        lambda: _status(a, "b") in (NodeStatus.SUSPECT, NodeStatus.FAULTED), [own_beat(m)], 20
     )
     return incarnation
 
@@ -193,16 +212,15 @@ async def test_a_peer_cannot_take_a_silent_members_id_with_curve(
     a, b = await two_nodes(make_node, keys, mode)
     m = raw_peer(a, "m" if mode == "curve" else "stranger", True)
     await joined(a, m)
-    incarnation = await silent(a, b)
+    incarnation = await silent(a, b, m)
     key = m.public_key if claimed == "own-key" else keys.pair("b")[0].decode()
     body = m.heartbeat_body(node_id="b", incarnation=incarnation + 10**12, public_key=key)
     rejected = a.stats().frames_rejected
-    await forge(m, [[HEARTBEAT_TOPIC, header(Kind.HB, "b"), _enc(body)]])
-    await wait_until(lambda: a.stats().frames_rejected >= rejected + ROUNDS, timeout=10)
+    await forge(m, [[HEARTBEAT_TOPIC, header(Kind.HB, "b"), _enc(body)]], a, rejected + ROUNDS)
     seen = member(a, "b")
     assert (seen.endpoint, seen.incarnation) == (b.endpoint, incarnation)
     assert seen.status is not NodeStatus.ALIVE
-    assert len(logged(caplog, "from b:", "not trusted for that node id")) == 1
+    logged_once(caplog, [a, b], "b", "untrusted-key", "not trusted for that node id")
     await back(a, b)
 
 
@@ -221,12 +239,38 @@ async def test_a_peer_cannot_take_a_live_members_id(
     b_key = keys.pair("b")[0].decode() if mode != "plaintext" else ""
     body = m.heartbeat_body(node_id="b", incarnation=later, public_key=b_key)
     rejected = a.stats().frames_rejected
-    await forge(m, [[HEARTBEAT_TOPIC, header(Kind.HB, "b"), _enc(body)]])
-    await wait_until(lambda: a.stats().frames_rejected >= rejected + ROUNDS, timeout=10)
+    await forge(m, [[HEARTBEAT_TOPIC, header(Kind.HB, "b"), _enc(body)]], a, rejected + ROUNDS)
     seen = member(a, "b")
     assert (seen.endpoint, seen.status) == (b.endpoint, NodeStatus.ALIVE)
     assert seen.incarnation < later
-    assert len(logged(caplog, "from b:", f"read from the PUB at {m.pub_endpoint}")) == 1
+    logged_once(
+        caplog, [a, b], "b", "heartbeat-connection", f"read from the PUB at {m.pub_endpoint}"
+    )
+    assert (await a.send(Ping(), node="b", timeout=10)).node_id == "b"
+
+
+@pytest.mark.parametrize("mode", ["curve", "any_key"])
+async def test_a_peer_cannot_make_a_curve_node_stop_by_claiming_its_id(
+    make_node: MakeNode,
+    keys: Keys,
+    raw_peer: Callable[..., RawPeer],
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+) -> None:
+    # Two nodes with one id: the younger stops. A heartbeat of an "older a" from
+    # another key's PUB must not make a stop (in plaintext nothing tells them apart).
+    a, b = await two_nodes(make_node, keys, mode)
+    m = raw_peer(a, "m" if mode == "curve" else "stranger", True)
+    await joined(a, m)
+    a_key = keys.pair("a")[0].decode()
+    frames = [
+        [HEARTBEAT_TOPIC, header(Kind.HB, "a"), _enc(m.heartbeat_body(node_id="a", public_key=k))]
+        for k in (m.public_key, a_key)
+    ]
+    rejected = a.stats().frames_rejected
+    await forge(m, frames, a, rejected + 2 * ROUNDS)
+    assert a.failure is None and a.healthy
+    logged_once(caplog, [a, b], "a", "untrusted-key", "not trusted for that node id")
     assert (await a.send(Ping(), node="b", timeout=10)).node_id == "b"
 
 
@@ -271,13 +315,12 @@ async def test_greetings_cannot_change_the_key_an_open_connection_proved(
     until = time.monotonic() + 4 * a.options.suspect_after
     await m.publish_until(lambda: time.monotonic() > until, [own_beat(m)])
     assert _status(a, "b") is NodeStatus.ALIVE
-    incarnation = await silent(a, b)
+    incarnation = await silent(a, b, m)
     body = m.heartbeat_body(node_id="b", incarnation=incarnation + 10**12, public_key=b_key)
     rejected = a.stats().frames_rejected
-    await forge(m, [[HEARTBEAT_TOPIC, header(Kind.HB, "b"), _enc(body)]])
-    await wait_until(lambda: a.stats().frames_rejected >= rejected + ROUNDS, timeout=10)
+    await forge(m, [[HEARTBEAT_TOPIC, header(Kind.HB, "b"), _enc(body)]], a, rejected + ROUNDS)
     assert member(a, "b").endpoint == b.endpoint
-    assert len(logged(caplog, "from b:", "not trusted for that node id")) == 1
+    logged_once(caplog, [a, b], "b", "untrusted-key", "not trusted for that node id")
     await back(a, b)
 
 
@@ -299,7 +342,7 @@ async def test_a_forged_bye_does_not_mark_a_member_left(
     await joined(a, m)
     incarnation = member(a, "b").incarnation
     if member_is == "silent":
-        await silent(a, b)
+        await silent(a, b, m)
     b_key = keys.pair("b")[0].decode() if mode != "plaintext" else ""
     byes = [
         [HEARTBEAT_TOPIC, header(Kind.BYE, "b"), _enc(body)]
@@ -312,11 +355,12 @@ async def test_a_forged_bye_does_not_mark_a_member_left(
         )
     ]
     rejected = a.stats().frames_rejected
-    await forge(m, byes)
-    await wait_until(lambda: a.stats().frames_rejected >= rejected + 2 * ROUNDS, timeout=10)
+    await forge(m, byes, a, rejected + 2 * ROUNDS)
     assert _status(a, "b") is not NodeStatus.LEFT
     assert member(a, "b").incarnation == incarnation
-    assert len(logged(caplog, "from b:", f"read from the PUB at {m.pub_endpoint}")) == 1
+    logged_once(
+        caplog, [a, b], "b", "heartbeat-connection", f"read from the PUB at {m.pub_endpoint}"
+    )
     if member_is == "silent":
         await back(a, b)
     else:
@@ -360,12 +404,14 @@ async def test_forged_events_do_not_keep_a_silent_member_alive_and_are_dropped(
             )
             await asyncio.sleep(0.02)
     await forge(
-        m, [[NOTED_TOPIC, header(Kind.EVT, "b", n + 1, Noted.__wire_name__), _enc(Noted(n + 1))]]
+        m,
+        [[NOTED_TOPIC, header(Kind.EVT, "b", n + 1, Noted.__wire_name__), _enc(Noted(n + 1))]],
+        a,
+        rejected + ROUNDS,
     )
-    await wait_until(lambda: a.stats().frames_rejected >= rejected + ROUNDS, timeout=10)
     assert _status(a, "b") in (NodeStatus.SUSPECT, NodeStatus.FAULTED)
     assert got == []  # not b's: dropped, not delivered as b's
-    assert len(logged(caplog, "from b:", "which is not that member's")) == 1
+    logged_once(caplog, [a, b], "b", "event-connection", "which is not that member's")
     # m's events under its own id are delivered: the control.
     await m.publish_until(
         lambda: -1 in got,
@@ -432,7 +478,7 @@ async def test_sprayed_replies_answer_nothing_and_are_counted(
     assert not call.done()
     release.set()
     assert await call == Served("b")
-    assert len(logged(caplog, f"from {m.endpoint}:", "where that request did not go")) == 1
+    logged_once(caplog, [a, b], m.endpoint, "reply-connection", "where that request did not go")
 
 
 # handlers offered by a stranger ---------------------------------------------------------------
@@ -481,7 +527,7 @@ async def test_any_key_bindings_stay_within_max_peers_and_keep_known_nodes(
 ) -> None:
     a, _ = await two_nodes(make_node, keys, "any_key", max_peers=4)
     trust = parts(a).heartbeats.trust
-    assert isinstance(trust, FirstKeySeen) and trust.limit == 4
+    assert isinstance(trust, FirstKeySeen) and trust.limit == 4 + 1  # and a's own id
     s = raw_peer(a, "stranger", True)
     await joined(a, s)
     # A flood of new ids: heartbeats from the stranger's PUB, and requests on a raw
@@ -515,7 +561,7 @@ async def test_any_key_bindings_stay_within_max_peers_and_keep_known_nodes(
         await forge(s, beats)
         await wait_until(lambda: a.stats().frames_rejected >= 40, timeout=10)
         # Requests bind nothing, heartbeats only as many ids as the peer table holds.
-        assert len(trust) <= 4
+        assert len(trust) <= 5 and trust.key_of("a") == keys.pair("a")[0]
         assert not any(trust.key_of(f"y{i}") for i in range(200))
         assert trust.key_of("b") == keys.pair("b")[0]
         # b, known before the flood, is still b: its key only.
@@ -538,5 +584,5 @@ async def test_any_key_bindings_stay_within_max_peers_and_keep_known_nodes(
     await s.publish_until(lambda: _status(a, "z") is not None, [own_beat(s), fresh])
     gone = invented - {m.node_id for m in a.members()}
     assert len(gone) == 1 and trust.key_of(gone.pop()) is None
-    assert trust.key_of("z") == keys.pair("stranger")[0] and len(trust) <= 4
+    assert trust.key_of("z") == keys.pair("stranger")[0] and len(trust) <= 5
     assert trust.key_of("b") == keys.pair("b")[0] and _status(a, "b") is NodeStatus.ALIVE
