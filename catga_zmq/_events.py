@@ -51,7 +51,7 @@ class EventBus:
         reject: Rejections,
         stats: dict[str, int],
         is_member: Callable[[str], bool],
-        on_traffic: Callable[[str, str], None],
+        on_traffic: Callable[[str, str], bool],
     ) -> None:
         self.node_id = node_id
         self.max_message_size = max_message_size
@@ -64,7 +64,8 @@ class EventBus:
         #: and a table keyed by claims grows with them.
         self.is_member = is_member
         #: (source, PUB endpoint the event was read from): proof of life for a member
-        #: heard on the PUB it announced, and only then.
+        #: heard on the PUB it announced, and only then; False for a member's id read
+        #: from another PUB (a forgery: dropped).
         self.on_traffic = on_traffic
         self._seq: dict[str, int] = {}  # type name -> last sequence number published
         self._seen: dict[tuple[str, str], int] = {}  # (source, type) -> last received
@@ -114,8 +115,16 @@ class EventBus:
         name = header.type_name
         subs = self.mediator.subscribers.get(name)
         # Anyone's PUB may name any node as an event's source: only one read from the
-        # source's own PUB shows it alive (``on_traffic`` checks which).
-        self.on_traffic(header.source, pub_endpoint)
+        # source's own PUB shows it alive (``on_traffic`` checks which), and one that
+        # names a member but comes from another PUB is not that member's.
+        if not self.on_traffic(header.source, pub_endpoint):
+            self.reject(
+                header.source,
+                "event-connection",
+                f"an event {name} naming {header.source!r} read from the PUB at "
+                f"{pub_endpoint}, which is not that member's; dropped",
+            )
+            return
         if not subs:
             return
         if self.is_member(header.source) and not self._sequence_ok(header, name):

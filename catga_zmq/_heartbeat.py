@@ -10,6 +10,10 @@ publisher is known):
   incarnation that names the PUB it came from, is dropped, counted (``heartbeat-
   connection``) and logged once per peer. So a forger cannot take a live node's id
   (its requests would go to the forger) nor say BYE for it.
+- With CURVE, a heartbeat naming this node's own id is taken (as a duplicate's) only
+  with this node's own key: the key of another PUB cannot make it stop.
+- A BYE is taken only from the PUB its member was heard on, whatever incarnation it
+  names: otherwise a forger could say BYE for a silent node with a "newer" one.
 - A member gone silent (SUSPECT, FAULTED) or LEFT may come back from another PUB, with a
   newer incarnation: a node restarted at new ports. Its heartbeat arrives on the SUB that
   discovery or a greeting opened to its new PUB, and names that PUB; it replaces the old
@@ -166,10 +170,14 @@ class Heartbeats:
             )
             return
         known = self.membership.peers.get(hb.node_id)
-        if not self._from_its_pub(hb, known, pub_endpoint):
+        if not self._from_its_pub(hb, known, pub_endpoint, header.kind == _BYE):
             return
         me = self.me
         if hb.node_id == me.node_id:
+            # With CURVE only a PUB with this node's own key speaks for its id (the same
+            # key files run twice): anyone else's would make this node stop.
+            if self.trust is not None and not self._key_ok(hb, pub_endpoint, bind=False):
+                return
             if hb.incarnation != me.incarnation or hb.endpoint != me.endpoint:
                 self._duplicate(hb)
             return
@@ -216,15 +224,18 @@ class Heartbeats:
         if fresh:
             self.on_fresh(hb)
 
-    def _key_ok(self, hb: HeartbeatBody, pub_endpoint: str) -> bool:
+    def _key_ok(self, hb: HeartbeatBody, pub_endpoint: str, bind: bool = True) -> bool:
         """CURVE: ``hb`` names a key trusted for its node id (or the trust directory
         knows one), and it is the key the PUB it came from proved in its handshake; its
-        endpoints are then connected to with that key."""
+        endpoints are then connected to with that key. ``bind``: a member's heartbeat,
+        which binds its id to that key in any-key mode (and its endpoints to it)."""
         trust = self.trust
         assert trust is not None
         key = hb.public_key.encode("ascii", "replace") or trust.key_of(hb.node_id) or b""
         proved = self.transport.keys.get(pub_endpoint)
-        if not key or not trust.identity_ok(hb.node_id, key) or (proved and proved != key):
+        allowed = trust.bind if bind else trust.identity_ok
+        # The key is checked against the PUB's before it may bind the id (any-key mode).
+        if not key or (proved and proved != key) or not allowed(hb.node_id, key):
             self.reject(
                 hb.node_id,
                 "untrusted-key",
@@ -232,19 +243,25 @@ class Heartbeats:
                 "which is not trusted for that node id; dropped",
             )
             return False
+        if not bind:
+            return True
         self.transport.learn_key(hb.endpoint, key)
         self.transport.learn_key(hb.pub_endpoint, key)
         return True
 
-    def _from_its_pub(self, hb: HeartbeatBody, known: Peer | None, pub_endpoint: str) -> bool:
+    def _from_its_pub(
+        self, hb: HeartbeatBody, known: Peer | None, pub_endpoint: str, bye: bool
+    ) -> bool:
         """Was ``hb`` read from the PUB its node announced (see the module docstring)?
         Rejects the frame if not."""
         announced = hb.pub_endpoint
         if (
             known is not None
             and known.pub_endpoint != pub_endpoint
-            and (known.status in _LIVE or hb.incarnation <= known.incarnation)
+            and (bye or known.status in _LIVE or hb.incarnation <= known.incarnation)
         ):
+            # A BYE, whatever incarnation it names, only from the PUB its member was
+            # heard on: a node that moved heartbeats from its new PUB before it leaves.
             announced = known.pub_endpoint  # live, or no newer life: it has not moved
         if announced == pub_endpoint:
             return True

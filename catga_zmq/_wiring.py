@@ -25,7 +25,7 @@ from .mediator import Mediator
 from .membership import Membership, NodeStatus, Peer
 from .protocol import PROTOCOL_VERSION, Codec
 from .routing import Router
-from .security import Trust
+from .security import FirstKeySeen, Trust
 from .transport import Transport
 
 
@@ -99,14 +99,19 @@ class Parts:
                 else:
                     membership.on_traffic(node_id, loop.time())
 
-        def on_event_traffic(node_id: str, pub_endpoint: str) -> None:
-            # An event shows its source alive only when read from the source's own PUB.
+        def on_event_traffic(node_id: str, pub_endpoint: str) -> bool:
+            # An event shows its source alive only when read from the source's own PUB;
+            # one that names a member, read from another PUB, is a forgery (False).
             peer = peers.get(node_id)
-            if peer is not None and peer.pub_endpoint == pub_endpoint:
-                if peer.status is NodeStatus.ALIVE or peer.status is NodeStatus.DRAINING:
-                    peer.last_seen = loop.time()
-                else:
-                    membership.on_traffic(node_id, loop.time())
+            if peer is None:
+                return True
+            if peer.pub_endpoint != pub_endpoint:
+                return False
+            if peer.status is NodeStatus.ALIVE or peer.status is NodeStatus.DRAINING:
+                peer.last_seen = loop.time()
+            else:
+                membership.on_traffic(node_id, loop.time())
+            return True
 
         self.server = server = RequestServer(
             node_id=opts.node_id,
@@ -176,7 +181,20 @@ class Parts:
             stats=stats,
             problems=problems,
         )
-        membership.on_gone = gossip.peer_gone
+        if isinstance(trust, FirstKeySeen):
+            first_key_seen = trust
+            if transport.curve is not None:
+                # This node's own id is its own key's: nobody else may take it here.
+                first_key_seen.bind(opts.node_id, transport.curve.public)
+
+            def on_gone(peer: Peer) -> None:
+                gossip.peer_gone(peer)
+                if peer.node_id not in peers:  # forgotten, not left or restarted
+                    first_key_seen.unbind(peer.node_id)
+
+            membership.on_gone = on_gone
+        else:
+            membership.on_gone = gossip.peer_gone
 
         def on_lost(peer: Peer) -> None:
             requester.peer_lost(peer)

@@ -49,7 +49,8 @@ _OPEN_TO_OTHERS: Final = 0o077
 #: How often a node should ask a TrustStore whether it ``changed()`` (s): a key removed
 #: from the directory is refused within this (and one reload) of its removal.
 RELOAD_INTERVAL: Final = 2.0  # s
-#: Node ids FirstKeySeen binds at most; past it a new id is refused (fail closed).
+#: Node ids FirstKeySeen binds at most when not told (a node tells it its max_peers:
+#: only members are bound); past it a new id is refused (fail closed).
 MAX_BINDINGS: Final = 16_384
 
 log = logging.getLogger("catga_zmq.security")
@@ -230,6 +231,11 @@ class Trust(Protocol):
         """Whether a frame from ``key`` may claim to come from ``node_id``."""
         ...
 
+    def bind(self, node_id: str, key: bytes) -> bool:
+        """``identity_ok``, for a node heard first-hand (its heartbeat): a policy that
+        binds ids to keys on first sight binds ``node_id`` to ``key`` now."""
+        ...
+
     def key_of(self, name: str) -> bytes | None:
         """The key of node ``name``, as far as this policy knows it."""
         ...
@@ -307,6 +313,9 @@ class TrustStore:
 
     def identity_ok(self, node_id: str, key: bytes) -> bool:
         return self._by_key.get(key) == node_id
+
+    def bind(self, node_id: str, key: bytes) -> bool:
+        return self._by_key.get(key) == node_id  # the directory binds, not the wire
 
     def changed(self) -> bool:
         """Whether the directory looks different from when it was last read."""
@@ -394,10 +403,14 @@ class FirstKeySeen:
     """Any key may connect; the first key a node id presents is bound to it.
 
     Encryption without authentication ("any key" mode): a stranger may join, but not
-    speak for a node id that another key already has. At most ``limit`` node ids are
-    bound; past it a new one is refused rather than an old binding dropped (which would
-    let a stranger take over that id); ``unbind()`` releases the id of a node known to
-    be gone.
+    speak for a node id that another key already has. Only ``bind()`` binds, which a
+    node calls for a member's heartbeat (read on the PUB whose key its SUB checked);
+    ``identity_ok()`` only checks, so requests and greetings, which anyone may send
+    naming any id, cannot take ids for nodes yet to come, nor fill the table. At most
+    ``limit`` node ids are bound (a node passes its ``max_peers``, plus one for its own
+    id, which it binds to its own key when it starts); past it a new one is
+    refused rather than an old binding dropped (which would let a stranger take over
+    that id); ``unbind()`` releases the id of a member forgotten.
     """
 
     def __init__(self, limit: int = MAX_BINDINGS) -> None:
@@ -435,8 +448,9 @@ class FirstKeySeen:
         self._by_name.pop(node_id, None)
 
     def identity_ok(self, node_id: str, key: bytes) -> bool:
-        """``bind``: a node id's first key is bound to it on first sight."""
-        return self.bind(node_id, key)
+        """Whether ``node_id`` is unbound or bound to ``key``; binds nothing."""
+        bound = self._by_name.get(node_id)
+        return bound is None or bound == key
 
 
 # the settings ------------------------------------------------------------------------------
@@ -464,7 +478,9 @@ def load(options: NodeOptions) -> Security | None:
     except ConfigError as exc:
         raise ConfigError(f"curve_secret_key: {exc.message}") from None
     if mode == "any_key":
-        return Security(keys=keys, trust=FirstKeySeen())
+        # Only members are bound (see FirstKeySeen): as many as the peer table holds,
+        # and this node's own id.
+        return Security(keys=keys, trust=FirstKeySeen(limit=options.max_peers + 1))
     try:
         return Security(keys=keys, trust=TrustStore(options.curve_trust_dir))
     except ConfigError as exc:

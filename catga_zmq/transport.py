@@ -786,8 +786,15 @@ class Transport:
         return parts
 
     def learn_key(self, endpoint: str, key: bytes) -> None:
-        """CURVE: ``endpoint`` is served with ``key`` (Z85); later connections check it."""
+        """CURVE: ``endpoint`` is served with ``key`` (Z85); later connections check it.
+
+        Not while a socket to ``endpoint`` is open: its key is what that connection
+        proved (a heartbeat read on a SUB is judged by it), and anyone may name any
+        endpoint in a greeting. Once the socket is closed, the next key heard counts.
+        """
         if self.curve is not None and key:
+            if endpoint in self.dealers or endpoint in self.subscribers:
+                return
             self.keys[endpoint] = key
 
     def _server_key(self, endpoint: str) -> bytes:

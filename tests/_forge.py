@@ -3,6 +3,8 @@
 It is announced through the test's ``MemoryHub`` under a node id, with a ROUTER endpoint
 where nobody listens (the node's DEALER to it never connects), so whatever it publishes
 (heartbeats, events, garbage) reaches the node's SUB socket like a real peer's frames.
+With ``router=True`` its ROUTER is real (what it sends there reaches the node's DEALER);
+with ``curve=(public, secret)`` both are CURVE servers with that key, announced with it.
 """
 
 from __future__ import annotations
@@ -35,14 +37,35 @@ class RawPeer:
         hub: MemoryHub,
         cluster: str,
         node_id: str = "evil",
+        *,
+        router: bool = False,
+        curve: tuple[bytes, bytes] | None = None,
     ) -> None:
-        self.pub = zctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
+        self.public_key = curve[0].decode("ascii") if curve else ""
+        self.pub = self._server(zctx, zmq.PUB, curve)
         self.pub_endpoint = f"tcp://127.0.0.1:{self.pub.bind_to_random_port('tcp://127.0.0.1')}"
-        self.endpoint = unused_endpoint(zctx)
+        self.router: zmq.Socket[bytes] | None = None
+        if router:
+            self.router = self._server(zctx, zmq.ROUTER, curve)
+            port = self.router.bind_to_random_port("tcp://127.0.0.1")
+            self.endpoint = f"tcp://127.0.0.1:{port}"
+        else:
+            self.endpoint = unused_endpoint(zctx)
         self.node_id = node_id
         self.cluster = cluster
         self.discovery = MemoryDiscovery(hub)
+
+    @staticmethod
+    def _server(
+        zctx: zmq.Context[zmq.Socket[bytes]], kind: int, curve: tuple[bytes, bytes] | None
+    ) -> zmq.Socket[bytes]:
+        sock = zctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            # No ZAP handler on the test's context: this server lets every client key in.
+            sock.curve_publickey, sock.curve_secretkey = curve
+            sock.curve_server = True
+        return sock
 
     async def announce(self) -> None:
         await self.discovery.register(
@@ -52,6 +75,7 @@ class RawPeer:
                 pub_endpoint=self.pub_endpoint,
                 cluster=self.cluster,
                 version=PROTOCOL_VERSION,
+                public_key=self.public_key or None,
             )
         )
 
@@ -65,6 +89,7 @@ class RawPeer:
             "cluster": self.cluster,
             "endpoint": self.endpoint,
             "pub_endpoint": self.pub_endpoint,
+            "public_key": self.public_key,
         }
         fields.update(changes)
         return HeartbeatBody(**fields)
@@ -81,6 +106,8 @@ class RawPeer:
 
     async def aclose(self) -> None:
         self.pub.close(0)
+        if self.router is not None:
+            self.router.close(0)
         await self.discovery.aclose()
 
 

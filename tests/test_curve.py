@@ -178,7 +178,8 @@ async def test_any_key_mode_lets_a_new_key_in_but_not_under_a_taken_node_id(
     await a.start()
     await b.start()
     await a.wait_for_peers(1, timeout=20, handles=Echo)
-    assert await a.send(Echo(text="x"), timeout=10) == "echo x"  # binds "a" to a's key
+    await b.wait_for_peers(1, timeout=20)  # a's heartbeats bound "a" to a's key at b
+    assert await a.send(Echo(text="x"), timeout=10) == "echo x"
     sock = curve_dealer(keys.pair("stranger"), keys.pair("b")[0], b.endpoint)
     sock.send_multipart(request("stranger", 1, "new here"))
     got = await answers(sock, 1.5)

@@ -402,10 +402,13 @@ def test_first_key_seen_binds_each_node_id_to_its_first_key(keys: Keys) -> None:
     assert policy.bind("n1", one)  # the same key again: still its own
     assert not policy.bind("n1", two)  # another key cannot take n1
     assert not policy.identity_ok("n1", two)
-    assert policy.identity_ok("n2", two)  # identity_ok binds on first sight
+    assert policy.identity_ok("n2", two)  # unbound: anyone's, and identity_ok binds nothing
+    assert policy.key_of("n2") is None and len(policy) == 1
+    assert policy.bind("n2", two) and not policy.identity_ok("n2", one)
     assert policy.key_of("n2") == two and len(policy) == 2
     policy.unbind("n1")
-    assert policy.identity_ok("n1", two)
+    assert policy.identity_ok("n1", two) and policy.key_of("n1") is None
+    assert policy.bind("n1", two)
     typed: Trust = policy
     assert typed.key_of("n1") == two
 
