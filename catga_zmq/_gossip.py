@@ -93,6 +93,9 @@ class Gossip:
         self._seeds = frozenset(split_seed(s)[0] for s in options.seeds)
         #: CURVE: whose keys to accept (None in plaintext).
         self.trust = trust
+        #: A client's greetings carry no address: the greeted node must not take it
+        #: for a node to connect to (it has no sockets to connect to, and is no member).
+        self.announce = options.role == "member"
 
     def my_address(self) -> PeerAddress:
         me = self.me
@@ -357,7 +360,7 @@ class Gossip:
         self.spawn(self._greet(endpoint, attempts), f"greet-{endpoint}")
 
     async def _greet(self, endpoint: str, attempts: int) -> None:
-        payload = self.codec.encode(Info(caller=self.my_address()))
+        payload = self.codec.encode(Info(caller=self.my_address() if self.announce else None))
         target = Peer(node_id=endpoint, endpoint=endpoint, pub_endpoint="", incarnation=0)
         give_up = self.loop.time() + attempts * GREETING_TIMEOUT if attempts else math.inf
         try:

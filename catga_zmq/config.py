@@ -49,6 +49,7 @@ DiscoveryName = Literal["mdns", "static", "memory", "none"]
 RoutingName = Literal[
     "round_robin", "local_first", "weighted", "consistent_hash", "least_connections"
 ]
+RoleName = Literal["member", "client"]
 
 ENV_PREFIX = "CATGA_"
 #: Short flags for the settings typed most often, besides the one the rule gives.
@@ -142,7 +143,8 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every setting of a node, by group (each field's description says more):
 
     - Identity: ``node_id``, ``cluster`` (nodes of another cluster are ignored),
-      ``metadata`` (free labels other nodes see).
+      ``metadata`` (free labels other nodes see), ``role`` (a member, or a client that
+      follows the cluster without joining it).
     - Sockets: ``bind``, ``port`` (ROUTER, requests), ``pub_port`` (PUB, heartbeats and
       events), ``advertise`` (the host peers connect to), ``max_message_size``.
     - Discovery: ``discovery`` (mdns, static, memory or none) and ``seeds`` for static.
@@ -359,6 +361,14 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "stays bound to the first key it came with), instead of curve_trust_dir"
         ),
     ] = False
+    role: Annotated[
+        RoleName,
+        _doc(
+            "member: serves requests, heartbeats, is listed and routed to; client: sends "
+            "requests, gets replies and events, follows membership, but binds nothing and "
+            "is no member (no heartbeats, no discovery record; nobody lists it)"
+        ),
+    ] = "member"
 
     def inbound_frames(self) -> int:
         """The ROUTER's receive high-water mark: what ``max_inbound_bytes`` allows.
@@ -399,6 +409,8 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             except ConfigError as exc:
                 raise ConfigError(f"seeds: {exc.message}") from None
         curve_mode(opts)
+        if opts.role == "client":
+            _check_client(opts)
         if opts.discovery == "static" and not opts.seeds:
             raise ConfigError(
                 "discovery 'static' needs at least one seed (--seeds tcp://host:port)"
@@ -443,6 +455,16 @@ def curve_mode(opts: NodeOptions) -> CurveMode:
         "curve_secret_key is set; now say which peers to trust: curve_trust_dir, or "
         "curve_any_key for encryption without authentication"
     )
+
+
+def _check_client(opts: NodeOptions) -> None:
+    """A client binds no socket: the settings of its sockets would do nothing."""
+    for name in ("port", "pub_port", "advertise"):
+        if getattr(opts, name):
+            raise ConfigError(
+                f"{name} is set, but role 'client' binds no socket (it connects to the "
+                f"members only); leave {name} out, or use role 'member'"
+            )
 
 
 def _check_heartbeat_fits(opts: NodeOptions) -> None:
