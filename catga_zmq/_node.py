@@ -344,6 +344,8 @@ class Node:
                     await self.discovery.register(self._candidate())
                 discovery = self.discovery
                 supervisor.supervise("discovery", lambda: parts.gossip.follow(discovery))
+            if client and parts.gossip.enabled:
+                supervisor.supervise("client-refresh", parts.gossip.refresh)
         except BaseException:
             self.state = State.DRAINING  # nothing half-started may outlive a failed start
             try:

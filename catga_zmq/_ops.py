@@ -382,7 +382,10 @@ async def info(client: Any, args: argparse.Namespace) -> int:
         return EXIT_NONE
     found = await client.send(Info(), node=args.node, timeout=args.timeout)
     if args.json:
-        _print_json(found)
+        row = msgspec.to_builtins(found)
+        # PeerAddress travels as an array (its field order is wire format): named here.
+        row["peers"] = [{f: getattr(p, f) for f in p.__struct_fields__} for p in found.peers]
+        _print_json(row)
         return EXIT_OK
     peers = ", ".join(f"{p.node_id} {p.endpoint}" for p in found.peers)
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(found.incarnation / 1e9))
