@@ -128,8 +128,9 @@ class HandlerStats(msgspec.Struct):
       error once taken (the handler raised, its reply did not encode, its deadline
       passed), as ``requests_handled`` and ``requests_failed`` count them, local calls
       included.
-    - ``processing_time``: seconds spent on them, from the handler's start to its
-      answer, replies and errors together; divided by ``handled + errors``, the mean.
+    - ``processing_time``: seconds from the read of each request to its answer (a
+      local call: from the call), in total: replies and errors together, and handlers
+      a shutdown cancelled; divided by ``handled + errors``, about the mean.
     """
 
     handled: int = 0
