@@ -41,7 +41,7 @@ from .membership import (
 )
 from .messages import Event, Message, Request, registry
 from .protocol import PROTOCOL_VERSION
-from .system import Info, NodeInfo, NodeStats, Ping, Pong, Stats
+from .system import Deliver, HandlerStats, Info, NodeInfo, NodeStats, Ping, Pong, Stats
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -53,10 +53,12 @@ __all__ = [
     "ConfigError",
     "Context",
     "DeadlineBehavior",
+    "Deliver",
     "Discovery",
     "Event",
     "HandlerError",
     "HandlerNotFound",
+    "HandlerStats",
     "Info",
     "LoggingBehavior",
     "MembershipEvent",

@@ -1,4 +1,5 @@
-"""The handlers of the built-in requests every node serves: ``Ping``, ``Info``, ``Stats``."""
+"""The handlers of the built-in requests every node serves: ``Ping``, ``Info``, ``Stats``,
+``Deliver``."""
 
 from __future__ import annotations
 
@@ -6,21 +7,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._events import EventBus
 from ._gossip import Gossip
 from ._requester import Requester
 from ._server import RequestServer
 from ._version import __version__
 from .config import NodeOptions
-from .mediator import Mediator
+from .mediator import Context, Mediator
 from .membership import Membership
 from .protocol import PROTOCOL_VERSION
-from .system import Info, NodeInfo, NodeStats, Ping, Pong, Stats
+from .system import Deliver, HandlerStats, Info, NodeInfo, NodeStats, Ping, Pong, Stats
 from .transport import Transport
 
 
 class Builtins:
-    """Answers ``Ping``, ``Info`` (also the greeting of static and gossip discovery)
-    and ``Stats`` from the parts of a running node."""
+    """Answers ``Ping``, ``Info`` (also the greeting of static and gossip discovery),
+    ``Stats`` and ``Deliver`` (a client's events) from the parts of a running node."""
 
     def __init__(
         self,
@@ -31,6 +33,7 @@ class Builtins:
         server: RequestServer,
         requester: Requester,
         gossip: Gossip,
+        events: EventBus,
         transport: Transport,
         stats: dict[str, int],
         problems: Callable[[], list[str]],
@@ -41,6 +44,7 @@ class Builtins:
         self.server = server
         self.requester = requester
         self.gossip = gossip
+        self.events = events
         self.transport = transport
         self.stats = stats
         self.problems = problems
@@ -50,6 +54,7 @@ class Builtins:
         self.mediator.add_handler(self.ping, Ping)
         self.mediator.add_handler(self.info, Info)
         self.mediator.add_handler(self.node_stats, Stats)
+        self.mediator.add_handler(self.deliver, Deliver)
 
     async def ping(self, req: Ping) -> Pong:
         return Pong(self.membership.me.node_id, time.time())
@@ -77,6 +82,9 @@ class Builtins:
     async def node_stats(self, req: Stats) -> NodeStats:
         return self.snapshot()
 
+    async def deliver(self, req: Deliver, ctx: Context) -> int:
+        return self.events.on_handed(req.type_name, req.payload, ctx.source, ctx.trace_id)
+
     def snapshot(self) -> NodeStats:
         counts: dict[str, int] = {}
         for p in self.membership.peers.values():
@@ -97,6 +105,11 @@ class Builtins:
             batches_sent=self.transport.batches_sent,
             connections_dropped=self.transport.connections_dropped,
             handshakes_failed=self.transport.handshakes.failed,
+            handlers={
+                name: HandlerStats(entry.handled, entry.errors, entry.busy)
+                for name, entry in self.mediator.handlers.items()
+                if entry.handled or entry.errors
+            },
         )
 
 

@@ -3,6 +3,7 @@
 Every bad value ends the program with one line on stderr saying what is wrong, and exit
 code 2 (as argparse does for a bad flag). The node command's flags are made from
 ``NodeOptions``' fields by ``config.settings()``: one flag per setting, none by hand.
+The operator commands are parsed here, one function a command, and run by ``_ops``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import logging
 import os
 import signal
 import sys
-import time
+import textwrap
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
+from ._ops import EXIT_CODES, UsageError
 from ._version import __version__
 from .config import (
     NodeOptions,
@@ -34,8 +36,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 #: The settings an operator command takes: those that decide which cluster it sees.
-#: With CURVE on, the observer's node id names its certificate in the nodes' trust
-#: directories (``--node-id ops --curve-secret-key ops.key_secret``).
+#: With CURVE on, the client's node id names its certificate in the nodes' trust
+#: directories (``--node-id ops --curve-secret-key ops.key_secret``). ``bind`` chooses
+#: the interfaces of mDNS and the IP version; a client binds nothing.
 OBSERVER_SETTINGS = (
     "cluster",
     "discovery",
@@ -48,7 +51,6 @@ OBSERVER_SETTINGS = (
     "redis_url",
     "redis_key_prefix",
     "bind",
-    "advertise",
     "node_id",
     "curve_secret_key",
     "curve_trust_dir",
@@ -56,10 +58,6 @@ OBSERVER_SETTINGS = (
 )
 
 log = logging.getLogger("catga_zmq.node")
-
-
-class UsageError(Exception):
-    """A bad value given to a command; printed as one line, exit code 2."""
 
 
 def _version(p: argparse.ArgumentParser) -> None:
@@ -272,28 +270,176 @@ async def _serve(node: Any) -> int:
 # python -m catga_zmq ---------------------------------------------------------------------
 
 
+def _wrapped(text: str) -> str:
+    # The epilog (the exit codes) keeps its lines, so argparse wraps no text: this does.
+    return textwrap.fill(text, width=79)
+
+
 def _ops_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m catga_zmq",
-        description="catga_zmq operator commands: nodes and ping join the cluster as an "
-        "observer (not a member that serves), listen for --wait seconds, then answer; "
-        "keygen writes a CURVE key pair.",
+        description=_wrapped(
+            "catga_zmq operator commands. Each but keygen runs as a client of the cluster: "
+            "it hears the members' heartbeats and sends them requests, but is no member, "
+            "so no node lists it or logs it joining or leaving."
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _version(p)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _nodes_parser(sub)
+    _ping_parser(sub)
+    _watch_parser(sub)
+    _info_parser(sub)
+    _stats_parser(sub)
+    _request_parser(sub)
+    _publish_parser(sub)
+    _keygen_parser(sub)
+    return p
+
+
+#: The subcommands of ``python -m catga_zmq``, as argparse holds them.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _client_command(
+    sub: Commands, name: str, help_: str, description: str
+) -> argparse.ArgumentParser:
+    """A command run by a client: the settings that choose the cluster, and --json."""
+    c = sub.add_parser(
+        name,
+        help=help_,
+        description=_wrapped(description),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     by_name = {s.name: s for s in settings()}
-    for name, help_ in (
-        ("nodes", "list the cluster's members as a table"),
-        ("ping", "ping every member (or --node) and print round-trip times"),
-    ):
-        c = sub.add_parser(name, help=help_)
-        add_setting_flags(c, (by_name[n] for n in OBSERVER_SETTINGS))
-        c.add_argument(
-            "--wait", type=float, default=3.0, help="seconds to listen before answering (default 3)"
-        )
-        c.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        if name == "ping":
-            c.add_argument("--node", help="ping only this node id")
+    add_setting_flags(c, (by_name[n] for n in OBSERVER_SETTINGS))
+    c.add_argument("--json", action="store_true", help="print JSON (one object a line for watch)")
+    return c
+
+
+def _wait_flag(c: argparse.ArgumentParser, what: str) -> None:
+    c.add_argument("--wait", type=float, default=3.0, metavar="S", help=f"{what} (default 3)")
+
+
+def _timeout_flag(c: argparse.ArgumentParser) -> None:
+    c.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds each request may take (default 5)",
+    )
+
+
+def _nodes_parser(sub: Commands) -> None:
+    c = _client_command(
+        sub,
+        "nodes",
+        "list the cluster's members as a table",
+        "List the members heard within --wait seconds: status, endpoint, load, handled types.",
+    )
+    _wait_flag(c, "seconds to listen before answering")
+
+
+def _ping_parser(sub: Commands) -> None:
+    c = _client_command(
+        sub,
+        "ping",
+        "ping every member (or --node) and print round-trip times",
+        "Send the built-in Ping to each member heard within --wait seconds (or to --node "
+        "as soon as it is heard) and print the round-trip times in ms.",
+    )
+    _wait_flag(c, "seconds to listen before pinging")
+    _timeout_flag(c)
+    c.add_argument("--node", help="ping only this node id")
+
+
+def _watch_parser(sub: Commands) -> None:
+    _client_command(
+        sub,
+        "watch",
+        "print membership changes as they happen, until Ctrl-C",
+        "Print one line for each change of membership (joined, suspect, faulted, "
+        "recovered, left), members already there as joined first, until Ctrl-C or "
+        "SIGTERM, which end it with exit code 0. --json: one JSON object a line.",
+    )
+
+
+def _info_parser(sub: Commands) -> None:
+    c = _client_command(
+        sub,
+        "info",
+        "what one node says of itself (the built-in Info)",
+        "Ask NODE the built-in Info: its endpoints, versions, status, the types it "
+        "handles and subscribes to, its metadata and the peers it knows.",
+    )
+    c.add_argument("node", metavar="NODE", help="the node id")
+    _wait_flag(c, "seconds to wait for NODE to be heard")
+    _timeout_flag(c)
+
+
+def _stats_parser(sub: Commands) -> None:
+    c = _client_command(
+        sub,
+        "stats",
+        "counters of every member (or NODE), per node and per request type",
+        "Ask each member heard within --wait seconds (or NODE, as soon as it is heard) "
+        "the built-in Stats: its counters, and per request type it handles the requests "
+        "handled, the errors and the processing time.",
+    )
+    c.add_argument("node", metavar="NODE", nargs="?", help="only this node id")
+    _wait_flag(c, "seconds to listen before asking (for NODE: to wait for it)")
+    _timeout_flag(c)
+
+
+def _message_command(
+    sub: Commands, name: str, help_: str, description: str
+) -> argparse.ArgumentParser:
+    c = _client_command(sub, name, help_, description)
+    c.add_argument(
+        "type",
+        metavar="TYPE",
+        help="the message type: its wire name (cluster.Where) or its class name in --app",
+    )
+    c.add_argument("json_text", metavar="JSON", help="its fields as a JSON object ('{}': none)")
+    c.add_argument(
+        "--app",
+        metavar="MODULE",
+        help="the module that defines the message types (MODULE:ATTR as for the node "
+        "command is taken too); without it, only the built-ins (catga.Ping...)",
+    )
+    _timeout_flag(c)
+    return c
+
+
+def _request_parser(sub: Commands) -> None:
+    c = _message_command(
+        sub,
+        "request",
+        "send one request built from JSON and print its reply as JSON",
+        "Build TYPE from JSON, send it as soon as a node that handles it is heard (or "
+        "to --node), and print the reply as JSON on stdout; an error answer goes to "
+        "stderr (with --json, both are one JSON object on stdout).",
+    )
+    _wait_flag(c, "seconds to wait for a node that handles TYPE")
+    c.add_argument("--node", help="send it to this node id")
+
+
+def _publish_parser(sub: Commands) -> None:
+    c = _message_command(
+        sub,
+        "publish",
+        "publish one event built from JSON to every member that subscribes to it",
+        "Build the event TYPE from JSON and hand it to each member heard within --wait "
+        "seconds that subscribes to it (the built-in Deliver); print who took it.",
+    )
+    _wait_flag(c, "seconds to listen for subscribers before publishing")
+
+
+def _keygen_parser(sub: Commands) -> None:
     k = sub.add_parser(
         "keygen",
         help="write a CURVE key pair: NAME.key (public) and NAME.key_secret (secret, mode 0600)",
@@ -310,7 +456,6 @@ def _ops_parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--json", action="store_true", help="print the key and the files as one JSON object"
     )
-    return p
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -339,8 +484,9 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def ops_main(argv: list[str] | None = None) -> int:
-    """``python -m catga_zmq``: 0 if it found nodes (keygen: wrote the keys), 1 if none,
-    2 for a bad value."""
+    """``python -m catga_zmq``: the exit codes are ``_ops.EXIT_CODES`` (``--help``)."""
+    from . import _ops
+
     args = _ops_parser().parse_args(argv)
     prog = "catga_zmq"
     if args.command == "keygen":  # no cluster, no settings: files only
@@ -352,82 +498,14 @@ def ops_main(argv: list[str] | None = None) -> int:
     try:
         changes: dict[str, Any] = options_from_env()
         changes.update(_flag_settings(args, settings()))
-        # Its own id unless one is given (with CURVE, the name of its certificate).
-        if not changes.get("node_id"):
-            changes["node_id"] = f"observer-{os.getpid()}"
-        changes["metadata"] = {"role": "observer"}
-        changes.pop("port", None)  # an observer takes any free ports, whatever the env says
-        changes.pop("pub_port", None)
-        options = NodeOptions().merged(changes).validated()
-        if args.wait <= 0:
-            raise UsageError(f"--wait must be > 0 seconds, got {args.wait}")
+        options = _ops.client_options(changes)
+        _ops.prepare(args)
     except (UsageError, CatgaError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     _install_loop()
     try:
-        return asyncio.run(_ops(args, options))
-    except CatgaError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+        return asyncio.run(_ops.run(args, options))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-
-
-async def _ops(args: argparse.Namespace, options: NodeOptions) -> int:
-    import msgspec
-
-    from ._node import Node
-    from .system import Ping
-
-    async with Node(options=options) as observer:
-        await asyncio.sleep(args.wait)
-        members = [m for m in observer.members() if not m.local]
-        if args.command == "nodes":
-            rows = [
-                {
-                    "node": m.node_id,
-                    "status": m.status.value,
-                    "endpoint": m.endpoint,
-                    "load": m.load,
-                    "in_flight": m.in_flight,
-                    "age_s": round(time.time() - m.last_heartbeat, 2) if m.last_heartbeat else None,
-                    "handles": sorted(m.handles),
-                }
-                for m in sorted(members, key=lambda m: m.node_id)
-                if m.metadata.get("role") != "observer"
-            ]
-        else:
-            rows = []
-            for m in sorted(members, key=lambda m: m.node_id):
-                if m.metadata.get("role") == "observer" or (args.node and m.node_id != args.node):
-                    continue
-                start = time.perf_counter()
-                try:
-                    await observer.send(Ping(), node=m.node_id, timeout=2.0)
-                    rtt: float | str = round((time.perf_counter() - start) * 1e3, 3)
-                except CatgaError as exc:
-                    rtt = exc.code
-                rows.append({"node": m.node_id, "endpoint": m.endpoint, "rtt_ms": rtt})
-        if args.json:
-            print(msgspec.json.encode(rows).decode())
-        else:
-            print(
-                _table(rows)
-                if rows
-                else f"no nodes seen in cluster {options.cluster!r} within {args.wait} s"
-            )
-        return 0 if rows else 1
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    def cell(v: Any) -> str:
-        return ",".join(v) if isinstance(v, list) else ("-" if v is None else str(v))
-
-    headers = list(rows[0])
-    cells = [[cell(r[h]) for h in headers] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from ._inbound import Rejections
-from .errors import SerializationFailed, ValidationFailed
+from .errors import CatgaError, SerializationFailed, ValidationFailed
 from .mediator import Context, Mediator
 from .messages import Event
 from .protocol import (
@@ -22,6 +22,7 @@ from .protocol import (
     encode_header,
     topic_for,
 )
+from .system import Deliver
 from .transport import Transport
 
 #: publish() yields to the event loop once per this many events.
@@ -160,6 +161,59 @@ class EventBus:
         if last is not None or len(self._seen) < MAX_SEEN:
             self._seen[key] = seq
         return True
+
+    # a client's events: handed over by request ---------------------------------------
+
+    async def hand_over(
+        self,
+        event: Event,
+        trace: str,
+        targets: list[str],
+        send: Callable[[Deliver, str, str], Awaitable[int]],
+    ) -> dict[str, int | CatgaError]:
+        """Publish as a client does, with no PUB socket: a ``Deliver`` request to each
+        node in ``targets`` (the live members subscribing to the type), at once, and to
+        this node's own subscribers. Per target node: the subscribers it queued the
+        event for, or the error that kept it from them. ``send(request, node, trace)``
+        sends a request to one node."""
+        if not isinstance(event, Event):
+            raise ValidationFailed(
+                f"publish() takes an Event, got {type(event).__qualname__}; use send() for requests"
+            )
+        name = type(event).__wire_name__
+        try:
+            payload = self.codec.encode(event)
+        except ENCODE_ERRORS as exc:
+            raise SerializationFailed(
+                f"{name} could not be encoded: {encode_failure(event, exc)}"
+            ) from None
+        request = Deliver(type_name=name, payload=payload)
+        answers = await asyncio.gather(
+            *(send(request, node, trace) for node in targets), return_exceptions=True
+        )
+        self.stats["events_published"] += 1
+        if name in self.mediator.subscribers:
+            self.mediator.deliver(name, event, Context(name, self.node_id, self.node_id, 0, trace))
+        found: dict[str, int | CatgaError] = {}
+        for node, answer in zip(targets, answers, strict=True):
+            if isinstance(answer, BaseException) and not isinstance(answer, CatgaError):
+                raise answer  # not a node's answer: a bug, or this task's cancellation
+            found[node] = answer
+        return found
+
+    def on_handed(self, name: str, payload: bytes, source: str, trace: str) -> int:
+        """An event handed over by a ``Deliver`` request: to this node's subscribers of
+        ``name``; how many it was queued for. Not read from a PUB, so it proves nothing
+        about ``source`` and has no sequence number to check."""
+        subs = self.mediator.subscribers.get(name)
+        if not subs:
+            return 0
+        try:
+            event = self.mediator.decoder(subs[0].message_type).decode(payload)
+        except DECODE_ERRORS as exc:
+            raise ValidationFailed(f"event {name} does not decode: {exc}") from None
+        self.stats["events_received"] += 1
+        return self.mediator.deliver(name, event, Context(name, self.node_id, source, 0, trace))
 
     def forget_source(self, node_id: str) -> None:
         """A node is gone: its sequence numbers start again if it comes back."""

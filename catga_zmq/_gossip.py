@@ -47,6 +47,9 @@ LEFT_LINGER: Final = 1.0  # s
 #: An address learned from a greeting or from gossip is forgotten, its sockets closed,
 #: unless its node heartbeats within this (a real node does within milliseconds).
 ADDRESS_PROOF_TIME: Final = 30.0  # s
+#: A client with static seeds asks one live member this often whom it knows: nobody
+#: greets a client, so this is how it hears of nodes that joined after it started.
+CLIENT_REFRESH: Final = 1.0  # s
 
 
 class Gossip:
@@ -98,6 +101,9 @@ class Gossip:
         self._listed: set[str] = set()
         #: CURVE: whose keys to accept (None in plaintext).
         self.trust = trust
+        #: A client's greetings carry no address: the greeted node must not take it
+        #: for a node to connect to (it has no sockets to connect to, and is no member).
+        self.announce = options.role == "member"
 
     def my_address(self) -> PeerAddress:
         me = self.me
@@ -364,7 +370,7 @@ class Gossip:
         self.spawn(self._greet(endpoint, attempts, token), f"greet-{endpoint}")
 
     async def _greet(self, endpoint: str, attempts: int, token: object) -> None:
-        payload = self.codec.encode(Info(caller=self.my_address()))
+        payload = self.codec.encode(Info(caller=self.my_address() if self.announce else None))
         target = Peer(node_id=endpoint, endpoint=endpoint, pub_endpoint="", incarnation=0)
         give_up = self.loop.time() + attempts * GREETING_TIMEOUT if attempts else math.inf
 
@@ -436,6 +442,19 @@ class Gossip:
                 ),
                 greet=True,
             )
+
+    async def refresh(self) -> None:
+        """A client's loop, with static seeds: every ``CLIENT_REFRESH`` greet one live
+        member (each in turn), to learn of the nodes that joined since. A member
+        learns of those from their own greetings; a client, which nobody greets and
+        whose greetings carry no address, only so."""
+        turn = 0
+        while True:
+            await asyncio.sleep(CLIENT_REFRESH)
+            live = [p for p in self.membership.peers.values() if p.status is NodeStatus.ALIVE]
+            if live:
+                self.greet(live[turn % len(live)].endpoint, attempts=1)
+                turn += 1
 
     # forgetting ----------------------------------------------------------------------
 

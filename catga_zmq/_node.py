@@ -42,7 +42,7 @@ from .protocol import PROTOCOL_VERSION, Codec
 from .routing import Router, make_router
 from .security import RELOAD_INTERVAL, Security, TrustStore, plaintext_warning
 from .security import load as load_security
-from .system import NodeStats
+from .system import Deliver, NodeStats
 from .transport import Curve, Transport
 
 if TYPE_CHECKING:
@@ -108,6 +108,13 @@ class Node:
     ``metrics_registry``: a prometheus_client ``CollectorRegistry`` of your own that gets
     this node's metrics while it runs (with ``metrics_port`` set, that registry is what
     the port serves); without it, ``metrics_port`` serves a registry of the node's own.
+
+    ``Node(role="client")`` follows the cluster without joining it: it sends requests
+    and gets their replies, receives the events it subscribes to and watches
+    membership, but binds no socket, sends no heartbeat and registers with no
+    discovery, so no member lists it, routes to it or logs its coming and going. It
+    serves no requests (handlers are refused when it starts); its ``publish()`` hands
+    the event to each subscribing member directly (the built-in ``Deliver``).
     """
 
     def __init__(
@@ -203,12 +210,13 @@ class Node:
     @property
     def endpoint(self) -> str:
         """The ROUTER endpoint peers send requests to (``tcp://host:port``); empty
-        before the node starts. Give it to other nodes as a static seed."""
+        before the node starts, and for a client. Give it to other nodes as a static seed."""
         return self._parts.me.endpoint if self._parts is not None else ""
 
     @property
     def pub_endpoint(self) -> str:
-        """The PUB endpoint of this node's heartbeats and events; empty before start."""
+        """The PUB endpoint of this node's heartbeats and events; empty before start,
+        and for a client."""
         return self._parts.me.pub_endpoint if self._parts is not None else ""
 
     @overload
@@ -295,6 +303,13 @@ class Node:
         if self.state is not State.NEW:
             raise NodeClosed(f"node {self.node_id} is {self.state.value}; a node starts once")
         opts = self.options
+        client = opts.role == "client"
+        if client and self._handled_types():
+            raise ConfigError(
+                f"node {opts.node_id} is a client, which serves no requests, but has "
+                f"handlers of {', '.join(sorted(self._handled_types()))}; remove them, or "
+                "use role 'member'"
+            )
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
         if opts.metrics_port or self._metrics_registry is not None:
@@ -312,11 +327,14 @@ class Node:
             curve=curve,
         )
         try:
-            if security is not None:
-                # Before anything binds: no CURVE socket may take a handshake unchecked.
-                authenticator = Authenticator(transport.ctx, security.trust, self._counters)
-                authenticator.attach(transport.open_zap(authenticator.on_request))
-            transport.bind(opts.bind, opts.port, opts.pub_port, opts.advertise)
+            if client:
+                transport.connect_only(opts.bind)  # no server socket, so no ZAP handler
+            else:
+                if security is not None:
+                    # Before anything binds: no CURVE socket may take a handshake unchecked.
+                    authenticator = Authenticator(transport.ctx, security.trust, self._counters)
+                    authenticator.attach(transport.open_zap(authenticator.on_request))
+                transport.bind(opts.bind, opts.port, opts.pub_port, opts.advertise)
             self._supervisor = supervisor = Supervisor(opts.node_id, self._give_up)
             self._parts = parts = Parts(
                 options=opts,
@@ -334,20 +352,27 @@ class Node:
             )
             if opts.metrics_port or self._metrics_registry is not None:
                 await self._start_metrics(parts)
-            transport.start_reading()
+            if not client:
+                transport.start_reading()
             parts.builtins.register()
             self.state = State.RUNNING
             supervisor.running = True
             self.discovery = self._discovery_obj or make_discovery(opts)
-            supervisor.supervise("heartbeat", parts.heartbeats.beat)
+            if not client:
+                supervisor.supervise("heartbeat", parts.heartbeats.beat)
             supervisor.supervise("failure-detector", parts.heartbeats.detect)
             if security is not None and isinstance(security.trust, TrustStore):
                 trust = security.trust
                 supervisor.supervise("trust-reload", lambda: _follow_trust(trust))
             if self.discovery is not None:
-                await self.discovery.register(self._candidate())
+                if client:
+                    await self.discovery.start(opts.bind)  # find the members, say nothing
+                else:
+                    await self.discovery.register(self._candidate())
                 discovery = self.discovery
                 supervisor.supervise("discovery", lambda: parts.gossip.follow(discovery))
+            if client and parts.gossip.enabled:
+                supervisor.supervise("client-refresh", parts.gossip.refresh)
             self._joined = True
         except BaseException:
             self.state = State.DRAINING  # nothing half-started may outlive a failed start
@@ -357,6 +382,11 @@ class Node:
                 if self._parts is None:
                     transport.close()
             raise
+        if client:
+            log.info(
+                "client %s up: cluster %s, discovery %s", opts.node_id, opts.cluster, opts.discovery
+            )
+            return
         if security is None and (warning := plaintext_warning(opts.bind)) is not None:
             log.warning("%s", warning)
         log.info(
@@ -471,7 +501,8 @@ class Node:
         parts.server.accepting = False
         parts.me.status = NodeStatus.DRAINING
         parts.membership.rebuild()
-        parts.heartbeats.send()
+        if self.options.role == "member":
+            parts.heartbeats.send()
         try:
             await self._drain(parts)
         finally:
@@ -488,7 +519,8 @@ class Node:
         await self.mediator.idle(0.0 if self._cut_short else max(0.0, drain_end - loop.time()))
         # No heartbeat may follow the BYE, or peers would take this node back.
         await self._stop_background()
-        parts.heartbeats.send_bye()
+        if self.options.role == "member":
+            parts.heartbeats.send_bye()
         discovery, self.discovery = self.discovery, None
         if discovery is not None:
             await self._close_discovery(discovery)
@@ -496,8 +528,10 @@ class Node:
         # so it goes elsewhere) instead of silence until its deadline; the I/O thread
         # also puts the BYE and the last replies on the wire before LINGER=0 drops it.
         # Cut short, the answers still need that moment, or their callers see only the
-        # connection drop (TransportFailed) instead of CANCELLED.
-        await asyncio.sleep(CUT_SHORT_LINGER if self._cut_short else BYE_LINGER)
+        # connection drop (TransportFailed) instead of CANCELLED. A client has neither
+        # a BYE nor answers to put on the wire.
+        if self.options.role == "member":
+            await asyncio.sleep(CUT_SHORT_LINGER if self._cut_short else BYE_LINGER)
 
     async def _close_discovery(self, discovery: Discovery) -> None:
         try:
@@ -600,7 +634,7 @@ class Node:
 
     def members(self) -> list[ClusterNode]:
         """This node and every peer it has heard from, with their state (empty before
-        the node starts)."""
+        the node starts). A client lists only the members: it is none of them."""
         if self._parts is None:
             return []
         return self._parts.membership.members()
@@ -721,7 +755,29 @@ class Node:
         ``current_trace`` holds something other than a valid str.
         """
         parts = self._running_parts(draining_too=True)
+        if self.options.role == "client":
+            await self.hand_over(event)
+            return
         await parts.events.publish(event, current_trace.get())
+
+    async def hand_over(self, event: Event) -> dict[str, int | CatgaError]:
+        """Publish as a client: ``event`` goes to each live member that subscribes to
+        its type as a ``Deliver`` request, at once, and to this node's own subscribers.
+
+        What ``publish()`` of a client does; it returns, per member, the subscribers
+        that member queued it for, or the ``CatgaError`` that kept it from them. The
+        command line's ``publish`` reports this. A member may use it too, to know who
+        took an event (at the cost of a request per subscribing node).
+        """
+        parts = self._running_parts(draining_too=True)
+        name = getattr(type(event), "__wire_name__", "")
+        targets = [p.node_id for p in parts.membership.subscribers_of(name)]
+        requester = parts.requester
+
+        def send(request: Deliver, node: str, trace: str) -> Coroutine[Any, Any, int]:
+            return requester.send(request, None, None, node, trace)
+
+        return await parts.events.hand_over(event, current_trace.get(), targets, send)
 
 
 __all__ = ["Node", "NodeStateError", "State", "current_trace"]

@@ -35,7 +35,7 @@ from .errors import (
     TransportFailed,
     ValidationFailed,
 )
-from .mediator import Call, Context, Mediator
+from .mediator import Context, HandlerEntry, Mediator
 from .membership import Peer
 from .messages import Message
 from .protocol import (
@@ -57,6 +57,11 @@ log = logging.getLogger("catga_zmq.node")
 _REQ: Final = int(Kind.REQ)
 _REP: Final = int(Kind.REP)
 _ERR: Final = int(Kind.ERR)
+
+#: The clock of a handler's processing time (``HandlerStats.processing_time``): that
+#: of the reader's arrival times, which a remote request's time starts from, so that
+#: counting it costs one clock read per request, not two.
+_clock: Final = time.monotonic
 
 #: asyncio.Task(..., eager_start=True) exists from Python 3.12 on.
 _EAGER_TASKS: Final = sys.version_info >= (3, 12)
@@ -196,8 +201,8 @@ class RequestServer:
             self._answer_error(ident, header, err)
             return
         deadline = 0.0
+        arrival = self.transport.arrival
         if header.budget_ms:
-            arrival = self.transport.arrival
             deadline = arrival + header.budget_ms / 1000
             if header.sent_ms:
                 peer = self.peers.get(header.source)
@@ -219,7 +224,7 @@ class RequestServer:
             deadline,
         )
         self.running += 1
-        coro = self._serve(entry.call, message, ctx, ident)
+        coro = self._serve(entry, message, ctx, ident, arrival)
         if _EAGER_TASKS:
             # Python 3.12+: the handler runs at once, inside its task (so current_task(),
             # asyncio.timeout() and TaskGroup work); a handler that does not wait is done
@@ -259,17 +264,22 @@ class RequestServer:
 
     # running -------------------------------------------------------------------------
 
-    async def _serve(self, call: Call, message: Message, ctx: Context, ident: bytes) -> None:
+    async def _serve(
+        self, entry: HandlerEntry, message: Message, ctx: Context, ident: bytes, arrival: float
+    ) -> None:
+        """Run the handler of a request read at ``arrival`` (``time.monotonic()``) and
+        answer it."""
         rid = ctx.request_id
         try:
             try:
-                result = await call(message, ctx)
+                result = await entry.call(message, ctx)
             except NOT_RUN as exc:
                 # Raised by the handler's own code (a nested send, say): the request
                 # did run here, so it must not read as "not run, try another node".
                 raise ran(exc, self.node_id) from exc
             body = self._encode_reply(ctx.type_name, result)
             self.stats["requests_handled"] += 1
+            entry.handled += 1
             self.transport.reply(
                 ident,
                 encode_header(_REP, rid, "", self.node_id),
@@ -278,9 +288,11 @@ class RequestServer:
             )
         except HandlerError as exc:
             self.stats["requests_failed"] += 1
+            entry.errors += 1
             self._answer(ident, rid, exc.code, exc.message, exc.error_type, exc.retryable)
         except CatgaError as exc:
             self.stats["requests_failed"] += 1
+            entry.errors += 1
             self._answer(ident, rid, exc.code, exc.message, "", exc.retryable)
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -291,6 +303,7 @@ class RequestServer:
                 self._timed_out.discard(task)
                 task.uncancel()
                 self.stats["requests_failed"] += 1
+                entry.errors += 1
                 why = f"{ctx.type_name} did not finish before its deadline; cancelled"
                 self._answer(ident, rid, RequestTimeout.code, why, DEADLINE_EXPIRED, False)
                 return
@@ -300,8 +313,10 @@ class RequestServer:
             raise
         except Exception as exc:
             self.stats["requests_failed"] += 1
+            entry.errors += 1
             self._answer(ident, rid, HandlerError.code, str(exc), type(exc).__name__, False)
         finally:
+            entry.busy += _clock() - arrival
             self.running -= 1
             # Cheaper than a done-callback, which costs a loop iteration of its own.
             self._serving.pop(asyncio.current_task(), None)  # type: ignore[arg-type,unused-ignore]
@@ -338,6 +353,7 @@ class RequestServer:
             raise _undecodable(name, exc, self.node_id) from None
         ctx = Context(name, self.node_id, self.node_id, 0, trace, deadline)
         self.running += 1
+        started = _clock()
         scope = asyncio.timeout_at(deadline)
         try:
             try:
@@ -360,10 +376,13 @@ class RequestServer:
                 raise ran(exc, self.node_id) from exc
         except CatgaError:
             self.stats["requests_failed"] += 1
+            entry.errors += 1
             raise
         finally:
+            entry.busy += _clock() - started
             self.running -= 1
         self.stats["requests_handled"] += 1
+        entry.handled += 1
         # As on the remote path: the handler's side counts what it answered, and it is
         # the caller that finds a reply of the wrong type.
         try:

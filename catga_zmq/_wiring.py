@@ -87,6 +87,7 @@ class Parts:
             acceptable_pause=opts.acceptable_pause,
             phi_threshold=opts.phi_threshold,
             min_std=opts.heartbeat_interval / 5,
+            me_member=opts.role == "member",
         )
         peers = membership.peers
 
@@ -177,6 +178,7 @@ class Parts:
             server=server,
             requester=requester,
             gossip=gossip,
+            events=events,
             transport=transport,
             stats=stats,
             problems=problems,

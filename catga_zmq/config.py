@@ -52,6 +52,7 @@ DnsRecordName = Literal["auto", "a", "srv"]
 RoutingName = Literal[
     "round_robin", "local_first", "weighted", "consistent_hash", "least_connections"
 ]
+RoleName = Literal["member", "client"]
 
 ENV_PREFIX = "CATGA_"
 #: Short flags for the settings typed most often, besides the one the rule gives.
@@ -160,7 +161,8 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every setting of a node, by group (each field's description says more):
 
     - Identity: ``node_id``, ``cluster`` (nodes of another cluster are ignored),
-      ``metadata`` (free labels other nodes see).
+      ``metadata`` (free labels other nodes see), ``role`` (a member, or a client that
+      follows the cluster without joining it).
     - Sockets: ``bind``, ``port`` (ROUTER, requests), ``pub_port`` (PUB, heartbeats and
       events), ``advertise`` (the host peers connect to), ``max_message_size``.
     - Discovery: ``discovery`` (mdns, static, memory, dns, redis or none), ``seeds`` for
@@ -484,6 +486,14 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             max_length=MAX_HOST,
         ),
     ] = "127.0.0.1"
+    role: Annotated[
+        RoleName,
+        _doc(
+            "member: serves requests, heartbeats, is listed and routed to; client: sends "
+            "requests, gets replies and events, follows membership, but binds nothing and "
+            "is no member (no heartbeats, no discovery record; nobody lists it)"
+        ),
+    ] = "member"
 
     def inbound_frames(self) -> int:
         """The ROUTER's receive high-water mark: what ``max_inbound_bytes`` allows.
@@ -529,6 +539,8 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             except ConfigError as exc:
                 raise ConfigError(f"seeds: {exc.message}") from None
         curve_mode(opts)
+        if opts.role == "client":
+            _check_client(opts)
         if opts.discovery == "static" and not opts.seeds:
             raise ConfigError(
                 "discovery 'static' needs at least one seed (--seeds tcp://host:port)"
@@ -646,6 +658,16 @@ def parse_resolver(text: str) -> tuple[str, int]:
             "IP[:PORT] (for example 127.0.0.53, 127.0.0.53:5353 or [::1]:5353)"
         )
     return str(address), int(port)
+
+
+def _check_client(opts: NodeOptions) -> None:
+    """A client binds no socket: the settings of its sockets would do nothing."""
+    for name in ("port", "pub_port", "advertise"):
+        if getattr(opts, name):
+            raise ConfigError(
+                f"{name} is set, but role 'client' binds no socket (it connects to the "
+                f"members only); leave {name} out, or use role 'member'"
+            )
 
 
 def _check_heartbeat_fits(opts: NodeOptions) -> None:

@@ -146,6 +146,11 @@ class HandlerEntry:
     response_type: Any
     #: The composed pipeline: ``call(message, ctx) -> result``.
     call: Call = field(init=False)
+    #: What the request server counts of it (``HandlerStats``): kept here, where each
+    #: request looks its handler up anyway, so counting costs no lookup of its own.
+    handled: int = 0
+    errors: int = 0
+    busy: float = 0.0  # s spent from the handler's start to its answer, in total
 
     def innermost(self) -> Call:
         """The handler itself as a pipeline step, with no layer it does not need."""

@@ -266,8 +266,12 @@ class Membership:
         phi_threshold: float = 8.0,
         min_std: float = 0.1,
         forget_after: float | None = None,
+        me_member: bool = True,
     ) -> None:
         self.me = me
+        #: False for a client: it follows the members but is none of them, so it is
+        #: neither listed nor routed to, not even by itself.
+        self.me_member = me_member
         self.suspect_after = suspect_after
         self.faulted_after = faulted_after
         self.acceptable_pause = acceptable_pause
@@ -293,7 +297,8 @@ class Membership:
     # views ------------------------------------------------------------------------
 
     def members(self) -> list[ClusterNode]:
-        return [self.me.snapshot()] + [p.snapshot() for p in self.peers.values()]
+        peers = [p.snapshot() for p in self.peers.values()]
+        return [self.me.snapshot(), *peers] if self.me_member else peers
 
     def candidates(self, type_name: str) -> tuple[Peer, ...]:
         """Routable nodes (this one included) that handle ``type_name``."""
@@ -315,7 +320,7 @@ class Membership:
     def rebuild(self) -> None:
         """Recompute the routing index; called on membership change, never per request."""
         routes: dict[str, list[Peer]] = {}
-        live = [self.me] if self.me.status in _ROUTABLE else []
+        live = [self.me] if self.me_member and self.me.status in _ROUTABLE else []
         live += [p for p in self.peers.values() if p.status in _ROUTABLE]
         for peer in live:
             for name in peer.handles:

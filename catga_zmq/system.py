@@ -1,4 +1,4 @@
-"""Built-in requests every node serves: ping, info, stats.
+"""Built-in requests every node serves: ping, info, stats, deliver.
 
 Every live node handles them, whatever its own handlers, so any node (or an operator
 tool that is not a member) can ask any other: ``await node.send(Stats(), node="users-1")``.
@@ -17,6 +17,7 @@ import msgspec
 
 from .messages import Request
 from .protocol import (
+    MAX_HANDLES,
     MAX_INFO_PEERS,
     MAX_VERSION_TEXT,
     ClusterName,
@@ -25,6 +26,7 @@ from .protocol import (
     NodeId,
     PublicKey,
     Status,
+    TypeName,
     TypeNames,
 )
 
@@ -118,6 +120,24 @@ class Info(Request[NodeInfo]):
     caller: PeerAddress | None = None
 
 
+class HandlerStats(msgspec.Struct):
+    """What one node's handler of one request type did since the node started (as
+    the NATS micro ``$SRV.STATS`` endpoint says per endpoint).
+
+    - ``handled``: requests it answered with a reply; ``errors``: those answered with an
+      error once taken (the handler raised, its reply did not encode, its deadline
+      passed), as ``requests_handled`` and ``requests_failed`` count them, local calls
+      included.
+    - ``processing_time``: seconds from the read of each request to its answer (a
+      local call: from the call), in total: replies and errors together, and handlers
+      a shutdown cancelled; divided by ``handled + errors``, about the mean.
+    """
+
+    handled: int = 0
+    errors: int = 0
+    processing_time: float = 0.0  # s, in total
+
+
 class NodeStats(msgspec.Struct):
     """The answer to ``Stats``: a node's counters since it started.
 
@@ -156,6 +176,8 @@ class NodeStats(msgspec.Struct):
       here, or have them send smaller messages.
     - ``members``: how many other nodes it knows in each status, keyed by
       ``NodeStatus`` value (``{"alive": 2, "suspect": 1}``).
+    - ``handlers``: per request type it handles (wire name, built-ins included), what
+      its handler did (``HandlerStats``); a type not asked for yet is left out.
     """
 
     node_id: NodeId
@@ -184,9 +206,29 @@ class NodeStats(msgspec.Struct):
     requests_expired: int = 0
     connections_refused: int = 0
     handshakes_failed: int = 0
+    handlers: Annotated[
+        dict[TypeName, HandlerStats], msgspec.Meta(max_length=MAX_HANDLES + 16)
+    ] = {}
 
 
 class Stats(Request[NodeStats]):
     """How is this node doing? Answers ``NodeStats``, its counters since it started."""
 
     __wire_name__ = "catga.Stats"
+
+
+class Deliver(Request[int]):
+    """Hand one event to the receiving node's subscribers of its type; answers how
+    many subscribers it was queued for (0: none there).
+
+    How a client, which has no PUB socket, publishes: its ``publish()`` sends one
+    ``Deliver`` to each live member that subscribes to the event's type.
+    ``type_name`` is the event's wire name, ``payload`` its msgpack encoding. Delivery
+    is as for a published event (at most once; counted in ``events_received``), but
+    answered, so the sender knows who took it. An event read so shows nothing about
+    its sender's life (anyone may send a request naming any node).
+    """
+
+    __wire_name__ = "catga.Deliver"
+    type_name: TypeName
+    payload: bytes

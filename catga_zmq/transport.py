@@ -678,6 +678,9 @@ class Transport:
         # ROUTER connections whose handshake failed and whose end is still to come.
         self._failed_unended = 0
         self._router_monitor: Reader | None = None
+        #: True once bound (a member) or opened without binding (a client): SUBs may
+        #: be opened from then on.
+        self.connecting = False
 
     # setup --------------------------------------------------------------------------
 
@@ -739,6 +742,18 @@ class Transport:
         self.pub_endpoint = self._bind(
             pub, host, pub_port, advertise, "--pub-port", "PUB (heartbeats and events)"
         )
+        self.connecting = True
+
+    def connect_only(self, host: str) -> None:
+        """A client's transport: nothing is bound, so there is no ROUTER and no PUB.
+
+        Its DEALERs and SUBs connect to the members: replies come back on the DEALER a
+        request went out on, heartbeats and events on the SUBs. ``host`` is the bind
+        setting, which decides, as for ``bind()``, whether sockets speak IPv6.
+        """
+        if ":" in host.strip("[]"):
+            self.ctx.setsockopt(zmq.IPV6, 1)
+        self.connecting = True
 
     def open_zap(self, handle: Callable[[list[bytes]], None]) -> zmq.Socket[bytes]:
         """Bind this context's ZAP socket (RFC 27) and hand each request to ``handle``,
@@ -1079,7 +1094,7 @@ class Transport:
     def subscribe_to(self, pub_endpoint: str) -> None:
         """Open a SUB to ``pub_endpoint`` (subscribed to ``topics``); ``TransportFailed``
         if it cannot be."""
-        if pub_endpoint in self.subscribers or self.pub is None:
+        if pub_endpoint in self.subscribers or not self.connecting:
             return
         if len(self.subscribers) >= self.max_subscriptions:
             raise TransportFailed(

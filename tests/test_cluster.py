@@ -252,7 +252,7 @@ class TestSharedCluster:
         for node_id in IDS:
             assert by_id[node_id]["status"] == "alive", rows
             assert "cluster.Where" in by_id[node_id]["handles"]
-        assert not any(row["node"].startswith("observer-") for row in rows)
+        assert not any(row["node"].startswith("ops-") for row in rows)  # the client is no member
 
     async def test_request_from_one_node_handled_on_another(
         self, shared: tuple[Client, dict[str, Proc]]

@@ -1,4 +1,5 @@
-"""README's "Running nodes" commands, run as written: two nodes, then ``nodes`` and ``ping``.
+"""README's "Running nodes" commands, run as written: two nodes, then ``nodes`` and ``ping``;
+then those of "Operator commands" against the same two nodes.
 
 The commands are read from the README itself, so the test fails when the README and the
 code disagree. Only the cluster name is replaced, by one of this run's own, so that runs
@@ -36,6 +37,15 @@ def running_nodes_commands() -> list[list[str]]:
     section = text.split("\n## Running nodes\n", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```(?:bash|sh)\n(.*?)```", section, re.S)
     assert block is not None, "no shell block under 'Running nodes'"
+    return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line]
+
+
+def operator_commands() -> list[list[str]]:
+    """The shell commands of the code block under README's "Operator commands"."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n### Operator commands\n", 1)[1].split("\n### ", 1)[0]
+    block = re.search(r"```(?:bash|sh)\n(.*?)```", section, re.S)
+    assert block is not None, "no shell block under 'Operator commands'"
     return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line]
 
 
@@ -83,3 +93,46 @@ async def test_running_nodes_commands_work_as_written(tmp_path: Path) -> None:
             assert await proc.await_exit(EXIT_TIMEOUT) == 0, proc.stderr()
     finally:
         stop_all(nodes)
+
+
+def test_the_operator_block_has_the_commands_this_test_expects() -> None:
+    commands = operator_commands()
+    assert all(c[:3] == ["python", "-m", "catga_zmq"] for c in commands)
+    assert [c[3] for c in commands] == ["watch", "info", "stats", "request", "publish"]
+
+
+async def test_operator_commands_work_as_written(tmp_path: Path) -> None:
+    cluster = f"readme-{uuid.uuid4().hex[:10]}"
+    servers = [
+        _as_run_here(words, cluster)
+        for words in running_nodes_commands()
+        if words[2] == "catga_zmq.node"
+    ]
+    operators = [_as_run_here(words, cluster) for words in operator_commands()]
+    procs: list[Proc] = []
+    try:
+        for cmd in servers:
+            node_id = cmd[cmd.index("--id") + 1]
+            procs.append(Proc.start(node_id, cmd, tmp_path / node_id))
+        for proc in procs:
+            await proc.await_ready(READY_TIMEOUT)
+        expected = {
+            "info": "shop-1",
+            "stats": "shop-2",
+            "request": '"name":"Ada"',
+            "publish": "shop.UserRenamed delivered to shop-1 (1 subscriber), shop-2",
+        }
+        for cmd in operators:
+            if cmd[3] == "watch":
+                watch = Proc.start("watch", cmd, tmp_path / "watch")
+                procs.append(watch)
+                for proc in procs[:2]:
+                    await watch.await_line(rf" joined +{proc.name} status=alive", READY_TIMEOUT)
+                watch.send_signal(signal.SIGINT)
+                assert await watch.await_exit(EXIT_TIMEOUT) == 0, watch.stderr()
+                continue
+            result = run(cmd, timeout=60)
+            assert result.returncode == 0, (cmd[3], result.stdout, result.stderr)
+            assert expected[cmd[3]] in result.stdout, (cmd[3], result.stdout, result.stderr)
+    finally:
+        stop_all(procs)

@@ -458,6 +458,27 @@ def _fast() -> dict[str, float]:
     return {"refresh_interval": REFRESH, "ttl": TTL}
 
 
+async def test_a_client_reads_the_entries_and_writes_none(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    # A client (the operator commands' role) finds the members through Redis without
+    # an entry of its own: nobody would list it, so nothing may say it is there.
+    with cluster_of(server.url, tmp_path) as cluster, server.client() as r:
+        client = Node(
+            f"client-{uuid.uuid4().hex[:6]}",
+            cluster=cluster.name,
+            discovery="redis",
+            redis_url=cluster.url,
+            role="client",
+            **FAST,
+        )
+        async with client:
+            await client.wait_for_peers(len(cluster.nodes), timeout=FIND_TIMEOUT, handles=Where)
+            assert await client.send(Where(), node="n1", timeout=5.0) == "n1"
+            assert set(r.zrange(cluster.zset, 0, -1)) == set(IDS)
+            assert r.exists(cluster.key(client.node_id)) == 0
+
+
 async def test_metadata_and_a_restart_elsewhere_reach_the_others(server: RedisServer) -> None:
     cluster = f"rd-{uuid.uuid4().hex[:10]}"
     # a reads the ids only every 30 s: what it sees sooner came through the channel.

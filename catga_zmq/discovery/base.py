@@ -60,13 +60,19 @@ class DiscoveryChange:
 class Discovery(abc.ABC):
     """How nodes find each other: ``register / unregister / candidates / watch``, plus ``aclose``.
 
-    A node calls ``register`` with its own address when it starts, reads ``watch()``
-    while it runs, and calls ``aclose()`` when it closes; a backend object serves one
-    node. Pass one to ``Node(discovery=...)`` to use a backend of your own.
+    A node calls ``register`` with its own address when it starts (a client calls
+    ``start`` instead), reads ``watch()`` while it runs, and calls ``aclose()`` when it
+    closes; a backend object serves one node. Pass one to ``Node(discovery=...)`` to
+    use a backend of your own.
     """
 
     #: The backend's setting name (``"mdns"``, ``"static"``, ``"memory"``).
     name: str = "discovery"
+
+    async def start(self, bind_host: str = "127.0.0.1") -> None:  # noqa: B027 - optional
+        """Begin finding others without announcing this node: what a client (a node of
+        role ``client``) calls instead of ``register``. ``bind_host`` is its bind
+        setting. Backends that find others without being started do nothing here."""
 
     @abc.abstractmethod
     async def register(self, me: Candidate) -> None:

@@ -186,6 +186,16 @@ class RedisDiscovery(Discovery):
         self._me = me
         self._wanted += 1
         self._wake.set()
+        await self._begin()
+
+    async def start(self, bind_host: str = "127.0.0.1") -> None:
+        """Read the others' entries without writing one (what a client does)."""
+        if self._closed:
+            raise RuntimeError("RedisDiscovery is closed")
+        await self._begin()
+
+    async def _begin(self) -> None:
+        """Start the loop if it is not running; return after its first attempt."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="catga-discovery-redis"
