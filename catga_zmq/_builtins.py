@@ -1,26 +1,45 @@
-"""The handlers of the built-in requests every node serves: ``Ping``, ``Info``, ``Stats``."""
+"""The handlers of the built-in requests every node serves: ``Ping``, ``Info``,
+``Stats``, and the admin requests ``Drain`` and ``Configure``."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from . import _runtime
 from ._gossip import Gossip
 from ._requester import Requester
 from ._server import RequestServer
 from ._version import __version__
 from .config import NodeOptions
-from .mediator import Mediator
+from .errors import ConfigError, ValidationFailed
+from .mediator import Context, Mediator
 from .membership import Membership
 from .protocol import PROTOCOL_VERSION
-from .system import Info, NodeInfo, NodeStats, Ping, Pong, Stats
+from .system import (
+    Configure,
+    Drain,
+    Draining,
+    Info,
+    NodeInfo,
+    NodeStats,
+    Ping,
+    Pong,
+    RuntimeSettings,
+    Stats,
+)
 from .transport import Transport
+
+log = logging.getLogger("catga_zmq.node")
 
 
 class Builtins:
     """Answers ``Ping``, ``Info`` (also the greeting of static and gossip discovery)
-    and ``Stats`` from the parts of a running node."""
+    and ``Stats`` from the parts of a running node; ``Drain`` starts its drain
+    (``drain``), ``Configure`` changes its runtime settings (``_runtime``). Who may
+    send the last two is the request server's check (``security.AdminCheck``)."""
 
     def __init__(
         self,
@@ -34,6 +53,7 @@ class Builtins:
         transport: Transport,
         stats: dict[str, int],
         problems: Callable[[], list[str]],
+        drain: Callable[[], None],
     ) -> None:
         self.options = options
         self.membership = membership
@@ -44,12 +64,15 @@ class Builtins:
         self.transport = transport
         self.stats = stats
         self.problems = problems
+        self.drain = drain
         self.started_at = time.monotonic()
 
     def register(self) -> None:
         self.mediator.add_handler(self.ping, Ping)
         self.mediator.add_handler(self.info, Info)
         self.mediator.add_handler(self.node_stats, Stats)
+        self.mediator.add_handler(self.start_drain, Drain)
+        self.mediator.add_handler(self.configure, Configure)
 
     async def ping(self, req: Ping) -> Pong:
         return Pong(self.membership.me.node_id, time.time())
@@ -77,6 +100,30 @@ class Builtins:
     async def node_stats(self, req: Stats) -> NodeStats:
         return self.snapshot()
 
+    async def start_drain(self, req: Drain, ctx: Context) -> Draining:
+        # The drain waits for this handler like any other: the answer goes out first.
+        running = self.server.running - 1
+        log.warning("%s drains: asked by %s", ctx.node_id, ctx.source)
+        self.drain()
+        return Draining(ctx.node_id, running, self.options.drain_timeout)
+
+    async def configure(self, req: Configure, ctx: Context) -> RuntimeSettings:
+        me = self.membership.me
+        try:
+            changes = _runtime.parse_changes(req.changes)
+            before = {k: _shown(self.options, k) for k in changes.names()}
+            _runtime.apply(changes, self.options, me)
+        except ConfigError as exc:
+            raise ValidationFailed(exc.message, node=me.node_id) from None
+        keys = changes.names()
+        log.warning(
+            "settings of %s changed by %s: %s",
+            me.node_id,
+            ctx.source,
+            ", ".join(f"{k} {before[k]} -> {_shown(self.options, k)}" for k in keys),
+        )
+        return _runtime.current(self.options, keys)
+
     def snapshot(self) -> NodeStats:
         counts: dict[str, int] = {}
         for p in self.membership.peers.values():
@@ -97,6 +144,14 @@ class Builtins:
             batches_sent=self.transport.batches_sent,
             connections_dropped=self.transport.connections_dropped,
         )
+
+
+def _shown(options: NodeOptions, key: str) -> str:
+    """A setting (or ``metadata.KEY``) as a log line shows it."""
+    if key.startswith(_runtime.LABEL_PREFIX):
+        label = options.metadata.get(key.removeprefix(_runtime.LABEL_PREFIX))
+        return "(none)" if label is None else repr(label)
+    return repr(getattr(options, key))
 
 
 #: What ``NodeStats`` says of the parts of a node that has none (not started).

@@ -305,6 +305,7 @@ class Node:
                 on_duplicate=self._duplicate_id,
                 on_change=self._changed.set,
                 problems=self.problems,
+                drain=self._start_close,
                 trust=None if security is None else security.trust,
             )
             transport.start_reading()
@@ -498,6 +499,11 @@ class Node:
         log.error("%s", failure.message)
         if self.failure is None:
             self.failure = failure
+        self._start_close()
+
+    def _start_close(self) -> None:
+        """Start the drain (as ``aclose()`` does) without waiting for it: a failure,
+        or a ``Drain`` request, whose handler's answer the drain waits for."""
         if self._closer is None and self.state is State.RUNNING:
             self._closer = asyncio.get_running_loop().create_task(
                 self._close(), name=f"catga-{self.node_id}-close"

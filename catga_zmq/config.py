@@ -49,6 +49,7 @@ DiscoveryName = Literal["mdns", "static", "memory", "none"]
 RoutingName = Literal[
     "round_robin", "local_first", "weighted", "consistent_hash", "least_connections"
 ]
+PlaintextAdmin = Literal["loopback", "any", "none"]
 
 ENV_PREFIX = "CATGA_"
 #: Short flags for the settings typed most often, besides the one the rule gives.
@@ -155,7 +156,9 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     - Lifecycle: ``drain_timeout``, ``log_level``.
     - Security (CURVE): ``curve_secret_key`` (this node's secret key file; empty:
       plaintext), and whom to trust: ``curve_trust_dir`` (the public keys of the nodes
-      allowed) or ``curve_any_key`` (any key: encrypted, not authenticated).
+      allowed) or ``curve_any_key`` (any key: encrypted, not authenticated);
+      ``plaintext_admin``: who may drain or reconfigure the node when no trust
+      directory authenticates its peers.
 
     Durations are in seconds, sizes in bytes. Every number has a range, stated next to
     its default; ``validated()`` checks each value against it, then the values together.
@@ -359,6 +362,15 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "stays bound to the first key it came with), instead of curve_trust_dir"
         ),
     ] = False
+    plaintext_admin: Annotated[
+        PlaintextAdmin,
+        _doc(
+            "who may send this node the admin requests (drain, set) when no curve_trust_dir "
+            "authenticates its peers (plaintext, or curve_any_key): loopback, only while it "
+            "binds a loopback address (the callers are then on this host); any, whoever "
+            "reaches it; none, no one. With curve_trust_dir: the keys in its admin/ only"
+        ),
+    ] = "loopback"
 
     def inbound_frames(self) -> int:
         """The ROUTER's receive high-water mark: what ``max_inbound_bytes`` allows.
