@@ -10,6 +10,7 @@ from typing import Any
 
 from . import _runtime
 from ._gossip import Gossip
+from ._inbound import clip
 from ._requester import Requester
 from ._server import RequestServer
 from ._version import __version__
@@ -116,12 +117,10 @@ class Builtins:
         except ConfigError as exc:
             raise ValidationFailed(exc.message, node=me.node_id) from None
         keys = changes.names()
-        log.warning(
-            "settings of %s changed by %s: %s",
-            me.node_id,
-            ctx.source,
-            ", ".join(f"{k} {before[k]} -> {_shown(self.options, k)}" for k in keys),
-        )
+        shown = [f"{k} {before[k]} -> {_shown(self.options, k)}" for k in keys[:_LOGGED]]
+        if len(keys) > _LOGGED:
+            shown.append(f"and {len(keys) - _LOGGED} more")
+        log.warning("settings of %s changed by %s: %s", me.node_id, ctx.source, ", ".join(shown))
         return _runtime.current(self.options, keys)
 
     def snapshot(self) -> NodeStats:
@@ -146,12 +145,17 @@ class Builtins:
         )
 
 
+#: A log line of a change names at most this many settings, each value cut to fit.
+_LOGGED = 16
+_SHOWN = 80
+
+
 def _shown(options: NodeOptions, key: str) -> str:
     """A setting (or ``metadata.KEY``) as a log line shows it."""
     if key.startswith(_runtime.LABEL_PREFIX):
         label = options.metadata.get(key.removeprefix(_runtime.LABEL_PREFIX))
-        return "(none)" if label is None else repr(label)
-    return repr(getattr(options, key))
+        return "(none)" if label is None else clip(repr(label), _SHOWN)
+    return clip(repr(getattr(options, key)), _SHOWN)
 
 
 #: What ``NodeStats`` says of the parts of a node that has none (not started).

@@ -30,6 +30,8 @@ from .config import (
 from .errors import CatgaError
 
 EXIT_USAGE = 2
+#: drain and set: the node refused the caller (PERMISSION_DENIED: no admin key).
+EXIT_REFUSED = 3
 #: A second Ctrl-C cut the drain short: 128 + SIGINT, what a shell reports for it.
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
@@ -250,7 +252,7 @@ async def _serve(node: Any) -> int:
             finally:
                 for w in waits:
                     w.cancel()
-            if node.failure is None:
+            if node.failure is None and stop.is_set():
                 log.info("draining %s (Ctrl-C again to stop at once)", node.node_id)
     except asyncio.CancelledError:
         if not forced:
@@ -270,7 +272,11 @@ def _ops_parser() -> argparse.ArgumentParser:
         prog="python -m catga_zmq",
         description="catga_zmq operator commands: nodes and ping join the cluster as an "
         "observer (not a member that serves), listen for --wait seconds, then answer; "
-        "keygen writes a CURVE key pair.",
+        "drain and set send one node an admin request (drain it; change its settings while "
+        "it runs); keygen writes a CURVE key pair.",
+        epilog="exit codes: 0 done (nodes, ping: nodes found); 1 no node found, or it did "
+        "not answer; 2 a bad value; "
+        f"{EXIT_REFUSED} refused (drain, set: the caller is no admin).",
     )
     _version(p)
     sub = p.add_subparsers(dest="command", required=True)
@@ -287,6 +293,7 @@ def _ops_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true", help="print JSON instead of a table")
         if name == "ping":
             c.add_argument("--node", help="ping only this node id")
+    _add_admin_parsers(sub, by_name)
     k = sub.add_parser(
         "keygen",
         help="write a CURVE key pair: NAME.key (public) and NAME.key_secret (secret, mode 0600)",
@@ -304,6 +311,63 @@ def _ops_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the key and the files as one JSON object"
     )
     return p
+
+
+#: What drain and set exit with, for their --help.
+_ADMIN_EXITS = (
+    "exit codes: 0 done; 1 the node was not seen within --wait, or did not answer; "
+    f"2 a bad value or unknown setting (nothing changed); {EXIT_REFUSED} refused: the "
+    "caller is no admin (with CURVE: its key is not in the trust directory's admin/; "
+    "without: the node's plaintext_admin setting)"
+)
+
+
+def _add_admin_parsers(sub: Any, by_name: dict[str, Setting]) -> None:
+    """drain and set: admin requests to one node (``Drain``, ``Configure``)."""
+    from ._runtime import settable
+
+    d = sub.add_parser(
+        "drain",
+        help="make a node drain and close, as SIGTERM would",
+        description="Make NODE drain: it announces DRAINING, takes no new requests, finishes "
+        "those it runs (within its drain_timeout), says BYE and closes (its node command exits "
+        "0). The answer comes before it goes. An admin request.",
+        epilog=_ADMIN_EXITS,
+    )
+    s = sub.add_parser(
+        "set",
+        help="change settings of a running node: set NODE weight=3 metadata.zone=b",
+        description="Change settings of NODE while it runs; the change shows in its next "
+        f"heartbeat (nodes lists it). Settings: {settable()}. metadata.KEY=VALUE sets one "
+        "label, metadata=zone=a,rack=3 the whole table (metadata= clears it). Each value is "
+        "checked as its flag's: one bad value changes nothing. An admin request.",
+        epilog=_ADMIN_EXITS,
+    )
+    for c in (d, s):
+        c.add_argument("node", metavar="NODE", help="the node id")
+        add_setting_flags(c, (by_name[n] for n in OBSERVER_SETTINGS))
+        c.add_argument(
+            "--wait",
+            type=float,
+            default=5.0,
+            help="seconds to wait for NODE to be seen (default 5)",
+        )
+        c.add_argument("--json", action="store_true", help="print the answer as JSON")
+    s.add_argument("changes", metavar="KEY=VALUE", nargs="+", help="a setting and its value")
+
+
+def _changes(texts: list[str]) -> dict[str, str]:
+    """``set``'s KEY=VALUE words, checked as the node will check them."""
+    from ._runtime import parse_changes
+
+    changes: dict[str, str] = {}
+    for text in texts:
+        key, eq, value = text.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"{text!r} is not KEY=VALUE; write weight=3 or metadata.zone=b")
+        changes[key.strip()] = value.strip()
+    parse_changes(changes)
+    return changes
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -332,8 +396,8 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def ops_main(argv: list[str] | None = None) -> int:
-    """``python -m catga_zmq``: 0 if it found nodes (keygen: wrote the keys), 1 if none,
-    2 for a bad value."""
+    """``python -m catga_zmq``: 0 if it found nodes (keygen: wrote the keys; drain, set:
+    done), 1 if none (or it did not answer), 2 for a bad value, 3 refused (drain, set)."""
     args = _ops_parser().parse_args(argv)
     prog = "catga_zmq"
     if args.command == "keygen":  # no cluster, no settings: files only
@@ -354,6 +418,8 @@ def ops_main(argv: list[str] | None = None) -> int:
         options = NodeOptions().merged(changes).validated()
         if args.wait <= 0:
             raise UsageError(f"--wait must be > 0 seconds, got {args.wait}")
+        if args.command == "set":
+            args.changes = _changes(args.changes)
     except (UsageError, CatgaError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -375,6 +441,8 @@ async def _ops(args: argparse.Namespace, options: NodeOptions) -> int:
     from .system import Ping
 
     async with Node(options=options) as observer:
+        if args.command in ("drain", "set"):
+            return await _admin(args, observer)
         await asyncio.sleep(args.wait)
         members = [m for m in observer.members() if not m.local]
         if args.command == "nodes":
@@ -385,6 +453,8 @@ async def _ops(args: argparse.Namespace, options: NodeOptions) -> int:
                     "endpoint": m.endpoint,
                     "load": m.load,
                     "in_flight": m.in_flight,
+                    "weight": m.weight,
+                    "metadata": m.metadata,
                     "age_s": round(time.time() - m.last_heartbeat, 2) if m.last_heartbeat else None,
                     "handles": sorted(m.handles),
                 }
@@ -414,9 +484,72 @@ async def _ops(args: argparse.Namespace, options: NodeOptions) -> int:
         return 0 if rows else 1
 
 
+async def _admin(args: argparse.Namespace, observer: Any) -> int:
+    """drain NODE, set NODE KEY=VALUE...: one admin request to NODE once it is seen."""
+    import msgspec
+
+    from .errors import PermissionDenied, ValidationFailed
+    from .membership import NodeStatus
+    from .system import Configure, Drain
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.wait
+    seen = None
+    while loop.time() < deadline:  # bounded by --wait
+        seen = next((m for m in observer.members() if m.node_id == args.node), None)
+        if seen is not None and seen.status in (NodeStatus.ALIVE, NodeStatus.DRAINING):
+            break
+        await asyncio.sleep(0.05)
+    if seen is None or seen.status not in (NodeStatus.ALIVE, NodeStatus.DRAINING):
+        what = "not seen" if seen is None else f"{seen.status.value}"
+        print(
+            f"catga_zmq: error: node {args.node!r} {what} in cluster "
+            f"{observer.options.cluster!r} within {args.wait} s",
+            file=sys.stderr,
+        )
+        return 1
+    if seen.status is NodeStatus.DRAINING:
+        if args.command == "drain":
+            print(f"{args.node} is draining already")
+            return 0
+        print(f"catga_zmq: error: node {args.node!r} is draining", file=sys.stderr)
+        return 1
+    message = Drain() if args.command == "drain" else Configure(changes=args.changes)
+    try:
+        answer = await observer.send(message, node=args.node, timeout=10.0)
+    except PermissionDenied as exc:
+        print(f"catga_zmq: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ValidationFailed as exc:
+        print(f"catga_zmq: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CatgaError as exc:
+        print(f"catga_zmq: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(msgspec.json.encode(answer).decode())
+    elif args.command == "drain":
+        print(
+            f"{answer.node_id} drains: {answer.running} requests running, given up to "
+            f"{answer.drain_timeout} s"
+        )
+    else:
+        fields = msgspec.structs.asdict(answer)
+        fields.pop("node_id")
+        changed = fields.pop("changed")
+        shown = "  ".join(f"{k}={_cell(v)}" for k, v in fields.items())
+        print(f"{answer.node_id}: changed {', '.join(changed)}\n  {shown}")
+    return 0
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, dict):
+        return ",".join(f"{k}={x}" for k, x in v.items()) or "-"
+    return ",".join(v) if isinstance(v, list) else ("-" if v is None else str(v))
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
-    def cell(v: Any) -> str:
-        return ",".join(v) if isinstance(v, list) else ("-" if v is None else str(v))
+    cell = _cell
 
     headers = list(rows[0])
     cells = [[cell(r[h]) for h in headers] for r in rows]
