@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _runtime
 from ._gossip import Gossip
 from ._inbound import clip
 from ._requester import Requester
+from ._runtime import LABEL_PREFIX, apply, current, parse_changes
 from ._server import RequestServer
 from ._version import __version__
 from .config import NodeOptions
@@ -111,9 +111,9 @@ class Builtins:
     async def configure(self, req: Configure, ctx: Context) -> RuntimeSettings:
         me = self.membership.me
         try:
-            changes = _runtime.parse_changes(req.changes)
+            changes = parse_changes(req.changes)
             before = {k: _shown(self.options, k) for k in changes.names()}
-            _runtime.apply(changes, self.options, me)
+            apply(changes, self.options, me)
         except ConfigError as exc:
             raise ValidationFailed(exc.message, node=me.node_id) from None
         keys = changes.names()
@@ -121,7 +121,7 @@ class Builtins:
         if len(keys) > _LOGGED:
             shown.append(f"and {len(keys) - _LOGGED} more")
         log.warning("settings of %s changed by %s: %s", me.node_id, ctx.source, ", ".join(shown))
-        return _runtime.current(self.options, keys)
+        return current(self.options, keys)
 
     def snapshot(self) -> NodeStats:
         counts: dict[str, int] = {}
@@ -152,8 +152,8 @@ _SHOWN = 80
 
 def _shown(options: NodeOptions, key: str) -> str:
     """A setting (or ``metadata.KEY``) as a log line shows it."""
-    if key.startswith(_runtime.LABEL_PREFIX):
-        label = options.metadata.get(key.removeprefix(_runtime.LABEL_PREFIX))
+    if key.startswith(LABEL_PREFIX):
+        label = options.metadata.get(key.removeprefix(LABEL_PREFIX))
         return "(none)" if label is None else clip(repr(label), _SHOWN)
     return clip(repr(getattr(options, key)), _SHOWN)
 
