@@ -530,7 +530,7 @@ async def _admin(args: argparse.Namespace, observer: Any) -> int:
         print(msgspec.json.encode(answer).decode())
     elif args.command == "drain":
         print(
-            f"{answer.node_id} drains: {answer.running} requests running, given up to "
+            f"{answer.node_id} drains: {answer.running} running, given up to "
             f"{answer.drain_timeout} s"
         )
     else:

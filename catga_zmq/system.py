@@ -144,7 +144,8 @@ class NodeStats(msgspec.Struct):
       nodes it never got, seen as gaps in their sequence numbers; ``events_dropped``:
       events it got but dropped because a local subscriber's queue was full.
     - ``frames_rejected``: frames it refused: malformed, of an unknown kind, of
-      another protocol version or cluster, or that did not decode as their type.
+      another protocol version or cluster, or that did not decode as their type;
+      and admin requests it refused (``PERMISSION_DENIED``).
     - ``replies_dropped``: replies it could not deliver (the caller had gone, or its
       queue was full); ``late_replies``: replies it got after its request had timed
       out or been cancelled.

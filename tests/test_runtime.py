@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import time
@@ -20,7 +21,7 @@ import pytest
 from _procs import Proc, python, stop_all
 from conftest import MakeNode, member, wait_until
 
-from catga_zmq import Node, NodeOptions, PermissionDenied, ValidationFailed
+from catga_zmq import Node, NodeOptions, PermissionDenied, RequestTimeout, ValidationFailed
 from catga_zmq._runtime import parse_changes
 from catga_zmq.errors import ConfigError
 from catga_zmq.security import ADMIN_DIR, RELOAD_INTERVAL, AdminCheck, TrustStore, generate
@@ -167,6 +168,34 @@ async def test_set_shows_in_the_next_heartbeat_on_other_nodes(make_node: MakeNod
     await wait_until(lambda: member(b, "a").weight == 3, timeout=10)
     assert member(b, "a").metadata == {"zone": "b"}
     assert member(a, "a").weight == 3  # its own record too (local routing)
+
+
+async def test_log_level_request_timeout_and_drain_timeout_take_effect(
+    make_node: MakeNode,
+) -> None:
+    a, b = make_node("a"), make_node("b")
+
+    @b.handler
+    async def sleep(req: Sleep) -> str:
+        await asyncio.sleep(req.seconds)
+        return "slept"
+
+    await a.start()
+    await b.start()
+    await a.wait_for_peers(1, timeout=20, handles=Sleep)
+    await b.wait_for_peers(1, timeout=20)
+    root = logging.getLogger()
+    level = root.level
+    try:
+        changes = {"log_level": "debug", "request_timeout": "0.25", "drain_timeout": "3"}
+        answer = await b.send(Configure(changes=changes), node="a", timeout=10)
+        assert answer.log_level == "debug" and root.level == logging.DEBUG
+        assert (a.options.request_timeout, a.options.drain_timeout) == (0.25, 3.0)
+        # send() without a timeout now has 0.25 s.
+        with pytest.raises(RequestTimeout):
+            await a.send(Sleep(seconds=5), node="b")
+    finally:
+        root.setLevel(level)
 
 
 async def test_a_bad_value_changes_nothing(make_node: MakeNode) -> None:
