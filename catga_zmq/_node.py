@@ -84,10 +84,13 @@ async def _follow_trust(trust: TrustStore) -> None:
         await asyncio.sleep(RELOAD_INTERVAL)
         if trust.changed() and (change := trust.reload()):
             log.info(
-                "trust directory reloaded: added %s, removed %s, new keys for %s",
+                "trust directory reloaded: added %s, removed %s, new keys for %s; "
+                "admins added %s, admins removed %s",
                 sorted(change.added) or "none",
                 sorted(change.removed) or "none",
                 sorted(change.rekeyed) or "none",
+                sorted(change.admins_added) or "none",
+                sorted(change.admins_removed) or "none",
             )
 
 
