@@ -42,7 +42,18 @@ from .membership import (
 )
 from .messages import Event, Message, Request, registry
 from .protocol import PROTOCOL_VERSION
-from .system import Info, NodeInfo, NodeStats, Ping, Pong, Stats
+from .system import (
+    Configure,
+    Drain,
+    Draining,
+    Info,
+    NodeInfo,
+    NodeStats,
+    Ping,
+    Pong,
+    RuntimeSettings,
+    Stats,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -52,9 +63,12 @@ __all__ = [
     "CatgaError",
     "ClusterNode",
     "ConfigError",
+    "Configure",
     "Context",
     "DeadlineBehavior",
     "Discovery",
+    "Drain",
+    "Draining",
     "Event",
     "HandlerError",
     "HandlerNotFound",
@@ -85,6 +99,7 @@ __all__ = [
     "ProtocolError",
     "Request",
     "RequestTimeout",
+    "RuntimeSettings",
     "SerializationFailed",
     "StaticDiscovery",
     "Stats",

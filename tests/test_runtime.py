@@ -21,11 +21,19 @@ import pytest
 from _procs import Proc, python, stop_all
 from conftest import MakeNode, member, wait_until
 
-from catga_zmq import Node, NodeOptions, PermissionDenied, RequestTimeout, ValidationFailed
+from catga_zmq import (
+    Configure,
+    Drain,
+    Node,
+    NodeOptions,
+    PermissionDenied,
+    RequestTimeout,
+    RuntimeSettings,
+    ValidationFailed,
+)
 from catga_zmq._runtime import parse_changes
 from catga_zmq.errors import ConfigError
 from catga_zmq.security import ADMIN_DIR, RELOAD_INTERVAL, AdminCheck, TrustStore, generate
-from catga_zmq.system import Configure, Drain, RuntimeSettings
 from tests.apps.slow_app import Sleep
 
 OPS = python("-m", "catga_zmq")
