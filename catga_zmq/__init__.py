@@ -22,6 +22,7 @@ from .errors import (
     NodeStateError,
     NoNodes,
     Overloaded,
+    PermissionDenied,
     ProtocolError,
     RequestTimeout,
     SerializationFailed,
@@ -41,7 +42,20 @@ from .membership import (
 )
 from .messages import Event, Message, Request, registry
 from .protocol import PROTOCOL_VERSION
-from .system import Deliver, HandlerStats, Info, NodeInfo, NodeStats, Ping, Pong, Stats
+from .system import (
+    Configure,
+    Deliver,
+    Drain,
+    Draining,
+    HandlerStats,
+    Info,
+    NodeInfo,
+    NodeStats,
+    Ping,
+    Pong,
+    RuntimeSettings,
+    Stats,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -51,10 +65,13 @@ __all__ = [
     "CatgaError",
     "ClusterNode",
     "ConfigError",
+    "Configure",
     "Context",
     "DeadlineBehavior",
     "Deliver",
     "Discovery",
+    "Drain",
+    "Draining",
     "Event",
     "HandlerError",
     "HandlerNotFound",
@@ -80,11 +97,13 @@ __all__ = [
     "NodeStatus",
     "NodeSuspect",
     "Overloaded",
+    "PermissionDenied",
     "Ping",
     "Pong",
     "ProtocolError",
     "Request",
     "RequestTimeout",
+    "RuntimeSettings",
     "SerializationFailed",
     "StaticDiscovery",
     "Stats",

@@ -1,28 +1,50 @@
-"""The handlers of the built-in requests every node serves: ``Ping``, ``Info``, ``Stats``,
-``Deliver``."""
+"""The handlers of the built-in requests every node serves: ``Ping``, ``Info``,
+``Stats``, ``Deliver``, and the admin requests ``Drain`` and ``Configure``."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ._events import EventBus
 from ._gossip import Gossip
+from ._inbound import clip
 from ._requester import Requester
+from ._runtime import LABEL_PREFIX, apply, current, parse_changes
 from ._server import RequestServer
 from ._version import __version__
 from .config import NodeOptions
+from .errors import ConfigError, ValidationFailed
 from .mediator import Context, Mediator
 from .membership import Membership
 from .protocol import PROTOCOL_VERSION
-from .system import Deliver, HandlerStats, Info, NodeInfo, NodeStats, Ping, Pong, Stats
+from .system import (
+    Configure,
+    Deliver,
+    Drain,
+    Draining,
+    HandlerStats,
+    Info,
+    NodeInfo,
+    NodeStats,
+    Ping,
+    Pong,
+    RuntimeSettings,
+    Stats,
+)
 from .transport import Transport
+
+log = logging.getLogger("catga_zmq.node")
 
 
 class Builtins:
     """Answers ``Ping``, ``Info`` (also the greeting of static and gossip discovery),
-    ``Stats`` and ``Deliver`` (a client's events) from the parts of a running node."""
+    ``Stats`` and ``Deliver`` (a client's events) from the parts of a running node;
+    ``Drain`` starts its drain (``drain``), ``Configure`` changes its runtime settings
+    (``_runtime``). Who may send the last two is the request server's check
+    (``security.AdminCheck``)."""
 
     def __init__(
         self,
@@ -37,6 +59,7 @@ class Builtins:
         transport: Transport,
         stats: dict[str, int],
         problems: Callable[[], list[str]],
+        drain: Callable[[], None],
     ) -> None:
         self.options = options
         self.membership = membership
@@ -48,6 +71,7 @@ class Builtins:
         self.transport = transport
         self.stats = stats
         self.problems = problems
+        self.drain = drain
         self.started_at = time.monotonic()
 
     def register(self) -> None:
@@ -55,6 +79,8 @@ class Builtins:
         self.mediator.add_handler(self.info, Info)
         self.mediator.add_handler(self.node_stats, Stats)
         self.mediator.add_handler(self.deliver, Deliver)
+        self.mediator.add_handler(self.start_drain, Drain)
+        self.mediator.add_handler(self.configure, Configure)
 
     async def ping(self, req: Ping) -> Pong:
         return Pong(self.membership.me.node_id, time.time())
@@ -85,6 +111,28 @@ class Builtins:
     async def deliver(self, req: Deliver, ctx: Context) -> int:
         return self.events.on_handed(req.type_name, req.payload, ctx.source, ctx.trace_id)
 
+    async def start_drain(self, req: Drain, ctx: Context) -> Draining:
+        # The drain waits for this handler like any other: the answer goes out first.
+        running = self.server.running - 1
+        log.warning("%s drains: asked by %s", ctx.node_id, ctx.source)
+        self.drain()
+        return Draining(ctx.node_id, running, self.options.drain_timeout)
+
+    async def configure(self, req: Configure, ctx: Context) -> RuntimeSettings:
+        me = self.membership.me
+        try:
+            changes = parse_changes(req.changes)
+            before = {k: _shown(self.options, k) for k in changes.names()}
+            apply(changes, self.options, me)
+        except ConfigError as exc:
+            raise ValidationFailed(exc.message, node=me.node_id) from None
+        keys = changes.names()
+        shown = [f"{k} {before[k]} -> {_shown(self.options, k)}" for k in keys[:_LOGGED]]
+        if len(keys) > _LOGGED:
+            shown.append(f"and {len(keys) - _LOGGED} more")
+        log.warning("settings of %s changed by %s: %s", me.node_id, ctx.source, ", ".join(shown))
+        return current(self.options, keys)
+
     def snapshot(self) -> NodeStats:
         counts: dict[str, int] = {}
         for p in self.membership.peers.values():
@@ -111,6 +159,19 @@ class Builtins:
                 if entry.handled or entry.errors
             },
         )
+
+
+#: A log line of a change names at most this many settings, each value cut to fit.
+_LOGGED = 16
+_SHOWN = 80
+
+
+def _shown(options: NodeOptions, key: str) -> str:
+    """A setting (or ``metadata.KEY``) as a log line shows it."""
+    if key.startswith(LABEL_PREFIX):
+        label = options.metadata.get(key.removeprefix(LABEL_PREFIX))
+        return "(none)" if label is None else clip(repr(label), _SHOWN)
+    return clip(repr(getattr(options, key)), _SHOWN)
 
 
 #: What ``NodeStats`` says of the parts of a node that has none (not started).

@@ -255,7 +255,7 @@ async def _serve(node: Any) -> int:
             finally:
                 for w in waits:
                     w.cancel()
-            if node.failure is None:
+            if node.failure is None and stop.is_set():
                 log.info("draining %s (Ctrl-C again to stop at once)", node.node_id)
     except asyncio.CancelledError:
         if not forced:
@@ -295,6 +295,8 @@ def _ops_parser() -> argparse.ArgumentParser:
     _stats_parser(sub)
     _request_parser(sub)
     _publish_parser(sub)
+    _drain_parser(sub)
+    _set_parser(sub)
     _keygen_parser(sub)
     return p
 
@@ -456,6 +458,41 @@ def _keygen_parser(sub: Commands) -> None:
     k.add_argument(
         "--json", action="store_true", help="print the key and the files as one JSON object"
     )
+
+
+def _drain_parser(sub: Commands) -> None:
+    c = _client_command(
+        sub,
+        "drain",
+        "make a node drain and close, as SIGTERM would (an admin request)",
+        "Make NODE drain: it announces DRAINING, takes no new requests, finishes those it "
+        "runs (within its drain_timeout), says BYE and closes (its node command exits 0). "
+        "The answer comes before it goes. An admin request: with CURVE, only a key in the "
+        "trust directory's admin/ may send it; without, the node's plaintext_admin "
+        "setting decides (exit code 3 when refused).",
+    )
+    c.add_argument("node", metavar="NODE", help="the node id")
+    _wait_flag(c, "seconds to wait for NODE to be heard")
+    _timeout_flag(c)
+
+
+def _set_parser(sub: Commands) -> None:
+    from ._runtime import settable
+
+    c = _client_command(
+        sub,
+        "set",
+        "change settings of a running node: set NODE weight=3 metadata.zone=b",
+        f"Change settings of NODE while it runs: {settable()}. metadata.KEY=VALUE sets "
+        "one label, metadata=zone=a,rack=3 the whole table (metadata= clears it). Each "
+        "value is checked as its flag's, here and on the node: one bad value changes "
+        "nothing (exit code 2). The change shows in the node's next heartbeat (nodes "
+        "lists it) and lasts until it restarts. An admin request, as for drain.",
+    )
+    c.add_argument("node", metavar="NODE", help="the node id")
+    c.add_argument("changes", metavar="KEY=VALUE", nargs="+", help="a setting and its value")
+    _wait_flag(c, "seconds to wait for NODE to be heard")
+    _timeout_flag(c)
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -89,10 +89,13 @@ async def _follow_trust(trust: TrustStore) -> None:
         await asyncio.sleep(RELOAD_INTERVAL)
         if trust.changed() and (change := trust.reload()):
             log.info(
-                "trust directory reloaded: added %s, removed %s, new keys for %s",
+                "trust directory reloaded: added %s, removed %s, new keys for %s; "
+                "admins added %s, admins removed %s",
                 sorted(change.added) or "none",
                 sorted(change.removed) or "none",
                 sorted(change.rekeyed) or "none",
+                sorted(change.admins_added) or "none",
+                sorted(change.admins_removed) or "none",
             )
 
 
@@ -348,6 +351,7 @@ class Node:
                 on_duplicate=self._duplicate_id,
                 on_change=self._changed.set,
                 problems=self.problems,
+                drain=self._start_close,
                 trust=None if security is None else security.trust,
             )
             if opts.metrics_port or self._metrics_registry is not None:
@@ -607,6 +611,11 @@ class Node:
         log.error("%s", failure.message)
         if self.failure is None:
             self.failure = failure
+        self._start_close()
+
+    def _start_close(self) -> None:
+        """Start the drain (as ``aclose()`` does) without waiting for it: a failure,
+        or a ``Drain`` request, whose handler's answer the drain waits for."""
         if self._closer is None and self.state is State.RUNNING:
             self._closer = asyncio.get_running_loop().create_task(
                 self._close(), name=f"catga-{self.node_id}-close"

@@ -41,10 +41,13 @@ EXIT_CODES: Final = f"""exit codes:
   {EXIT_OK}    done (watch: stopped by Ctrl-C or SIGTERM)
   {EXIT_NONE}    nothing to act on: no member heard within --wait, NODE is not a live
        member, no live node handles TYPE, no member subscribes to the event
-  {EXIT_USAGE}    a bad value (a flag, a setting, TYPE, JSON, --app), or this client
-       could not start (a key file, say); one line on stderr
+  {EXIT_USAGE}    a bad value (a flag, a setting, TYPE, JSON, --app; set: a value the
+       node refused, and nothing changed), or this client could not start (a key
+       file, say); one line on stderr
   {EXIT_FAILED}    a request failed: an error answer, or none within --timeout (ping,
-       stats, publish: for one node or more)
+       stats, publish: for one node or more); drain, set: refused, the caller is no
+       admin (CURVE: its key is not in the trust directory's admin/; plaintext: the
+       node's plaintext_admin setting)
   {EXIT_INTERRUPTED}  interrupted by Ctrl-C (but watch, which it ends with 0)"""
 
 #: The statuses of a member that answers requests (a draining one still does).
@@ -89,10 +92,29 @@ def prepare(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and not 0 < value <= 3600:
             raise UsageError(f"--{name} must be more than 0 and at most 3600 s, got {value}")
+    if args.command == "set":
+        args.changes = set_changes(args.changes)
     if args.command in ("request", "publish"):
         base: type[Message] = Request if args.command == "request" else Event
         cls = find_type(args.type, args.app, base)
         args.message = build(cls, args.json_text)
+
+
+def set_changes(words: list[str]) -> dict[str, str]:
+    """``set``'s KEY=VALUE words, checked as the node will check them (``UsageError``)."""
+    from ._runtime import parse_changes
+
+    changes: dict[str, str] = {}
+    for word in words:
+        key, eq, value = word.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"{word!r} is not KEY=VALUE; write weight=3 or metadata.zone=b")
+        changes[key.strip()] = value.strip()
+    try:
+        parse_changes(changes)
+    except ConfigError as exc:
+        raise UsageError(exc.message) from None
+    return changes
 
 
 def _import_app(spec: str) -> Any:
@@ -269,8 +291,10 @@ async def nodes(client: Any, args: argparse.Namespace) -> int:
             "node": m.node_id,
             "status": m.status.value,
             "endpoint": m.endpoint,
+            "weight": m.weight,
             "load": m.load,
             "in_flight": m.in_flight,
+            "metadata": m.metadata,
             "age_s": round(time.time() - m.last_heartbeat, 2) if m.last_heartbeat else None,
             "handles": sorted(m.handles),
         }
@@ -539,6 +563,67 @@ async def publish(client: Any, args: argparse.Namespace) -> int:
 
 
 #: The commands that run a client, by name.
+async def drain(client: Any, args: argparse.Namespace) -> int:
+    """drain NODE: the admin request ``Drain``; NODE answers, then drains."""
+    from .system import Drain
+
+    if not await _await_node(client, args.node, args.wait):
+        return EXIT_NONE
+    seen = _answering(client, args.node)
+    if seen is not None and seen.status is NodeStatus.DRAINING:
+        print(f"{args.node} is draining already")
+        return EXIT_OK
+    answer, code = await _admin(client, args, Drain())
+    if answer is None:
+        return code
+    if args.json:
+        _print_json(msgspec.to_builtins(answer))
+    else:
+        print(
+            f"{answer.node_id} drains: {answer.running} running, given up to "
+            f"{answer.drain_timeout} s"
+        )
+    return EXIT_OK
+
+
+async def set_(client: Any, args: argparse.Namespace) -> int:
+    """set NODE KEY=VALUE...: the admin request ``Configure``; prints the settings now."""
+    from .system import Configure
+
+    if not await _await_node(client, args.node, args.wait):
+        return EXIT_NONE
+    if (seen := _answering(client, args.node)) is not None and seen.status is NodeStatus.DRAINING:
+        _fail(f"error: node {args.node!r} is draining; its settings no longer matter")
+        return EXIT_NONE
+    answer, code = await _admin(client, args, Configure(changes=args.changes))
+    if answer is None:
+        return code
+    if args.json:
+        _print_json(msgspec.to_builtins(answer))
+        return EXIT_OK
+    fields = msgspec.structs.asdict(answer)
+    fields.pop("node_id")
+    changed = fields.pop("changed")
+    shown = "  ".join(f"{k}={table_cell(v)}" for k, v in fields.items())
+    print(f"{answer.node_id}: changed {', '.join(changed)}\n  {shown}")
+    return EXIT_OK
+
+
+async def _admin(client: Any, args: argparse.Namespace, message: Request[Any]) -> tuple[Any, int]:
+    """Send an admin request: (its answer, 0), or (None, the exit code) when the node
+    refused the caller (3) or found a value bad (2); other failures go to ``run``."""
+    from .errors import PermissionDenied, ValidationFailed
+
+    try:
+        return await client.send(message, node=args.node, timeout=args.timeout), EXIT_OK
+    except PermissionDenied as exc:
+        _fail(f"error: {_error_text(exc)}")
+        return None, EXIT_FAILED
+    except ValidationFailed as exc:
+        _fail(f"error: {_error_text(exc)}")
+        return None, EXIT_USAGE
+
+
 COMMANDS: Final[dict[str, Command]] = {
     "nodes": nodes,
     "ping": ping,
@@ -547,18 +632,24 @@ COMMANDS: Final[dict[str, Command]] = {
     "stats": stats,
     "request": request,
     "publish": publish,
+    "drain": drain,
+    "set": set_,
 }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Rows of one shape as a text table, a column a key, headers in capitals."""
 
-    def cell(v: Any) -> str:
-        return ",".join(v) if isinstance(v, list) else ("-" if v is None else str(v))
-
     headers = list(rows[0])
-    cells = [[cell(r[h]) for h in headers] for r in rows]
+    cells = [[table_cell(r[h]) for h in headers] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def table_cell(v: Any) -> str:
+    """A value as a table shows it: lists and tables joined by commas, None as ``-``."""
+    if isinstance(v, dict):
+        return ",".join(f"{k}={x}" for k, x in sorted(v.items())) or "-"
+    return ",".join(v) if isinstance(v, list) else ("-" if v is None else str(v))

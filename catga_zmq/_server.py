@@ -29,6 +29,7 @@ from .errors import (
     HandlerNotFound,
     NoNodes,
     Overloaded,
+    PermissionDenied,
     ProtocolError,
     RequestTimeout,
     SerializationFailed,
@@ -49,7 +50,7 @@ from .protocol import (
     encode_header,
     header_decoder,
 )
-from .security import Trust
+from .security import AdminCheck, Trust
 from .transport import Transport
 
 log = logging.getLogger("catga_zmq.node")
@@ -101,6 +102,7 @@ class RequestServer:
         stats: dict[str, int],
         peers: Mapping[str, Peer],
         trust: Trust | None = None,
+        admin: AdminCheck | None = None,
     ) -> None:
         self.node_id = node_id
         self.options = options
@@ -114,6 +116,8 @@ class RequestServer:
         #: CURVE: every request's source must be the node its connection's key is
         #: trusted for (None in plaintext).
         self.trust = trust
+        #: Who may send admin requests (None: no one from outside this process).
+        self.admin = admin
         self.loop = asyncio.get_running_loop()
         #: Handlers running now (remote and local calls).
         self.running = 0
@@ -189,6 +193,10 @@ class RequestServer:
                 ),
             )
             return
+        # Before anything of the request is decoded or run; the connection's key is
+        # the one of this frame (transport.peer_key is set per read).
+        if entry.admin and self._admin_refused(ident, header):
+            return
         refused = self._refusal()
         if refused is not None:
             self._answer_error(ident, header, refused)
@@ -248,6 +256,25 @@ class RequestServer:
             "budget; not started"
         )
         self._answer(ident, header.request_id, RequestTimeout.code, why, DEADLINE_EXPIRED, False)
+
+    def _admin_refused(self, ident: bytes, header: Header) -> bool:
+        """Answer ``PERMISSION_DENIED`` (and count and log it once per peer) if the
+        caller may not send this admin request."""
+        check = self.admin
+        key = self.transport.peer_key
+        denied = (
+            PermissionDenied(
+                f"{header.type_name} refused on {self.node_id}: it takes no admin requests",
+                node=self.node_id,
+            )
+            if check is None
+            else check.refusal(header.type_name, header.source, key)
+        )
+        if denied is None:
+            return False
+        self.reject(header.source, f"admin:{header.type_name}", denied.message)
+        self._answer_error(ident, header, denied)
+        return True
 
     def _refusal(self) -> Overloaded | None:
         """Why a new request is refused now (None: it may run)."""

@@ -25,7 +25,7 @@ from .mediator import Mediator
 from .membership import Membership, NodeStatus, Peer
 from .protocol import PROTOCOL_VERSION, Codec
 from .routing import Router
-from .security import FirstKeySeen, Trust
+from .security import AdminCheck, FirstKeySeen, Trust
 from .transport import Transport
 
 
@@ -58,6 +58,7 @@ class Parts:
         on_duplicate: Callable[[str], None],
         on_change: Callable[[], None],
         problems: Callable[[], list[str]],
+        drain: Callable[[], None],
         trust: Trust | None = None,
     ) -> None:
         opts = options
@@ -124,6 +125,7 @@ class Parts:
             stats=stats,
             peers=peers,
             trust=trust,
+            admin=AdminCheck(opts, trust),
         )
         self.requester = requester = Requester(
             node_id=opts.node_id,
@@ -182,6 +184,7 @@ class Parts:
             transport=transport,
             stats=stats,
             problems=problems,
+            drain=drain,
         )
         if isinstance(trust, FirstKeySeen):
             first_key_seen = trust

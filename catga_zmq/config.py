@@ -53,6 +53,7 @@ RoutingName = Literal[
     "round_robin", "local_first", "weighted", "consistent_hash", "least_connections"
 ]
 RoleName = Literal["member", "client"]
+PlaintextAdmin = Literal["loopback", "any", "none"]
 
 ENV_PREFIX = "CATGA_"
 #: Short flags for the settings typed most often, besides the one the rule gives.
@@ -178,7 +179,9 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     - Lifecycle: ``drain_timeout``, ``log_level``.
     - Security (CURVE): ``curve_secret_key`` (this node's secret key file; empty:
       plaintext), and whom to trust: ``curve_trust_dir`` (the public keys of the nodes
-      allowed) or ``curve_any_key`` (any key: encrypted, not authenticated).
+      allowed) or ``curve_any_key`` (any key: encrypted, not authenticated);
+      ``plaintext_admin``: who may drain or reconfigure the node when no trust
+      directory authenticates its peers.
     - Metrics: ``metrics_port`` (HTTP: ``/metrics``, ``/livez``, ``/readyz``; 0: off)
       and ``metrics_bind`` (127.0.0.1 unless set).
 
@@ -494,6 +497,15 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "is no member (no heartbeats, no discovery record; nobody lists it)"
         ),
     ] = "member"
+    plaintext_admin: Annotated[
+        PlaintextAdmin,
+        _doc(
+            "who may send this node the admin requests (drain, set) when no curve_trust_dir "
+            "authenticates its peers (plaintext, or curve_any_key): loopback, only while it "
+            "binds a loopback address (the callers are then on this host); any, whoever "
+            "reaches it; none, no one. With curve_trust_dir: the keys in its admin/ only"
+        ),
+    ] = "loopback"
 
     def inbound_frames(self) -> int:
         """The ROUTER's receive high-water mark: what ``max_inbound_bytes`` allows.

@@ -16,7 +16,8 @@
     │   └── ProtocolError           PROTOCOL_ERROR        no
     ├── ValidationFailed            VALIDATION_FAILED     no
     ├── Cancelled                   CANCELLED             no
-    └── Overloaded                  OVERLOADED            yes
+    ├── Overloaded                  OVERLOADED            yes
+    └── PermissionDenied            PERMISSION_DENIED     no
 
 ``code`` is stable: it is what travels on the wire and what a program should compare,
 rather than a message. ``retryable`` says whether the same request may succeed if sent
@@ -279,6 +280,18 @@ class Overloaded(CatgaError):
     default_retryable = True
 
 
+class PermissionDenied(CatgaError):
+    """The node refused a request its caller may not make: an admin request (``Drain``,
+    ``Configure``, any type with ``__admin__ = True``) from a caller that is no admin.
+
+    With a CURVE trust directory, admins are the keys under its ``admin/``
+    subdirectory; without one, the ``plaintext_admin`` setting of the node decides.
+    The message says which rule refused it. Retrying with the same key does not help.
+    """
+
+    code = "PERMISSION_DENIED"
+
+
 _BY_CODE: dict[str, type[CatgaError]] = {
     cls.code: cls
     for cls in (
@@ -295,6 +308,7 @@ _BY_CODE: dict[str, type[CatgaError]] = {
         ValidationFailed,
         Cancelled,
         Overloaded,
+        PermissionDenied,
     )
 }
 

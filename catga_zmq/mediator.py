@@ -144,6 +144,9 @@ class HandlerEntry:
     is_async: bool
     decoder: msgspec.msgpack.Decoder[Any]
     response_type: Any
+    #: Served only to admin callers (the type's ``__admin__``): the request server
+    #: checks the caller before the pipeline runs.
+    admin: bool = False
     #: The composed pipeline: ``call(message, ctx) -> result``.
     call: Call = field(init=False)
     #: What the request server counts of it (``HandlerStats``): kept here, where each
@@ -209,6 +212,7 @@ class Mediator:
             inspect.iscoroutinefunction(fn),
             self.decoder(cls),
             response_type(cls),
+            bool(cls.__admin__),
         )
         entry.call = self._compose(entry)
         self.handlers[name] = entry

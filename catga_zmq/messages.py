@@ -34,6 +34,9 @@ class Message(msgspec.Struct):
     __idempotent__: ClassVar[bool] = False
     #: Name of the field whose value is the consistent-hash key, if any.
     __routing_key__: ClassVar[str | None] = None
+    #: Served only to admin callers (``Drain``, ``Configure``): others get
+    #: ``PermissionDenied`` without the handler running.
+    __admin__: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -57,6 +60,11 @@ class Request(Message, Generic[T]):
       a node that then failed is only sent to another node when it is.
     - ``__routing_key__``: the field whose value is the consistent-hash key when
       ``send()`` is given no ``key=``.
+    - ``__admin__``: True to serve it only to admin callers, as the built-in ``Drain``
+      and ``Configure`` are: with a CURVE trust directory, the keys in its ``admin/``
+      subdirectory; without one, as the node's ``plaintext_admin`` setting says. Others
+      get ``PermissionDenied``, and the handler does not run. A local call (routed to
+      this node itself) is always allowed: it comes from the node's own process.
     """
 
 

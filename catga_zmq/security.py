@@ -6,8 +6,10 @@
 - ``load_secret(path)`` reads a node's own key pair and refuses a secret file that
   others can read, as ssh refuses such a private key.
 - Whom to trust (``Trust``): ``TrustStore(directory)``, the public certificates of a
-  directory, each named after its node; or ``FirstKeySeen``, any key, the first one a
-  node id presents bound to it.
+  directory, each named after its node (those under its ``admin/`` are admin keys too);
+  or ``FirstKeySeen``, any key, the first one a node id presents bound to it.
+- Who may send admin requests (``AdminCheck``): admin keys with a trust directory,
+  else the ``plaintext_admin`` setting.
 - ``load(options)``: what the ``curve_*`` settings ask for, files read (None: plaintext);
   ``plaintext_warning(bind)``: the WARNING a plaintext node logs off loopback.
 
@@ -35,7 +37,7 @@ import zmq.auth
 from zmq.utils import z85
 
 from .config import NODE_ID_PATTERN, NodeOptions, curve_mode
-from .errors import ConfigError
+from .errors import ConfigError, PermissionDenied
 
 #: The suffixes of zmq.auth's (and czmq's) certificate files.
 PUBLIC_SUFFIX: Final = ".key"
@@ -52,6 +54,9 @@ RELOAD_INTERVAL: Final = 2.0  # s
 #: Node ids FirstKeySeen binds at most when not told (a node tells it its max_peers:
 #: only members are bound); past it a new id is refused (fail closed).
 MAX_BINDINGS: Final = 16_384
+#: The subdirectory of a trust directory whose certificates are admin keys: trusted as
+#: the others are, and allowed the admin requests (drain, set) too.
+ADMIN_DIR: Final = "admin"
 
 log = logging.getLogger("catga_zmq.security")
 
@@ -240,6 +245,10 @@ class Trust(Protocol):
         """The key of node ``name``, as far as this policy knows it."""
         ...
 
+    def is_admin(self, key: bytes) -> bool:
+        """Whether ``key`` may send admin requests (drain, set)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class TrustChange:
@@ -248,9 +257,13 @@ class TrustChange:
     added: frozenset[str] = frozenset()
     removed: frozenset[str] = frozenset()
     rekeyed: frozenset[str] = frozenset()  # the same name, another key
+    admins_added: frozenset[str] = frozenset()  # names whose key is an admin key now
+    admins_removed: frozenset[str] = frozenset()  # ...and no longer
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.rekeyed)
+        return bool(
+            self.added or self.removed or self.rekeyed or self.admins_added or self.admins_removed
+        )
 
 
 #: What changed() compares: the directory's own stat, and each certificate's.
@@ -269,6 +282,13 @@ class TrustStore:
     sorted order), is skipped with one WARNING naming it; it is warned about again
     only once it changes. Files whose name starts with a dot are ignored, as by a shell's
     ``*.key``.
+
+    Admin keys: the certificates in the subdirectory ``admin/`` (``admin/ops.key``,
+    named the same way) are trusted like the others and may also send the admin
+    requests (``Drain``, ``Configure``). A name in both places must hold one key in
+    both; an admin certificate whose name or key the top level has with another key or
+    name is skipped with a WARNING. A key moved out of ``admin/`` (or removed) is no
+    admin from the next ``reload()`` on.
 
     ``changed()`` is cheap (one directory listing, one ``stat`` per certificate), for a
     node to call every ``RELOAD_INTERVAL`` seconds; ``reload()`` then reads the files
@@ -289,6 +309,7 @@ class TrustStore:
             )
         self._by_name: dict[str, bytes] = {}
         self._by_key: dict[bytes, str] = {}
+        self._admins: frozenset[bytes] = frozenset()
         self._snapshot: _Snapshot | None = None
         self._warned: dict[str, _FileStamp] = {}  # the version of each file warned about
         self.reload()
@@ -317,6 +338,12 @@ class TrustStore:
     def bind(self, node_id: str, key: bytes) -> bool:
         return self._by_key.get(key) == node_id  # the directory binds, not the wire
 
+    def is_admin(self, key: bytes) -> bool:
+        return key in self._admins
+
+    def admin_names(self) -> list[str]:
+        return sorted(self._by_key[k] for k in self._admins)
+
     def changed(self) -> bool:
         """Whether the directory looks different from when it was last read."""
         return self._take_snapshot() != self._snapshot
@@ -335,30 +362,57 @@ class TrustStore:
         stamps = {stamp[0]: stamp for stamp in snapshot[2]}
         by_name: dict[str, bytes] = {}
         by_key: dict[bytes, str] = {}
-        for file_name in sorted(stamps):
-            found = self._read(file_name, stamps[file_name], by_key)
+        admins: set[bytes] = set()
+        admin_prefix = ADMIN_DIR + "/"
+        # The top level first, then admin/: an admin certificate is checked against
+        # the names above it.
+        files = sorted(stamps, key=lambda n: (n.startswith(admin_prefix), n))
+        for file_name in files:
+            if file_name.endswith("/"):  # the admin directory's own stamp
+                continue
+            admin = file_name.startswith(admin_prefix)
+            found = self._read(file_name, stamps[file_name], by_key, by_name if admin else None)
             if found is not None:
                 by_name[found[0]] = found[1]
                 by_key[found[1]] = found[0]
+                if admin:
+                    admins.add(found[1])
         self._warned = {n: s for n, s in self._warned.items() if stamps.get(n) == s}
         old = self._by_name
+        old_admins = {self._by_key[k] for k in self._admins}
+        new_admins = {by_key[k] for k in admins}
         change = TrustChange(
             added=frozenset(by_name.keys() - old.keys()),
             removed=frozenset(old.keys() - by_name.keys()),
             rekeyed=frozenset(n for n in by_name.keys() & old.keys() if by_name[n] != old[n]),
+            admins_added=frozenset(new_admins - old_admins),
+            admins_removed=frozenset(old_admins - new_admins),
         )
         self._by_name, self._by_key, self._snapshot = by_name, by_key, snapshot
+        self._admins = frozenset(admins)
         return change
 
     def _read(
-        self, file_name: str, stamp: _FileStamp, by_key: dict[bytes, str]
+        self,
+        file_name: str,
+        stamp: _FileStamp,
+        by_key: dict[bytes, str],
+        top: dict[str, bytes] | None = None,
     ) -> tuple[str, bytes] | None:
-        name = file_name.removesuffix(PUBLIC_SUFFIX)
+        """One certificate; ``top`` (for one under ``admin/``): the names read above it."""
+        name = file_name.removesuffix(PUBLIC_SUFFIX).removeprefix(ADMIN_DIR + "/")
         path = self.directory / file_name
         try:
             if not _NAME.fullmatch(name):
                 raise _BadCertificate(f"is not named NODE_ID{PUBLIC_SUFFIX}")
             public, secret = _read_certificate(path, path.stat())
+            if top is not None and name in top:
+                if top[name] != public:
+                    raise _BadCertificate(
+                        f"holds another key than {name}{PUBLIC_SUFFIX} above it; one name, "
+                        "one key: remove one of the two"
+                    )
+                return name, public  # the same key, promoted to admin
             if public in by_key:
                 raise _BadCertificate(f"has the key of {by_key[public]!r} too")
         except (_BadCertificate, OSError) as exc:
@@ -381,22 +435,34 @@ class TrustStore:
     def _take_snapshot(self) -> _Snapshot:
         try:
             top = os.stat(self.directory)
-            stamps = []
-            with os.scandir(self.directory) as entries:
-                for entry in entries:
-                    if entry.name.startswith(".") or not entry.name.endswith(PUBLIC_SUFFIX):
-                        continue
-                    try:
-                        st = entry.stat()  # follows a link: its target's changes count
-                    except OSError:  # a dangling link, or gone since the listing
-                        stamps.append((entry.name, -1, -1, -1, -1))
-                        continue
-                    stamps.append(
-                        (entry.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                    )
+            stamps = _stamps(self.directory, "")
         except OSError:
             return _GONE
+        admin = self.directory / ADMIN_DIR
+        try:
+            st = admin.stat()
+            stamps.append((ADMIN_DIR + "/", st.st_ino, -1, st.st_mtime_ns, st.st_ctime_ns))
+            stamps += _stamps(admin, ADMIN_DIR + "/")
+        except OSError:  # no admin/ (the usual case), or unreadable: no admin keys
+            pass
         return (top.st_ino, top.st_mtime_ns, frozenset(stamps))
+
+
+def _stamps(directory: Path, prefix: str) -> list[_FileStamp]:
+    """The stamp of each ``*.key`` of ``directory``, named ``prefix`` + its file name."""
+    stamps: list[_FileStamp] = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.endswith(PUBLIC_SUFFIX):
+                continue
+            name = prefix + entry.name
+            try:
+                st = entry.stat()  # follows a link: its target's changes count
+            except OSError:  # a dangling link, or gone since the listing
+                stamps.append((name, -1, -1, -1, -1))
+                continue
+            stamps.append((name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return stamps
 
 
 class FirstKeySeen:
@@ -452,6 +518,10 @@ class FirstKeySeen:
         bound = self._by_name.get(node_id)
         return bound is None or bound == key
 
+    def is_admin(self, key: bytes) -> bool:
+        """No key is an admin key: any key may connect, so a key proves nothing."""
+        return False
+
 
 # the settings ------------------------------------------------------------------------------
 
@@ -485,6 +555,65 @@ def load(options: NodeOptions) -> Security | None:
         return Security(keys=keys, trust=TrustStore(options.curve_trust_dir))
     except ConfigError as exc:
         raise ConfigError(f"curve_trust_dir: {exc.message}") from None
+
+
+class AdminCheck:
+    """Who may send this node admin requests (``Drain``, ``Configure``, any type with
+    ``__admin__``): the one place that decides, asked before such a handler runs.
+
+    - With a trust directory: only the keys of its ``admin/``. The key is the one the
+      request's connection proved in its CURVE handshake (its ZAP User-Id), and it is
+      looked up at each request, so a key taken out of ``admin/`` is refused from the
+      directory's next reload on (``RELOAD_INTERVAL``).
+    - Without one (plaintext, or ``curve_any_key``, where a key proves nothing), the
+      ``plaintext_admin`` setting: ``loopback`` (the default) allows them while the
+      node binds a loopback address, where only processes of this host can reach it, as
+      an agent's local control port is; ``any`` allows whoever reaches the node; ``none``
+      allows no one.
+    """
+
+    __slots__ = ("_admin_dir", "_node_id", "_refused", "_trust")
+
+    def __init__(self, options: NodeOptions, trust: Trust | None) -> None:
+        self._node_id = options.node_id
+        self._trust = trust if isinstance(trust, TrustStore) else None
+        self._admin_dir = os.path.join(options.curve_trust_dir, ADMIN_DIR)
+        #: Without a trust directory, why every admin request is refused (None: none is).
+        #: Decided once: neither the setting nor the bind address changes while it runs.
+        self._refused: str | None = None
+        mode = options.plaintext_admin
+        if mode == "none":
+            self._refused = (
+                "plaintext_admin=none: no admin request is taken without a CURVE trust directory"
+            )
+        elif mode == "loopback" and not is_loopback(options.bind):
+            self._refused = (
+                f"it binds {options.bind} without a CURVE trust directory, where anyone who "
+                "reaches it could (plaintext_admin=loopback takes them only on a loopback "
+                "bind)"
+            )
+
+    def refusal(self, type_name: str, source: str, key: bytes) -> PermissionDenied | None:
+        """Why ``source``'s ``type_name``, read on a connection with ``key``, may not
+        run here (None: it may)."""
+        trust = self._trust
+        if trust is not None:
+            if trust.is_admin(key):
+                return None
+            why = (
+                f"key {key.decode('ascii', 'replace')} is not an admin key; admin keys are "
+                f"the certificates in {self._admin_dir}/ (copy {source}{PUBLIC_SUFFIX} there)"
+            )
+        elif self._refused is None:
+            return None
+        else:
+            why = (
+                f"{self._refused}; use a CURVE trust directory with the caller's certificate "
+                f"in its {ADMIN_DIR}/, or set plaintext_admin=any on this node"
+            )
+        return PermissionDenied(
+            f"{type_name} from {source!r} refused on {self._node_id}: {why}", node=self._node_id
+        )
 
 
 def plaintext_meets_curve(who: str, why: str) -> str:

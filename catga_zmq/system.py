@@ -1,9 +1,13 @@
-"""Built-in requests every node serves: ping, info, stats, deliver.
+"""Built-in requests every node serves: ping, info, stats, deliver, and the admin
+requests drain and configure (the runtime settings).
 
 Every live node handles them, whatever its own handlers, so any node (or an operator
 tool that is not a member) can ask any other: ``await node.send(Stats(), node="users-1")``.
 Their wire names start with ``catga.``, which routing reads as "every node serves it":
 keep that prefix out of your own wire names.
+
+``Drain`` and ``Configure`` are admin requests (``__admin__``): a node runs them only
+for an admin caller (see ``security.AdminCheck``); others get ``PermissionDenied``.
 
 ``Info`` doubles as the greeting of static and gossip discovery: the caller sends its
 own address, the answer carries the node's address and the peers it knows.
@@ -165,7 +169,8 @@ class NodeStats(msgspec.Struct):
       nodes it never got, seen as gaps in their sequence numbers; ``events_dropped``:
       events it got but dropped because a local subscriber's queue was full.
     - ``frames_rejected``: frames it refused: malformed, of an unknown kind, of
-      another protocol version or cluster, or that did not decode as their type.
+      another protocol version or cluster, or that did not decode as their type;
+      and admin requests it refused (``PERMISSION_DENIED``).
     - ``replies_dropped``: replies it could not deliver (the caller had gone, or its
       queue was full); ``late_replies``: replies it got after its request had timed
       out or been cancelled.
@@ -232,3 +237,77 @@ class Deliver(Request[int]):
     __wire_name__ = "catga.Deliver"
     type_name: TypeName
     payload: bytes
+
+
+#: A ``Configure`` request carries at most this many changes, each key (``weight``,
+#: ``metadata.zone``) at most MAX_CHANGE_KEY characters and each value at most
+#: MAX_CHANGE_VALUE (a whole metadata table written out: 256 pairs of 64 + 1024).
+MAX_CHANGES: Final = 512
+MAX_CHANGE_KEY: Final = 128
+MAX_CHANGE_VALUE: Final = 300_000
+
+
+class RuntimeSettings(msgspec.Struct):
+    """The settings of a node that may change while it runs, as they are now: the
+    answer to ``Configure``. ``changed`` names those the request changed, sorted
+    (``metadata.zone`` for one label, ``metadata`` for the whole table).
+
+    Each field is the ``NodeOptions`` setting of the same name.
+    """
+
+    node_id: NodeId
+    weight: int
+    metadata: Metadata
+    max_concurrency: int
+    request_timeout: float  # s
+    drain_timeout: float  # s
+    log_level: Annotated[str, msgspec.Meta(max_length=8)]
+    changed: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=MAX_CHANGE_KEY)]],
+        msgspec.Meta(max_length=MAX_CHANGES),
+    ] = []
+
+
+class Configure(Request[RuntimeSettings]):
+    """Change settings of a running node (``python -m catga_zmq set NODE weight=3``).
+
+    ``changes`` maps a setting to its new value as text, as a flag takes it:
+    ``{"weight": "3", "metadata.zone": "b"}``. The settings that may change while a
+    node runs are ``catga_zmq._runtime.RUNTIME_SETTINGS``; ``metadata.KEY`` sets one
+    label, ``metadata`` (``zone=a,rack=3``, or empty) the whole table. Every value is
+    checked as the flag's would be before anything changes: one bad value (or an
+    unknown key) is ``ValidationFailed`` naming it, and nothing changes. An admin
+    request. Answers ``RuntimeSettings``; the change shows in the node's next
+    heartbeat.
+    """
+
+    __wire_name__ = "catga.Configure"
+    __admin__ = True
+    changes: Annotated[
+        dict[
+            Annotated[str, msgspec.Meta(max_length=MAX_CHANGE_KEY)],
+            Annotated[str, msgspec.Meta(max_length=MAX_CHANGE_VALUE)],
+        ],
+        msgspec.Meta(max_length=MAX_CHANGES),
+    ]
+
+
+class Draining(msgspec.Struct):
+    """The answer to ``Drain``, sent before the node goes: ``node_id`` drains now;
+    ``running`` handlers were running when it started (this one not counted), and it
+    gives them up to ``drain_timeout`` seconds."""
+
+    node_id: NodeId
+    running: int
+    drain_timeout: float  # s
+
+
+class Drain(Request[Draining]):
+    """Drain a node as SIGTERM would (``python -m catga_zmq drain NODE``): it announces
+    DRAINING, takes no new requests, finishes those it runs (within ``drain_timeout``),
+    says BYE and closes; the node command then exits 0. Answers ``Draining`` first. An
+    admin request.
+    """
+
+    __wire_name__ = "catga.Drain"
+    __admin__ = True

@@ -24,6 +24,7 @@ from catga_zmq.errors import (
     NodeStateError,
     NoNodes,
     Overloaded,
+    PermissionDenied,
     ProtocolError,
     RequestTimeout,
     SerializationFailed,
@@ -51,6 +52,7 @@ STABLE: list[tuple[type[CatgaError], str, bool]] = [
     (ValidationFailed, "VALIDATION_FAILED", False),
     (Cancelled, "CANCELLED", False),
     (Overloaded, "OVERLOADED", True),
+    (PermissionDenied, "PERMISSION_DENIED", False),
 ]
 
 

@@ -136,3 +136,34 @@ async def test_operator_commands_work_as_written(tmp_path: Path) -> None:
             assert expected[cmd[3]] in result.stdout, (cmd[3], result.stdout, result.stderr)
     finally:
         stop_all(procs)
+
+
+def runtime_commands() -> list[list[str]]:
+    """The shell commands of the first code block under README's "Runtime settings"."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n### Runtime settings and drain\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```(?:bash|sh)\n(.*?)```", section, re.S)
+    assert block is not None, "no shell block under 'Runtime settings and drain'"
+    return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line]
+
+
+async def test_runtime_settings_commands_work_as_written(tmp_path: Path) -> None:
+    cluster = f"readme-{uuid.uuid4().hex[:10]}"
+    commands = [_as_run_here(words, cluster) for words in runtime_commands()]
+    assert [c[3] for c in commands] == ["set", "nodes", "drain"]
+    server = _as_run_here(running_nodes_commands()[0], cluster)  # shop-1, as README runs it
+    node = Proc.start("shop-1", server, tmp_path / "shop-1")
+    try:
+        await node.await_ready(READY_TIMEOUT)
+        outputs = []
+        for cmd in commands:
+            # Blocking is harmless here: the node is a process, this one runs none.
+            result = run(cmd, timeout=60)
+            assert result.returncode == 0, (cmd[3], result.stdout, result.stderr)
+            outputs.append(result.stdout)
+        row = next(line for line in outputs[1].splitlines() if line.startswith("shop-1 "))
+        assert " 3 " in row and "zone=b" in row, outputs[1]
+        assert "shop-1 drains" in outputs[2]
+        assert await node.await_exit(EXIT_TIMEOUT) == 0, node.stderr()
+    finally:
+        stop_all([node])
