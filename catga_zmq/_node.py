@@ -16,7 +16,7 @@ import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from enum import StrEnum
-from typing import Any, Final, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 from ._builtins import stats_of
 from ._supervisor import Supervisor
@@ -42,6 +42,9 @@ from .security import RELOAD_INTERVAL, Security, TrustStore, plaintext_warning
 from .security import load as load_security
 from .system import NodeStats
 from .transport import Curve, Transport
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger("catga_zmq.node")
 
@@ -97,7 +100,9 @@ class Node:
     ``Node(node_id="users-1", cluster="shop")``; any ``NodeOptions`` setting may be passed
     as a keyword (``heartbeat_interval=0.25``). ``discovery`` is a backend name
     (``"mdns"``, ``"static"``, ``"memory"``, ``"none"``), a ``Discovery`` object, or None
-    (none). Register handlers and subscribers, then ``async with node:`` (or
+    (none). ``tracer_provider`` is the OpenTelemetry tracer provider of its spans
+    (default: the global one, if the application set one; see ``catga_zmq.tracing``).
+    Register handlers and subscribers, then ``async with node:`` (or
     ``await node.start()`` ... ``await node.aclose()``).
     """
 
@@ -108,6 +113,7 @@ class Node:
         *,
         discovery: Discovery | str | None = _DEFAULT,
         options: NodeOptions | None = None,
+        tracer_provider: TracerProvider | None = None,
         **settings: Any,
     ) -> None:
         base = options or NodeOptions()
@@ -137,6 +143,7 @@ class Node:
         self.options = base.merged(settings).validated() if settings else base.validated()
         self.mediator = Mediator(self.options.node_id)
         self.codec = Codec()
+        self._tracer_provider = tracer_provider
         #: NEW, RUNNING, DRAINING or CLOSED.
         self.state = State.NEW
         #: One router per message type: a router's state (a round-robin counter, the
@@ -155,6 +162,8 @@ class Node:
             "events_received": 0,
             "events_lost": 0,
             "frames_rejected": 0,
+            "remote_handled": 0,
+            "remote_handler_us": 0,
         }
         self.discovery: Discovery | None = None
         #: Why the node closed itself, when it did (a duplicate node id, a background
@@ -321,6 +330,8 @@ class Node:
                 await self.discovery.register(self._candidate())
                 discovery = self.discovery
                 supervisor.supervise("discovery", lambda: parts.gossip.follow(discovery))
+            if opts.tracing:
+                self._start_tracing(parts, supervisor)
         except BaseException:
             self.state = State.DRAINING  # nothing half-started may outlive a failed start
             try:
@@ -339,6 +350,17 @@ class Node:
             opts.cluster,
             opts.discovery,
         )
+
+    def _start_tracing(self, parts: Parts, supervisor: Supervisor) -> None:
+        """Trace now if there is a tracer provider, else as soon as one is set."""
+        from . import tracing
+
+        spans = tracing.spans_for(self.node_id, self._tracer_provider)
+        if spans is not None:
+            parts.trace(spans)
+        elif self._tracer_provider is None:
+            node_id = self.node_id
+            supervisor.supervise("tracing", lambda: tracing.wait_for_provider(node_id, parts.trace))
 
     def _candidate(self) -> Candidate:
         assert self._parts is not None
@@ -620,10 +642,13 @@ class Node:
         if (state is not State.RUNNING and state is not State.DRAINING) or self._parts is None:
             return self._not_running()
         trace = trace_id if trace_id is not None else current_trace.get()
-        sent: Coroutine[Any, Any, T] = self._parts.requester.send(
-            message, timeout, key, node, trace
-        )
-        return sent
+        requester = self._parts.requester
+        spans = requester.spans
+        if spans is None:
+            sent: Coroutine[Any, Any, T] = requester.send(message, timeout, key, node, trace)
+            return sent
+        span = spans.client(getattr(type(message), "__wire_name__", type(message).__qualname__))
+        return span.run(requester.send(message, timeout, key, node, trace, span))
 
     async def _not_running(self) -> Any:
         self._running_parts(draining_too=True)  # raises the error that says why
@@ -643,7 +668,13 @@ class Node:
         ``current_trace`` holds something other than a valid str.
         """
         parts = self._running_parts(draining_too=True)
-        await parts.events.publish(event, current_trace.get())
+        events = parts.events
+        spans = events.spans
+        if spans is None:
+            await events.publish(event, current_trace.get())
+            return
+        span = spans.producer(getattr(type(event), "__wire_name__", type(event).__qualname__))
+        await span.run(events.publish(event, current_trace.get(), span))
 
 
 __all__ = ["Node", "NodeStateError", "State", "current_trace"]

@@ -156,6 +156,7 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     - Security (CURVE): ``curve_secret_key`` (this node's secret key file; empty:
       plaintext), and whom to trust: ``curve_trust_dir`` (the public keys of the nodes
       allowed) or ``curve_any_key`` (any key: encrypted, not authenticated).
+    - Observability: ``tracing`` (OpenTelemetry spans, when a tracer provider is set).
 
     Durations are in seconds, sizes in bytes. Every number has a range, stated next to
     its default; ``validated()`` checks each value against it, then the values together.
@@ -359,6 +360,13 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "stays bound to the first key it came with), instead of curve_trust_dir"
         ),
     ] = False
+    tracing: Annotated[
+        bool,
+        msgspec.Meta(
+            description="OpenTelemetry spans of requests and events when the application "
+            "has set a tracer provider (the otel extra; see catga_zmq.tracing); false: none"
+        ),
+    ] = True
 
     def inbound_frames(self) -> int:
         """The ROUTER's receive high-water mark: what ``max_inbound_bytes`` allows.

@@ -151,6 +151,10 @@ class NodeStats(msgspec.Struct):
       here, or have them send smaller messages.
     - ``members``: how many other nodes it knows in each status, keyed by
       ``NodeStatus`` value (``{"alive": 2, "suspect": 1}``).
+    - ``remote_handled``: replies to its own requests whose node said how long their
+      handler took there; ``remote_handler_us``: the sum of those times (µs, each
+      measured on the handler's node), so ``remote_handler_us / remote_handled`` is
+      the mean, and a round trip less it the time spent between the nodes.
     """
 
     node_id: NodeId
@@ -178,6 +182,8 @@ class NodeStats(msgspec.Struct):
     ] = []
     requests_expired: int = 0
     connections_refused: int = 0
+    remote_handled: int = 0
+    remote_handler_us: int = 0  # µs
 
 
 class Stats(Request[NodeStats]):
