@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from _procs import Proc, child_env, python, stop_all
+from _procs import Proc, child_env, python, run, stop_all
 from conftest import MakeNode, wait_until
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -282,9 +282,7 @@ class Told(Event):
     __wire_name__ = "tracing.Told"
 
 
-async def test_a_node_without_a_provider_makes_no_spans_and_takes_one_later(
-    make_node: MakeNode,
-) -> None:
+async def test_a_node_without_a_provider_makes_no_spans(make_node: MakeNode) -> None:
     # No global provider in this process, none given: no tracing, whatever is imported.
     server, caller = make_node("srv"), make_node("cli")
 
@@ -298,6 +296,55 @@ async def test_a_node_without_a_provider_makes_no_spans_and_takes_one_later(
     assert caller._parts is not None and caller._parts.requester.spans is None
     assert await caller.send(Ask(), timeout=5) == ""
     assert any("tracing" in t.get_name() for t in caller._supervisor.tasks)
+
+
+#: A node started before the application sets its global tracer provider: no spans,
+#: then, once the provider is set, the node's spans within its look-again interval.
+_LATE_PROVIDER = """
+import asyncio, time
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from catga_zmq import Node, Request
+
+class Ask(Request[str]):
+    __wire_name__ = "late.Ask"
+
+async def main():
+    node = Node("solo", discovery=None)
+
+    @node.handler
+    async def ask(req: Ask) -> str:
+        return "here"
+
+    async with node:
+        assert await node.send(Ask(), timeout=5) == "here"
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        assert exporter.get_finished_spans() == ()
+        trace.set_tracer_provider(provider)
+        set_at = time.monotonic()
+        async with asyncio.timeout(20):
+            while node._parts.requester.spans is None:
+                await asyncio.sleep(0.02)
+        took = time.monotonic() - set_at
+        assert await node.send(Ask(), timeout=5) == "here"
+    kinds = sorted(str(s.kind) for s in exporter.get_finished_spans())
+    print(f"{kinds} {took:.2f}")
+
+asyncio.run(main())
+"""
+
+
+def test_a_provider_set_after_the_start_is_taken_up() -> None:
+    done = run(python("-W", "error", "-c", _LATE_PROVIDER), timeout=60)
+    assert done.returncode == 0, done.stderr
+    kinds, took = done.stdout.rsplit(" ", 1)
+    assert kinds == "['SpanKind.CLIENT', 'SpanKind.SERVER']"
+    # Within the look-again interval (1 s), with room for a loaded machine.
+    assert float(took) < 10.0
 
 
 async def test_in_process_spans_nest_and_carry_the_trace_id(make_node: MakeNode) -> None:
