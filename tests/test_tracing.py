@@ -455,3 +455,41 @@ async def test_a_timeout_sets_the_client_span_error(make_node: MakeNode) -> None
     await wait_until(lambda: len(finished(exporter, SpanKind.SERVER)) == 1)
     [server_span] = finished(exporter, SpanKind.SERVER)
     assert (server_span.attributes or {})["error.type"] == "TIMEOUT"
+
+
+_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "tracestate"),
+    [
+        (_PARENT, ""),
+        (_PARENT, "vendor=a,other=b"),
+        (_PARENT.replace("-01", "-00"), ""),  # not sampled
+        ("00-" + "0" * 32 + "-b7ad6b7169203331-01", ""),  # all-zero trace id
+        ("00-0af7651916cd43dd8448eb211c80319c-" + "0" * 16 + "-01", ""),  # all-zero span
+        ("ff" + _PARENT[2:], ""),  # version ff is invalid
+        (_PARENT + "-extra", ""),  # version 00 has four fields
+        ("01" + _PARENT[2:] + "-extra", ""),  # a later version may have more
+        (_PARENT.upper(), ""),  # hex is lower case
+        ("garbage", ""),
+        ("", ""),
+    ],
+)
+def test_a_traceparent_is_read_as_the_w3c_propagator_reads_it(
+    traceparent: str, tracestate: str
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from catga_zmq.tracing import Spans
+
+    spans = Spans("n", memory_provider()[0])
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    expected = trace.get_current_span(TraceContextTextMapPropagator().extract(carrier))
+    got = trace.get_current_span(spans.parent(traceparent, tracestate))
+    assert got.get_span_context() == expected.get_span_context()
+    if tracestate:
+        assert got.get_span_context().trace_state.to_header() == tracestate
