@@ -13,9 +13,10 @@ client node here under uvloop, both in the same mode:
   ``Node(tracer_provider=)``, the server's the global one), its spans dropped by the
   exporter: a CLIENT and a SERVER span per request, short of exporting them.
 
-It measures sequential round trips (p50/p99) and requests/s with ``--in-flight`` (64)
-requests outstanding; the server's ``Stats`` checks that it handled them (and, in
-``sdk`` mode, that replies carried the handler's time, ``remote_handled``).
+It measures sequential round trips (p50/p99), requests/s with ``--in-flight`` (64)
+requests outstanding, and the CPU time per request of that run in the client and in the
+server (``/proc``): on a loaded machine the CPU time holds where requests/s does not. The
+handler's time is what the replies carried (``Stats.remote_handler_us``).
 
     python benchmarks/bench_tracing.py                       # 3 rounds, about 1 minute
     python benchmarks/bench_tracing.py --rounds 5 --modes api,sdk
@@ -51,7 +52,7 @@ from benchmarks._common import (
     run_uvloop,
     table,
 )
-from benchmarks._proc import Processes, free_port
+from benchmarks._proc import Processes, cpu_seconds, free_port
 from benchmarks._traced import MODES, drop_provider
 from catga_zmq import Node, StaticDiscovery
 
@@ -72,7 +73,9 @@ def client_settings(mode: str) -> dict[str, Any]:
     return {}
 
 
-async def one_round(a: Any, endpoint: str, cluster: str, mode: str) -> dict[str, Any]:
+async def one_round(
+    a: Any, endpoint: str, cluster: str, mode: str, server_pid: int
+) -> dict[str, Any]:
     client = Node("cli", cluster, discovery=StaticDiscovery([endpoint]), **client_settings(mode))
     async with client:
         await client.wait_for_peers(1, timeout=20.0, handles=Echo)
@@ -83,9 +86,15 @@ async def one_round(a: Any, endpoint: str, cluster: str, mode: str) -> dict[str,
             return reply.data
 
         lat = await measure_latency(call, count=a.latency_count, max_seconds=a.seconds)
-        thr = await measure_throughput(
-            call, in_flight=a.in_flight, total=a.total, max_seconds=a.seconds, warmup=2000
+        # Warm up first, so that the server's CPU time below is that of the run alone.
+        await measure_throughput(
+            call, in_flight=a.in_flight, total=2000, max_seconds=a.seconds, warmup=0
         )
+        server_cpu = cpu_seconds(server_pid) or 0.0
+        thr = await measure_throughput(
+            call, in_flight=a.in_flight, total=a.total, max_seconds=a.seconds, warmup=0
+        )
+        server_cpu = (cpu_seconds(server_pid) or 0.0) - server_cpu
         stats = client.stats()
         handled = getattr(stats, "remote_handled", 0)
         handler_us = getattr(stats, "remote_handler_us", 0)
@@ -93,6 +102,8 @@ async def one_round(a: Any, endpoint: str, cluster: str, mode: str) -> dict[str,
         "p50_us": lat["p50_us"],
         "p99_us": lat["p99_us"],
         "req_s": thr["req_s"],
+        "client_cpu_us": thr["client_cpu_s"] / thr["count"] * 1e6,
+        "server_cpu_us": server_cpu / thr["count"] * 1e6,
         "handler_us_mean": handler_us / handled if handled else None,
     }
 
@@ -114,12 +125,13 @@ def run(a: Any) -> dict[str, list[dict[str, Any]]]:
                     env={"BENCH_TRACING": mode},
                 )
                 server.wait_ready("ready")
-                got = run_uvloop(one_round(a, f"tcp://{a.host}:{port}", cluster, mode))
+                got = run_uvloop(one_round(a, f"tcp://{a.host}:{port}", cluster, mode, server.pid))
                 rounds[mode].append(got)
                 mean = got["handler_us_mean"]
                 log(
                     f"round {r + 1}/{a.rounds} tracing {mode:<3} p50 {got['p50_us']:6.0f} µs  "
                     f"p99 {got['p99_us']:6.0f} µs  req/s @{a.in_flight} {got['req_s']:,.0f}  "
+                    f"CPU µs/req {got['client_cpu_us']:.1f} + {got['server_cpu_us']:.1f}  "
                     f"handler {fmt(mean, 1)} µs"
                 )
     return rounds
@@ -136,6 +148,7 @@ def format_report(a: Any, rounds: dict[str, list[dict[str, Any]]]) -> str:
             fmt(med(mode, "p50_us")),
             fmt(med(mode, "p99_us")),
             fmt(med(mode, "req_s")),
+            f"{fmt(med(mode, 'client_cpu_us'), 1)} + {fmt(med(mode, 'server_cpu_us'), 1)}",
             fmt(med(mode, "handler_us_mean"), 1),
         ]
         for mode in a.modes
@@ -147,8 +160,16 @@ def format_report(a: Any, rounds: dict[str, list[dict[str, Any]]]) -> str:
             num, den = med(m, key), med(base, key)
             return fmt(num / den, 2, "x") if num is not None and den else "-"
 
-        rows.append([f"{mode} / {base}", ratio("p50_us"), ratio("p99_us"), ratio("req_s"), ""])
-    head = ["mode", "p50 µs", "p99 µs", f"req/s @{a.in_flight}", "handler µs (mean)"]
+        cpu = f"{ratio('client_cpu_us')} + {ratio('server_cpu_us')}"
+        rows.append([f"{mode} / {base}", ratio("p50_us"), ratio("p99_us"), ratio("req_s"), cpu, ""])
+    head = [
+        "mode",
+        "p50 µs",
+        "p99 µs",
+        f"req/s @{a.in_flight}",
+        "CPU µs/req client + server",
+        "handler µs (mean)",
+    ]
     return (
         f"Medians of {a.rounds} rounds (the order of the modes rotating); 100-byte "
         "payloads; the handler's time is the mean of what the replies carried "
