@@ -289,8 +289,10 @@ class Outgoing:
     __slots__ = (
         "attempts",
         "attributes",
+        "handled_us",
         "kind",
         "name",
+        "node",
         "span",
         "spans",
         "traceparent",
@@ -306,6 +308,8 @@ class Outgoing:
         self.traceparent = ""
         self.tracestate = ""
         self.attempts = 0
+        self.node = ""
+        self.handled_us = 0
 
     async def run(self, call: Coroutine[Any, Any, T]) -> T:
         """Await ``call`` (the send or the publish, given this span) inside the span."""
@@ -324,16 +328,23 @@ class Outgoing:
             raise
         finally:
             if self.attempts:
-                span.set_attribute("catga_zmq.attempts", self.attempts)
+                # One call for all of them: each call takes the span's lock.
+                done: dict[str, str | int] = {
+                    "catga_zmq.attempts": self.attempts,
+                    "catga_zmq.node": self.node,
+                }
+                if self.handled_us:
+                    done["catga_zmq.handler_us"] = self.handled_us
+                span.set_attributes(done)
             span.end()
 
     def attempt(self, node_id: str) -> None:
         """The request goes to ``node_id`` (the first time, or failing over)."""
         self.attempts += 1
+        self.node = node_id
         self.span.add_event(
             "attempt", {"catga_zmq.attempt": self.attempts, "catga_zmq.node": node_id}
         )
-        self.span.set_attribute("catga_zmq.node", node_id)
 
     def failed_over(self, node_id: str, exc: CatgaError) -> None:
         """The attempt at ``node_id`` failed with ``exc`` and the request goes on."""
@@ -344,4 +355,4 @@ class Outgoing:
 
     def handled(self, handled_us: int) -> None:
         """The handler took ``handled_us`` µs on its node (its reply says)."""
-        self.span.set_attribute("catga_zmq.handler_us", handled_us)
+        self.handled_us = handled_us
