@@ -41,6 +41,7 @@ from .routing import Router, make_router
 from .security import RELOAD_INTERVAL, Security, TrustStore, plaintext_warning
 from .security import load as load_security
 from .system import NodeStats
+from .tracing import spans_for, wait_for_provider
 from .transport import Curve, Transport
 
 if TYPE_CHECKING:
@@ -353,14 +354,12 @@ class Node:
 
     def _start_tracing(self, parts: Parts, supervisor: Supervisor) -> None:
         """Trace now if there is a tracer provider, else as soon as one is set."""
-        from . import tracing
-
-        spans = tracing.spans_for(self.node_id, self._tracer_provider)
+        spans = spans_for(self.node_id, self._tracer_provider)
         if spans is not None:
             parts.trace(spans)
         elif self._tracer_provider is None:
             node_id = self.node_id
-            supervisor.supervise("tracing", lambda: tracing.wait_for_provider(node_id, parts.trace))
+            supervisor.supervise("tracing", lambda: wait_for_provider(node_id, parts.trace))
 
     def _candidate(self) -> Candidate:
         assert self._parts is not None
