@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._inbound import Rejections
 from .errors import CatgaError, SerializationFailed, ValidationFailed
@@ -24,6 +24,9 @@ from .protocol import (
 )
 from .system import Deliver
 from .transport import Transport
+
+if TYPE_CHECKING:
+    from .tracing import Outgoing, Spans
 
 #: publish() yields to the event loop once per this many events.
 PUBLISH_YIELD: Final = 64
@@ -71,9 +74,13 @@ class EventBus:
         self._seq: dict[str, int] = {}  # type name -> last sequence number published
         self._seen: dict[tuple[str, str], int] = {}  # (source, type) -> last received
         self._topics: set[bytes] = set()
+        #: OpenTelemetry spans of this node's publishes; None: it does not trace.
+        self.spans: Spans | None = None
         self.update_topics()
 
-    async def publish(self, event: Event, trace: str) -> None:
+    async def publish(self, event: Event, trace: str, span: Outgoing | None = None) -> None:
+        """Publish ``event`` (see ``Node.publish``); ``span``: its PRODUCER span, whose
+        W3C context goes in the header (None: no tracing)."""
         if not isinstance(event, Event):
             raise ValidationFailed(
                 f"publish() takes an Event, got {type(event).__qualname__}; use send() for requests"
@@ -101,13 +108,21 @@ class EventBus:
                 f"{self.max_message_size}; publish less or raise it on every node"
             )
         seq = self._seq.get(name, 0) + 1
-        header = encode_header(_EVT, seq, name, self.node_id, 0, 0, trace)
+        if span is None:
+            header = encode_header(_EVT, seq, name, self.node_id, 0, 0, trace)
+        else:
+            header = encode_header(
+                _EVT, seq, name, self.node_id, 0, 0, trace, 0, 0, span.traceparent, span.tracestate
+            )
         # Only once the header encoded: a number never sent would be a gap to subscribers.
         self._seq[name] = seq
         self.transport.broadcast(topic_for(name), header, payload)
         self.stats["events_published"] += 1
         if name in self.mediator.subscribers:
-            self.mediator.deliver(name, event, Context(name, self.node_id, self.node_id, seq))
+            ctx = Context(name, self.node_id, self.node_id, seq, trace)
+            if span is not None:
+                ctx.traceparent, ctx.tracestate = span.traceparent, span.tracestate
+            self.mediator.deliver(name, event, ctx)
         if self.stats["events_published"] % PUBLISH_YIELD == 0:
             await asyncio.sleep(0)
 
@@ -139,7 +154,16 @@ class EventBus:
         self.mediator.deliver(
             name,
             event,
-            Context(name, self.node_id, header.source, header.request_id, header.trace_id),
+            Context(
+                name,
+                self.node_id,
+                header.source,
+                header.request_id,
+                header.trace_id,
+                0.0,
+                header.traceparent,
+                header.tracestate,
+            ),
         )
 
     def _sequence_ok(self, header: Header, name: str) -> bool:

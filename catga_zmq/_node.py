@@ -43,9 +43,11 @@ from .routing import Router, make_router
 from .security import RELOAD_INTERVAL, Security, TrustStore, plaintext_warning
 from .security import load as load_security
 from .system import Deliver, NodeStats
+from .tracing import spans_for, wait_for_provider
 from .transport import Curve, Transport
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
     from prometheus_client.registry import CollectorRegistry
 
 log = logging.getLogger("catga_zmq.node")
@@ -118,6 +120,9 @@ class Node:
     discovery, so no member lists it, routes to it or logs its coming and going. It
     serves no requests (handlers are refused when it starts); its ``publish()`` hands
     the event to each subscribing member directly (the built-in ``Deliver``).
+
+    ``tracer_provider`` is the OpenTelemetry tracer provider of its spans (default: the
+    global one, if the application set one; see ``catga_zmq.tracing``).
     """
 
     def __init__(
@@ -128,6 +133,7 @@ class Node:
         discovery: Discovery | str | None = _DEFAULT,
         options: NodeOptions | None = None,
         metrics_registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
         **settings: Any,
     ) -> None:
         base = options or NodeOptions()
@@ -165,6 +171,7 @@ class Node:
         self.options = base.merged(settings).validated() if settings else base.validated()
         self.mediator = Mediator(self.options.node_id)
         self.codec = Codec()
+        self._tracer_provider = tracer_provider
         #: NEW, RUNNING, DRAINING or CLOSED.
         self.state = State.NEW
         #: One router per message type: a router's state (a round-robin counter, the
@@ -183,6 +190,8 @@ class Node:
             "events_received": 0,
             "events_lost": 0,
             "frames_rejected": 0,
+            "remote_handled": 0,
+            "remote_handler_us": 0,
         }
         self.discovery: Discovery | None = None
         #: Why the node closed itself, when it did (a duplicate node id, a background
@@ -375,6 +384,8 @@ class Node:
                     await self.discovery.register(self._candidate())
                 discovery = self.discovery
                 supervisor.supervise("discovery", lambda: parts.gossip.follow(discovery))
+            if opts.tracing:
+                self._start_tracing(parts, supervisor)
             if client and parts.gossip.enabled:
                 supervisor.supervise("client-refresh", parts.gossip.refresh)
             self._joined = True
@@ -444,6 +455,15 @@ class Node:
         """Where this node serves ``/metrics`` (``http://127.0.0.1:9464/metrics``); empty
         without ``metrics_port``, or before the node starts."""
         return self._metrics.url if self._metrics is not None else ""
+
+    def _start_tracing(self, parts: Parts, supervisor: Supervisor) -> None:
+        """Trace now if there is a tracer provider, else as soon as one is set."""
+        spans = spans_for(self.node_id, self._tracer_provider)
+        if spans is not None:
+            parts.trace(spans)
+        elif self._tracer_provider is None:
+            node_id = self.node_id
+            supervisor.supervise("tracing", lambda: wait_for_provider(node_id, parts.trace))
 
     def _candidate(self) -> Candidate:
         assert self._parts is not None
@@ -738,9 +758,13 @@ class Node:
         if (state is not State.RUNNING and state is not State.DRAINING) or self._parts is None:
             return self._not_running()
         trace = trace_id if trace_id is not None else current_trace.get()
-        sent: Coroutine[Any, Any, T] = self._parts.requester.send(
-            message, timeout, key, node, trace
-        )
+        requester = self._parts.requester
+        spans = requester.spans
+        if spans is None:
+            sent: Coroutine[Any, Any, T] = requester.send(message, timeout, key, node, trace)
+        else:
+            span = spans.client(getattr(type(message), "__wire_name__", type(message).__qualname__))
+            sent = span.run(requester.send(message, timeout, key, node, trace, span))
         if self._metrics is not None:
             timed: Coroutine[Any, Any, T] = timed_send(self._metrics.sent, sent, type(message))
             return timed
@@ -767,7 +791,13 @@ class Node:
         if self.options.role == "client":
             await self.hand_over(event)
             return
-        await parts.events.publish(event, current_trace.get())
+        events = parts.events
+        spans = events.spans
+        if spans is None:
+            await events.publish(event, current_trace.get())
+            return
+        span = spans.producer(getattr(type(event), "__wire_name__", type(event).__qualname__))
+        await span.run(events.publish(event, current_trace.get(), span))
 
     async def hand_over(self, event: Event) -> dict[str, int | CatgaError]:
         """Publish as a client: ``event`` goes to each live member that subscribes to

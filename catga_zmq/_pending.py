@@ -12,8 +12,8 @@ import msgspec
 
 from .errors import CatgaError, RequestTimeout, TransportFailed
 
-#: (kind, payload, source node id) of a reply or error frame.
-Reply: TypeAlias = tuple[int, "bytes | msgspec.Raw", str]
+#: (kind, payload, source node id, its handler's time in µs or 0) of a reply or error frame.
+Reply: TypeAlias = tuple[int, "bytes | msgspec.Raw", str, int]
 
 
 class Incident:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import numbers
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -52,6 +52,9 @@ from .protocol import (
 from .resilience import CircuitBreaker
 from .routing import Router, make_router
 from .transport import Transport
+
+if TYPE_CHECKING:
+    from .tracing import Outgoing, Spans
 
 log = logging.getLogger("catga_zmq.node")
 
@@ -144,6 +147,8 @@ class Requester:
         self.loop = asyncio.get_running_loop()
         self.pending = PendingMap(self.loop)
         self.closed = False
+        #: OpenTelemetry spans of this node's sends; None: it does not trace.
+        self.spans: Spans | None = None
 
     # send ----------------------------------------------------------------------------
 
@@ -154,7 +159,10 @@ class Requester:
         key: str | None,
         node: str | None,
         trace: str,
+        span: Outgoing | None = None,
     ) -> Any:
+        """The reply to ``message`` (see ``Node.send``); ``span``: this send's CLIENT
+        span, told of each attempt (None: no tracing)."""
         cls = type(message)
         name: str = getattr(cls, "__wire_name__", "")
         if not isinstance(message, Request):
@@ -218,12 +226,14 @@ class Requester:
                 tried.clear()
                 continue
             attempts += 1
+            if span is not None:
+                span.attempt(target.node_id)
             # An explicit node= bypasses the breaker, so it gives the breaker no verdict
             # either (it could clear another request's half-open probe).
             judged = node is None and not target.local
             try:
                 if target.local:
-                    return await self.server.call_local(message, name, deadline, trace)
+                    return await self.server.call_local(message, name, deadline, trace, span)
                 if payload is None:
                     try:
                         payload = self._encode(message, name)
@@ -245,6 +255,7 @@ class Requester:
                     self.codec.decoder(response_type(cls)),
                     idempotent,
                     judged,
+                    span,
                 )
                 return reply
             except TransportFailed as exc:
@@ -259,6 +270,8 @@ class Requester:
                 too_large = False
                 last_error = exc  # too large for that node: another may take it
             tried.append(target)
+            if span is not None:
+                span.failed_over(target.node_id, last_error)
             if loop.time() >= deadline:
                 break
         assert last_error is not None
@@ -353,9 +366,11 @@ class Requester:
         decoder: msgspec.msgpack.Decoder[Any],
         idempotent: bool = False,
         judged: bool = True,
+        span: Outgoing | None = None,
     ) -> Any:
         """One send to ``target`` and the wait for its answer; ``judged``: the answer (or
-        its absence) counts for or against the target's circuit breaker."""
+        its absence) counts for or against the target's circuit breaker; ``span``: the
+        CLIENT span whose W3C context goes in the header."""
         pending = self.pending
         rid = 0
         target.outstanding += 1
@@ -363,7 +378,22 @@ class Requester:
         try:
             budget_ms = min(MAX_BUDGET_MS, max(1, int((deadline - self.loop.time()) * 1000)))
             rid, fut = pending.open(target.node_id, idempotent, deadline, name, target.endpoint)
-            header = encode_header(_REQ, rid, name, self.node_id, budget_ms, 0, trace, now_ms())
+            if span is None:
+                header = encode_header(_REQ, rid, name, self.node_id, budget_ms, 0, trace, now_ms())
+            else:
+                header = encode_header(
+                    _REQ,
+                    rid,
+                    name,
+                    self.node_id,
+                    budget_ms,
+                    0,
+                    trace,
+                    now_ms(),
+                    0,
+                    span.traceparent,
+                    span.tracestate,
+                )
             try:
                 # Alone in flight to that node: now. Else it joins the node's batch.
                 self.transport.send_request(
@@ -374,7 +404,7 @@ class Requester:
                 exc.node = target.node_id
                 raise
             self.stats["requests_sent"] += 1
-            kind, body, source = await fut
+            kind, body, source, handled_us = await fut
         except TransportFailed as exc:
             # One verdict per event, not per request: a dropped connection fails every
             # request in flight on it at once (see on_disconnect).
@@ -404,6 +434,11 @@ class Requester:
         if kind == _REP:
             if breaker is not None:
                 breaker.success()
+            if handled_us:
+                self.stats["remote_handled"] += 1
+                self.stats["remote_handler_us"] += handled_us
+                if span is not None:
+                    span.handled(handled_us)
             try:
                 return decoder.decode(body)
             except DECODE_ERRORS as exc:
@@ -483,7 +518,7 @@ class Requester:
         # went through: a reply that names another node, or no request of ours, proves
         # nothing; one to a request that went elsewhere answers nothing.
         resolved = self.pending.resolve(
-            header.request_id, (header.kind, body, header.source), endpoint
+            header.request_id, (header.kind, body, header.source, header.handled_us), endpoint
         )
         if resolved:
             self.on_traffic(header.source)

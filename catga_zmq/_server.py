@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -52,6 +52,9 @@ from .protocol import (
 )
 from .security import AdminCheck, Trust
 from .transport import Transport
+
+if TYPE_CHECKING:
+    from .tracing import Outgoing
 
 log = logging.getLogger("catga_zmq.node")
 
@@ -230,6 +233,8 @@ class RequestServer:
             header.request_id,
             header.trace_id,
             deadline,
+            header.traceparent,
+            header.tracestate,
         )
         self.running += 1
         coro = self._serve(entry, message, ctx, ident, arrival)
@@ -307,9 +312,11 @@ class RequestServer:
             body = self._encode_reply(ctx.type_name, result)
             self.stats["requests_handled"] += 1
             entry.handled += 1
+            # From the read, as the handler's stats count it: 0 would say "not given".
+            handled_us = int((_clock() - arrival) * 1_000_000) or 1
             self.transport.reply(
                 ident,
-                encode_header(_REP, rid, "", self.node_id),
+                encode_header(_REP, rid, "", self.node_id, 0, 0, "", 0, handled_us),
                 body,
                 self.running == 1,  # the only handler running: now, else batched
             )
@@ -363,9 +370,17 @@ class RequestServer:
             )
         return body
 
-    async def call_local(self, message: Message, name: str, deadline: float, trace: str) -> Any:
+    async def call_local(
+        self,
+        message: Message,
+        name: str,
+        deadline: float,
+        trace: str,
+        span: Outgoing | None = None,
+    ) -> Any:
         """Run this node's handler of ``name`` for a local ``send()``, as a remote call
-        would: the same refusals, a copy of the message, the reply checked and counted."""
+        would: the same refusals, a copy of the message, the reply checked and counted;
+        ``span``, the caller's, is the parent of the handler's (when this node traces)."""
         entry = self.mediator.handlers.get(name)
         if entry is None:
             raise HandlerNotFound(f"no handler for {name} on {self.node_id}", node=self.node_id)
@@ -379,6 +394,8 @@ class RequestServer:
         except DECODE_ERRORS as exc:
             raise _undecodable(name, exc, self.node_id) from None
         ctx = Context(name, self.node_id, self.node_id, 0, trace, deadline)
+        if span is not None:
+            ctx.traceparent, ctx.tracestate = span.traceparent, span.tracestate
         self.running += 1
         started = _clock()
         scope = asyncio.timeout_at(deadline)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._builtins import Builtins
 from ._dispatch import broadcast_dispatcher
@@ -28,6 +28,9 @@ from .routing import Router
 from .security import AdminCheck, FirstKeySeen, Trust
 from .transport import Transport
 
+if TYPE_CHECKING:
+    from .tracing import Spans
+
 
 class Parts:
     """The parts of a started node, built together and wired to each other."""
@@ -38,6 +41,7 @@ class Parts:
         "gossip",
         "heartbeats",
         "me",
+        "mediator",
         "membership",
         "requester",
         "server",
@@ -64,6 +68,7 @@ class Parts:
         opts = options
         loop = asyncio.get_running_loop()
         self.transport = transport
+        self.mediator = mediator
         stats = counters
         reject = Rejections(stats)
         self.me = me = Peer(
@@ -212,6 +217,12 @@ class Parts:
         transport.on_broadcast = broadcast_dispatcher(reject, events.on_event, heartbeats.on_beat)
         transport.on_disconnect = requester.on_disconnect
         transport.on_unsent = requester.pending.fail_unsent
+
+    def trace(self, spans: Spans) -> None:
+        """From now on, sends, publishes, handlers and subscribers make spans."""
+        self.requester.spans = spans
+        self.events.spans = spans
+        self.mediator.trace(spans)
 
 
 def make_discovery(opts: NodeOptions) -> Discovery | None:

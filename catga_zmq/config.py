@@ -184,6 +184,7 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
       directory authenticates its peers.
     - Metrics: ``metrics_port`` (HTTP: ``/metrics``, ``/livez``, ``/readyz``; 0: off)
       and ``metrics_bind`` (127.0.0.1 unless set).
+    - Tracing: ``tracing`` (OpenTelemetry spans, when a tracer provider is set).
 
     Durations are in seconds, sizes in bytes. Every number has a range, stated next to
     its default; ``validated()`` checks each value against it, then the values together.
@@ -506,6 +507,13 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "reaches it; none, no one. With curve_trust_dir: the keys in its admin/ only"
         ),
     ] = "loopback"
+    tracing: Annotated[
+        bool,
+        msgspec.Meta(
+            description="OpenTelemetry spans of requests and events when the application "
+            "has set a tracer provider (the otel extra; see catga_zmq.tracing); false: none"
+        ),
+    ] = True
 
     def inbound_frames(self) -> int:
         """The ROUTER's receive high-water mark: what ``max_inbound_bytes`` allows.

@@ -14,13 +14,16 @@ import typing
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from .errors import ConfigError, RequestTimeout
 from .messages import Event, Message, Request, response_type
 from .protocol import MAX_HANDLES
+
+if TYPE_CHECKING:
+    from .tracing import Spans
 
 log = logging.getLogger("catga_zmq.mediator")
 
@@ -31,7 +34,13 @@ SUBSCRIBER_QUEUE_LIMIT = 10_000
 
 @dataclass(slots=True)
 class Context:
-    """What a handler or behaviour may know about the call it is part of."""
+    """What a handler or behaviour may know about the call it is part of.
+
+    ``trace_id`` is the id the caller sent (``send(trace_id=)``, ``current_trace``);
+    where this node traces (``catga_zmq.tracing``) and the caller sent none, the W3C
+    trace id (32 hex digits) of the handler's span. ``traceparent`` and ``tracestate``
+    are the W3C trace context the message came with ("" when its sender did not trace).
+    """
 
     type_name: str
     node_id: str  # the node running the handler
@@ -39,6 +48,8 @@ class Context:
     request_id: int = 0
     trace_id: str = ""
     deadline: float = 0.0  # monotonic time (loop.time()) by which the reply is due; 0: none
+    traceparent: str = ""
+    tracestate: str = ""
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline, or None when there is none."""
@@ -191,6 +202,8 @@ class Mediator:
         self.handlers: dict[str, HandlerEntry] = {}
         self.subscribers: dict[str, list[SubscriberEntry]] = {}
         self.behaviors: list[Behavior] = [LoggingBehavior(), DeadlineBehavior()]
+        #: OpenTelemetry spans around handlers and subscribers; None: no tracing.
+        self.spans: Spans | None = None
         self._decoders: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
 
     # registration ---------------------------------------------------------------
@@ -236,6 +249,13 @@ class Mediator:
         for entry in self.handlers.values():
             entry.call = self._compose(entry)
 
+    def trace(self, spans: Spans | None) -> None:
+        """Run every handler (but the built-in ones) in a SERVER span of ``spans``, and
+        every subscriber in a CONSUMER span; None: no spans."""
+        self.spans = spans
+        for entry in self.handlers.values():
+            entry.call = self._compose(entry)
+
     def decoder(self, cls: type[Any]) -> msgspec.msgpack.Decoder[Any]:
         try:
             return self._decoders[cls]
@@ -248,6 +268,12 @@ class Mediator:
         for behavior in reversed(self.behaviors):
             wrap = getattr(behavior, "wrap", None)
             call = wrap(call) if wrap is not None else _wrap(behavior, call)
+        # Outermost, so that the span covers every behaviour. Not around the built-in
+        # requests: greetings and health checks would flood the traces.
+        if self.spans is not None and not entry.message_type.__wire_name__.startswith(
+            BUILTIN_PREFIX
+        ):
+            call = self.spans.serve(call)
         return call
 
     # dispatch -------------------------------------------------------------------
@@ -283,7 +309,9 @@ class Mediator:
                 event, ctx = sub.queue.popleft()
                 try:
                     args = (event, ctx) if sub.wants_context else (event,)
-                    if sub.is_async:
+                    if self.spans is not None:
+                        await self.spans.consume(sub.fn, args, sub.is_async, ctx)
+                    elif sub.is_async:
                         await sub.fn(*args)
                     else:
                         sub.fn(*args)

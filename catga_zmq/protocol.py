@@ -28,7 +28,7 @@ import msgspec.inspect
 from .errors import ProtocolError, ValidationFailed
 
 #: Bumped on any incompatible change of the header or of a built-in body.
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 
 #: Topic of heartbeat and BYE frames on the PUB socket. Wire names cannot start with "!".
 HEARTBEAT_TOPIC: Final = b"!hb\x00"
@@ -51,11 +51,14 @@ FLAG_NONE: Final = 0
 
 #: The longest string each header field takes; a longer one fails the header's decode, so
 #: it is a counted rejection and never reaches a table or a log line. A node id is at most
-#: 64 characters (config), a wire name ``module.QualName`` fits in 256, and a W3C
-#: ``traceparent`` is 55.
+#: 64 characters (config), a wire name ``module.QualName`` fits in 256, a W3C
+#: ``traceparent`` is 55 (version 00; later versions may add fields, hence 128) and a
+#: ``tracestate`` is what W3C asks a vendor to pass on, 512 (OpenTelemetry's bound too).
 MAX_TYPE_NAME: Final = 256
 MAX_SOURCE: Final = 64
 MAX_TRACE_ID: Final = 128
+MAX_TRACEPARENT: Final = 128
+MAX_TRACESTATE: Final = 512
 #: The same for a heartbeat's strings: ``tcp://`` + a 253-character host name + a port
 #: fits in an endpoint, a cluster name is at most 63 characters (config).
 MAX_ENDPOINT: Final = 300
@@ -135,6 +138,13 @@ class Header(msgspec.Struct, array_like=True, gc=False):
     never compared with another node's clock, only with the same sender's heartbeats,
     which tell a receiver how late it reads that sender's frames (see ``ClockOffset``).
     0: not given.
+
+    ``trace_id`` is the caller's own correlation id (``send(trace_id=)``); ``traceparent``
+    and ``tracestate`` (REQ, EVT) are the W3C trace context of the sender's span, when
+    it traces (see ``catga_zmq.tracing``), "" otherwise.
+
+    ``handled_us`` (REP) is how long the handler's node took to answer, from the start
+    of its handling to the reply, in µs of its monotonic clock; 0: not given.
     """
 
     version: int
@@ -146,6 +156,9 @@ class Header(msgspec.Struct, array_like=True, gc=False):
     flags: int = 0
     trace_id: Annotated[str, msgspec.Meta(max_length=MAX_TRACE_ID)] = ""
     sent_ms: int = 0
+    handled_us: int = 0
+    traceparent: Annotated[str, msgspec.Meta(max_length=MAX_TRACEPARENT)] = ""
+    tracestate: Annotated[str, msgspec.Meta(max_length=MAX_TRACESTATE)] = ""
 
 
 class ErrorBody(msgspec.Struct, array_like=True, gc=False):
@@ -253,6 +266,9 @@ def encode_header(
     flags: int = 0,
     trace_id: str = "",
     sent_ms: int = 0,
+    handled_us: int = 0,
+    traceparent: str = "",
+    tracestate: str = "",
 ) -> bytes:
     """A frame's header; ``ValidationFailed`` naming the field that does not encode."""
     try:
@@ -268,6 +284,9 @@ def encode_header(
                 flags,
                 trace_id,
                 sent_ms,
+                handled_us,
+                traceparent,
+                tracestate,
             )
         )
     except ENCODE_ERRORS as exc:
@@ -279,6 +298,8 @@ def encode_header(
             ("budget_ms", budget_ms),
             ("flags", flags),
             ("trace_id", trace_id),
+            ("traceparent", traceparent),
+            ("tracestate", tracestate),
         )
         for name, value in fields:
             try:

@@ -183,6 +183,10 @@ class NodeStats(msgspec.Struct):
       ``NodeStatus`` value (``{"alive": 2, "suspect": 1}``).
     - ``handlers``: per request type it handles (wire name, built-ins included), what
       its handler did (``HandlerStats``); a type not asked for yet is left out.
+    - ``remote_handled``: replies to its own requests whose node said how long their
+      handler took there; ``remote_handler_us``: the sum of those times (µs, each
+      measured on the handler's node), so ``remote_handler_us / remote_handled`` is
+      the mean, and a round trip less it the time spent between the nodes.
     """
 
     node_id: NodeId
@@ -214,6 +218,8 @@ class NodeStats(msgspec.Struct):
     handlers: Annotated[
         dict[TypeName, HandlerStats], msgspec.Meta(max_length=MAX_HANDLES + 16)
     ] = {}
+    remote_handled: int = 0
+    remote_handler_us: int = 0  # µs
 
 
 class Stats(Request[NodeStats]):

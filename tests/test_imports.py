@@ -183,3 +183,66 @@ def test_redis_is_imported_only_by_a_node_that_uses_it() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+#: A node that serves, sends to itself and publishes, then lists the OpenTelemetry
+#: modules imported. With ``missing``, OpenTelemetry cannot be imported at all, as when
+#: the ``otel`` extra is not installed.
+_TRACING_UNUSED = """
+import asyncio, sys
+
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "opentelemetry":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+if sys.argv[1] == "missing":
+    sys.meta_path.insert(0, Missing())
+
+from catga_zmq import Event, Node, Request
+from catga_zmq import tracing
+
+class Ask(Request[str]):
+    __wire_name__ = "imports.Ask"
+
+class Told(Event):
+    __wire_name__ = "imports.Told"
+
+async def main():
+    node = Node("solo", discovery=None)
+    got = []
+
+    @node.handler
+    async def ask(req: Ask) -> str:
+        return "here"
+
+    @node.subscribe
+    async def told(evt: Told) -> None:
+        got.append(evt)
+
+    async with node:
+        assert await node.send(Ask(), timeout=5) == "here"
+        await node.publish(Told())
+        async with asyncio.timeout(5):
+            while not got:
+                await asyncio.sleep(0.01)
+        # What the node's look-again loop asks, once a second.
+        assert tracing.spans_for(node.node_id, None) is None
+    print(sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry"))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("otel", ["installed", "missing"])
+def test_a_node_that_does_not_trace_never_imports_opentelemetry(otel: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _TRACING_UNUSED, otel],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -46,6 +46,16 @@ def test_header_round_trip(kind: Kind) -> None:
     assert header.kind == kind
 
 
+def test_header_trace_context_and_handler_time_round_trip() -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    data = encode_header(int(Kind.REQ), 1, "t", "s", 0, 0, "", 0, 0, parent, "vendor=x")
+    header = decode_header(data)
+    assert (header.traceparent, header.tracestate) == (parent, "vendor=x")
+    assert (
+        decode_header(encode_header(int(Kind.REP), 1, "", "s", handled_us=1234)).handled_us == 1234
+    )
+
+
 def test_header_defaults_round_trip() -> None:
     header = decode_header(encode_header(int(Kind.REQ), 1, "t", "s"))
     assert (header.budget_ms, header.flags, header.trace_id) == (0, 0, "")
@@ -53,7 +63,20 @@ def test_header_defaults_round_trip() -> None:
 
 def test_header_is_array_like_and_small() -> None:
     data = encode_header(int(Kind.REQ), 1, "a.B", "n")
-    assert msgspec.msgpack.decode(data) == [PROTOCOL_VERSION, 1, 1, "a.B", "n", 0, 0, "", 0]
+    assert msgspec.msgpack.decode(data) == [
+        PROTOCOL_VERSION,
+        1,
+        1,
+        "a.B",
+        "n",
+        0,
+        0,
+        "",
+        0,
+        0,
+        "",
+        "",
+    ]
     assert len(data) < 20
 
 

@@ -126,6 +126,8 @@ async def test_oversized_header_strings_are_counted_rejections(
         encode_header(int(Kind.REQ), 1, name, LONG, 5000),  # source
         encode_header(int(Kind.REQ), 2, name, "raw", 5000, 0, LONG),  # trace id
         encode_header(int(Kind.REQ), 3, name + LONG, "raw", 5000),  # type name
+        encode_header(int(Kind.REQ), 4, name, "raw", 5000, 0, "", 0, 0, LONG),  # traceparent
+        encode_header(int(Kind.REQ), 5, name, "raw", 5000, 0, "", 0, 0, "", LONG),  # tracestate
     ]
     before = a.stats().frames_rejected
     for header in headers:
