@@ -190,6 +190,15 @@ class Gossip:
         elif not key and c.node_id:
             key = trust.key_of(c.node_id) or b""
         who = c.node_id or c.endpoint
+        if claimed and by_name is None and len(claimed) != KEY_LENGTH:
+            # A name (a seed's ";NAME", an SRV target's first label) with no certificate.
+            self.reject(
+                who,
+                "no-key",
+                f"{who} at {c.endpoint}: no certificate {claimed}.key in the trust "
+                "directory, so no CURVE key to connect with; copy it there",
+            )
+            return False
         if not key:
             self.reject(
                 who,

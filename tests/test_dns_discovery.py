@@ -330,6 +330,47 @@ async def test_srv_records_give_each_node_its_host_and_port(
 
 
 @pytest.mark.cluster
+async def test_with_curve_an_srv_targets_name_is_the_certificate_of_its_node(
+    dnsmasq: Callable[..., Dnsmasq], nodes: Nodes, tmp_path: Path
+) -> None:
+    # As a StatefulSet's pods behind a headless Service: shop-0.shop... names node shop-0,
+    # whose certificate shop-0.key is in the trust directory. A target named after no
+    # certificate is not connected to, and the node says why.
+    from catga_zmq.security import generate
+
+    keys, trust = tmp_path / "keys", tmp_path / "trust"
+    keys.mkdir()
+    trust.mkdir()
+    ids = ["n1", "n2", "n3"]
+    for node_id in [*ids, "stranger"]:
+        public, _ = generate(node_id, keys)
+        if node_id != "stranger":
+            shutil.copy(public, trust / public.name)
+    [host] = loopback_hosts(1)
+    ports = [free_port([host]) for _ in range(4)]
+    assert len(set(ports)) == 4
+    records = [f"--host-record={n}.catga.test,{host}" for n in [*ids, "stranger"]]
+    records += [
+        f"--srv-host={SRV_NAME},{n}.catga.test,{port}"
+        for n, port in zip([*ids, "stranger"], ports, strict=True)
+    ]
+    server = dnsmasq(*records)
+    await server.start()
+    for node_id, port in zip([*ids, "stranger"], ports, strict=True):
+        curve = ["--curve-secret-key", str(keys / f"{node_id}.key_secret")]
+        curve += ["--curve-trust-dir", str(trust)]
+        nodes.start(
+            node_id, host, port, *dns_flags(server, SRV_NAME, "--dns-record", "srv"), *curve
+        )
+    await nodes.ready()
+    for node_id in ids:
+        await await_joined(nodes[node_id], set(ids) - {node_id}, FIND_TIMEOUT)
+    await nodes["n1"].await_log("no certificate stranger.key in the trust directory", JOIN_SLACK)
+    assert "stranger" not in joined(nodes["n1"])
+    assert joined(nodes["stranger"]) == set(), nodes["stranger"].stderr()
+
+
+@pytest.mark.cluster
 async def test_dns_server_down_at_start_one_line_then_backoff_then_joins(
     dnsmasq: Callable[..., Dnsmasq], nodes: Nodes
 ) -> None:

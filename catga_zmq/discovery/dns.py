@@ -9,7 +9,10 @@ The name is resolved when the backend starts and then every ``interval`` seconds
 - ``record="auto"``: SRV when the name has SRV records, otherwise A and AAAA.
 
 Each address found is a candidate that knows only its endpoint, as a seed: the node
-greets it with ``Info`` and learns the rest (and the cluster) from the answer. An
+greets it with ``Info`` and learns the rest (and the cluster) from the answer. An SRV
+target's first label names the node there, as a seed's ``;NAME`` does: with CURVE its
+key is the certificate of that name in the trust directory. (A Kubernetes headless
+Service's SRV records name a StatefulSet's pods so: ``shop-0.shop.default.svc...``.) An
 address that leaves the records is REMOVED, which only stops the greetings to it: a
 node that heartbeats stays a member whatever DNS says (membership.py decides).
 
@@ -146,6 +149,8 @@ class DnsDiscovery(Discovery):
         self.timeout = min(RESOLVE_TIMEOUT, interval)
         #: What was found by the last resolution that gave an answer, by endpoint.
         self._found: dict[str, Candidate] = {}
+        #: The node each endpoint of the last SRV answer names: its target's first label.
+        self._names: dict[str, str] = {}
         self._me: Candidate | None = None
         self._fanout = Fanout()
         self._task: asyncio.Task[None] | None = None
@@ -281,7 +286,9 @@ class DnsDiscovery(Discovery):
             if endpoint != own:
                 self._fanout.publish(DiscoveryChange(ChangeKind.REMOVED, candidate))
         for endpoint in added:
-            self._found[endpoint] = candidate = Candidate(endpoint=endpoint)
+            # An SRV target's name stands for a certificate, as a seed's ";NAME" does.
+            name = self._names.get(endpoint)
+            self._found[endpoint] = candidate = Candidate(endpoint=endpoint, public_key=name)
             if endpoint != own:
                 self._fanout.publish(DiscoveryChange(ChangeKind.ADDED, candidate))
         log.info(
@@ -406,13 +413,15 @@ class DnsDiscovery(Discovery):
         missing = [t for t in targets if t not in known]
         if missing:
             known.update(await self._targets(resolver, missing))
-        endpoints = {
-            endpoint_of(address, port)
+        names = {
+            endpoint_of(address, port): target.split(".", 1)[0]
             for target, ports in targets.items()
             for address in known.get(target, ())
             for port in ports
         }
-        return set(sorted(endpoints)[:MAX_RECORDS])
+        kept = set(sorted(names)[:MAX_RECORDS])
+        self._names = {e: n for e, n in names.items() if e in kept}
+        return kept
 
     async def _targets(
         self, resolver: dns.asyncresolver.Resolver, targets: Iterable[str]
