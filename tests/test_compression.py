@@ -343,3 +343,39 @@ def test_compression_settings_are_checked() -> None:
         NodeOptions(node_id="a", compression="lz4").validated()  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="compression_threshold"):
         NodeOptions(node_id="a", compression_threshold=10).validated()
+
+
+make_raw_peer = raw_peer_fixture(RawPeer)
+
+
+async def test_a_compressed_event_bomb_is_refused_and_the_node_hears_on(
+    make_node: MakeNode, make_raw_peer: Callable[[Node], RawPeer]
+) -> None:
+    node = make_node("sub", compression="zstd")
+    heard: list[str] = []
+
+    @node.subscribe
+    async def on_news(evt: ZNews) -> None:
+        heard.append(evt.text)
+
+    await node.start()
+    peer = make_raw_peer(node)
+    await peer.announce()
+    topic = ZNews.__wire_name__.encode() + b"\x00"
+
+    def event(seq: int, payload: bytes, flags: int) -> list[bytes]:
+        return [
+            topic,
+            encode_header(int(Kind.EVT), seq, ZNews.__wire_name__, "evil", 0, flags),
+            payload,
+        ]
+
+    await peer.publish_until(
+        lambda: rejected(node, "decompress") > 0,
+        [event(1, _enc(bomb(True)), FLAG_ZSTD)],
+        timeout=20,
+    )
+    assert not heard
+    good = _enc(zstandard.ZstdCompressor().compress(_enc(ZNews(json_like(4096)))))
+    await peer.publish_until(lambda: bool(heard), [event(2, good, FLAG_ZSTD)], timeout=20)
+    assert heard[0] == json_like(4096)
