@@ -379,3 +379,28 @@ async def test_a_compressed_event_bomb_is_refused_and_the_node_hears_on(
     good = _enc(zstandard.ZstdCompressor().compress(_enc(ZNews(json_like(4096)))))
     await peer.publish_until(lambda: bool(heard), [event(2, good, FLAG_ZSTD)], timeout=20)
     assert heard[0] == json_like(4096)
+
+
+async def test_compressed_payloads_travel_in_batch_frames(make_node: MakeNode) -> None:
+    server = await echo_node(make_node, "server", compression="zstd")
+    client = await echo_node(make_node, "client", compression="zstd")
+    await client.wait_for_peers(1, timeout=20, handles=ZEcho)
+    await wait_until(lambda: parts(client).membership.peers["server"].zstd, timeout=20)
+    await wait_until(
+        lambda: (
+            "client" in parts(server).membership.peers
+            and parts(server).membership.peers["client"].zstd
+        ),
+        timeout=20,
+    )
+    texts = [json_like(2048 + i) for i in range(64)]
+
+    # Sent in one go, they go (and come back) as batch frames of compressed records.
+    answers = await asyncio.gather(
+        *(client.send(ZEcho(t), node="server", timeout=20) for t in texts)
+    )
+
+    assert [a.text for a in answers] == texts
+    assert parts(client).transport.batches_sent > 0
+    assert client.stats().payloads_compressed == 64
+    assert server.stats().payloads_compressed == 64
