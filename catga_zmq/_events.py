@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 from ._inbound import Rejections
-from .errors import CatgaError, SerializationFailed, ValidationFailed
+from .errors import CatgaError, ProtocolError, SerializationFailed, ValidationFailed
 from .mediator import Context, Mediator
 from .messages import Event
 from .protocol import (
     DECODE_ERRORS,
     ENCODE_ERRORS,
+    FLAG_ZSTD,
     HEARTBEAT_TOPIC,
     TRACE_ID_LIMIT,
     Codec,
@@ -26,6 +28,7 @@ from .system import Deliver
 from .transport import Transport
 
 if TYPE_CHECKING:
+    from ._compression import Zstd
     from .tracing import Outgoing, Spans
 
 #: publish() yields to the event loop once per this many events.
@@ -76,7 +79,19 @@ class EventBus:
         self._topics: set[bytes] = set()
         #: OpenTelemetry spans of this node's publishes; None: it does not trace.
         self.spans: Spans | None = None
+        #: Events of more bytes than this are compressed (see ``compress``): the one
+        #: compare a publish costs when compression is off.
+        self.compress_over = sys.maxsize
+        self.zstd: Zstd | None = None
+        self._all_decode: Callable[[], bool] = bool
         self.update_topics()
+
+    def compress(self, zstd: Zstd, all_decode: Callable[[], bool]) -> None:
+        """Compress large events when ``all_decode()`` (every member decodes zstd: a PUB
+        frame goes to every subscriber alike), and decode events compressed with it."""
+        self.zstd = zstd
+        self.compress_over = zstd.threshold
+        self._all_decode = all_decode
 
     async def publish(self, event: Event, trace: str, span: Outgoing | None = None) -> None:
         """Publish ``event`` (see ``Node.publish``); ``span``: its PRODUCER span, whose
@@ -107,12 +122,27 @@ class EventBus:
                 f"{name} is {len(payload)} bytes, over max_message_size "
                 f"{self.max_message_size}; publish less or raise it on every node"
             )
+        flags = 0
+        if len(payload) > self.compress_over and self.zstd is not None and self._all_decode():
+            packed = self.zstd.pack(payload)
+            if packed is not None:
+                payload, flags = packed, FLAG_ZSTD
         seq = self._seq.get(name, 0) + 1
         if span is None:
-            header = encode_header(_EVT, seq, name, self.node_id, 0, 0, trace)
+            header = encode_header(_EVT, seq, name, self.node_id, 0, flags, trace)
         else:
             header = encode_header(
-                _EVT, seq, name, self.node_id, 0, 0, trace, 0, 0, span.traceparent, span.tracestate
+                _EVT,
+                seq,
+                name,
+                self.node_id,
+                0,
+                flags,
+                trace,
+                0,
+                0,
+                span.traceparent,
+                span.tracestate,
             )
         # Only once the header encoded: a number never sent would be a gap to subscribers.
         self._seq[name] = seq
@@ -145,6 +175,17 @@ class EventBus:
             return
         if self.is_member(header.source) and not self._sequence_ok(header, name):
             return
+        if header.flags & FLAG_ZSTD:
+            try:
+                if self.zstd is None:
+                    raise ProtocolError(
+                        f"event {name} came compressed with zstd, which this node does not "
+                        "decode (compression = none)"
+                    )
+                payload = self.zstd.unpack(payload)
+            except ProtocolError as exc:
+                self.reject(header.source, f"decompress:{name}", exc.message)
+                return
         try:
             event = self.mediator.decoder(subs[0].message_type).decode(payload)
         except DECODE_ERRORS as exc:

@@ -109,6 +109,7 @@ class Heartbeats:
             metadata=me.metadata,
             max_message_size=self.options.max_message_size,
             public_key=me.public_key,
+            codecs=["zstd"] if me.zstd else [],
         )
 
     @property

@@ -192,6 +192,8 @@ class Node:
             "frames_rejected": 0,
             "remote_handled": 0,
             "remote_handler_us": 0,
+            "payloads_compressed": 0,
+            "compression_saved": 0,
         }
         self.discovery: Discovery | None = None
         #: Why the node closed itself, when it did (a duplicate node id, a background

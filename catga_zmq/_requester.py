@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import numbers
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -39,6 +40,7 @@ from .messages import Message, Request, response_type
 from .protocol import (
     DECODE_ERRORS,
     ENCODE_ERRORS,
+    FLAG_ZSTD,
     PROTOCOL_VERSION,
     TRACE_ID_LIMIT,
     Codec,
@@ -54,6 +56,7 @@ from .routing import Router, make_router
 from .transport import Transport
 
 if TYPE_CHECKING:
+    from ._compression import Zstd
     from .tracing import Outgoing, Spans
 
 log = logging.getLogger("catga_zmq.node")
@@ -149,6 +152,21 @@ class Requester:
         self.closed = False
         #: OpenTelemetry spans of this node's sends; None: it does not trace.
         self.spans: Spans | None = None
+        #: Requests of more bytes than this are compressed (see ``compress``): the one
+        #: compare a request costs when compression is off.
+        self.compress_over = sys.maxsize
+        self.zstd: Zstd | None = None
+
+    def compress(self, zstd: Zstd) -> None:
+        """Compress large requests to the nodes that decode zstd, and decode replies
+        compressed with it."""
+        self.zstd = zstd
+        self.compress_over = zstd.threshold
+
+    def _packed(self, payload: bytes) -> tuple[bytes, int]:
+        """``payload`` and its header flags: compressed when that makes it smaller."""
+        packed = None if self.zstd is None else self.zstd.pack(payload)
+        return (payload, 0) if packed is None else (packed, FLAG_ZSTD)
 
     # send ----------------------------------------------------------------------------
 
@@ -378,8 +396,13 @@ class Requester:
         try:
             budget_ms = min(MAX_BUDGET_MS, max(1, int((deadline - self.loop.time()) * 1000)))
             rid, fut = pending.open(target.node_id, idempotent, deadline, name, target.endpoint)
+            flags = 0
+            if len(payload) > self.compress_over and target.zstd:
+                payload, flags = self._packed(payload)
             if span is None:
-                header = encode_header(_REQ, rid, name, self.node_id, budget_ms, 0, trace, now_ms())
+                header = encode_header(
+                    _REQ, rid, name, self.node_id, budget_ms, flags, trace, now_ms()
+                )
             else:
                 header = encode_header(
                     _REQ,
@@ -387,7 +410,7 @@ class Requester:
                     name,
                     self.node_id,
                     budget_ms,
-                    0,
+                    flags,
                     trace,
                     now_ms(),
                     0,
@@ -514,6 +537,20 @@ class Requester:
         if header.kind != _REP and header.kind != _ERR:
             self.reject(header.source, "kind", f"frame kind {header.kind} as a reply")
             return
+        if header.flags & FLAG_ZSTD:
+            try:
+                if self.zstd is None:
+                    raise ProtocolError(
+                        f"the reply from {header.source} came compressed with zstd, which "
+                        f"this node does not decode (compression = none)"
+                    )
+                body = self.zstd.unpack(body)
+            except ProtocolError as exc:
+                self.reject(header.source, "decompress", exc.message)
+                self.pending.fail(
+                    header.request_id, ProtocolError(exc.message, node=header.source), endpoint
+                )
+                return
         # Proof of life only from the node the request went to, on the connection it
         # went through: a reply that names another node, or no request of ours, proves
         # nothing; one to a request that went elsewhere answers nothing.

@@ -42,6 +42,7 @@ from .messages import Message
 from .protocol import (
     DECODE_ERRORS,
     ENCODE_ERRORS,
+    FLAG_ZSTD,
     PROTOCOL_VERSION,
     Codec,
     Header,
@@ -54,6 +55,7 @@ from .security import AdminCheck, Trust
 from .transport import Transport
 
 if TYPE_CHECKING:
+    from ._compression import Zstd
     from .tracing import Outgoing
 
 log = logging.getLogger("catga_zmq.node")
@@ -135,6 +137,16 @@ class RequestServer:
         #: One name for every handler task of this node: the leak checks find them,
         #: and a constant costs nothing per request.
         self._task_name = f"catga-{node_id}-handler"
+        #: Replies of more bytes than this are compressed (see ``compress``): the one
+        #: compare a reply costs when compression is off.
+        self.compress_over = sys.maxsize
+        self.zstd: Zstd | None = None
+
+    def compress(self, zstd: Zstd) -> None:
+        """Compress large replies for the callers that decode zstd, and decode requests
+        compressed with it."""
+        self.zstd = zstd
+        self.compress_over = zstd.threshold
 
     # reading -------------------------------------------------------------------------
 
@@ -204,6 +216,11 @@ class RequestServer:
         if refused is not None:
             self._answer_error(ident, header, refused)
             return
+        if header.flags & FLAG_ZSTD:
+            unpacked = self._unpacked(ident, header, payload)
+            if unpacked is None:
+                return
+            payload = unpacked
         try:
             message = entry.decoder.decode(payload)
         except DECODE_ERRORS as exc:
@@ -252,6 +269,22 @@ class RequestServer:
         self._serving[task] = deadline
         if deadline and self._sweep is None:
             self._sweep = self.loop.call_later(DEADLINE_SWEEP, self._cancel_expired)
+
+    def _unpacked(self, ident: bytes, header: Header, payload: bytes | msgspec.Raw) -> bytes | None:
+        """A compressed request's payload; None (counted, logged once, answered) when
+        it is refused."""
+        try:
+            if self.zstd is None:
+                raise ProtocolError(
+                    f"{header.type_name} came compressed with zstd, which {self.node_id} "
+                    "does not decode (compression = none); senders compress only for nodes "
+                    "whose heartbeats name it"
+                )
+            return self.zstd.unpack(payload)
+        except ProtocolError as exc:
+            self.reject(header.source, f"decompress:{header.type_name}", exc.message)
+            self._answer_error(ident, header, ProtocolError(exc.message, node=self.node_id))
+            return None
 
     def _expired(self, ident: bytes, header: Header, waited_ms: float) -> None:
         self.stats["requests_expired"] += 1
@@ -310,13 +343,20 @@ class RequestServer:
                 # did run here, so it must not read as "not run, try another node".
                 raise ran(exc, self.node_id) from exc
             body = self._encode_reply(ctx.type_name, result)
+            flags = 0
+            if len(body) > self.compress_over:
+                peer = self.peers.get(ctx.source)
+                if peer is not None and peer.zstd and self.zstd is not None:
+                    packed = self.zstd.pack(body)
+                    if packed is not None:
+                        body, flags = packed, FLAG_ZSTD
             self.stats["requests_handled"] += 1
             entry.handled += 1
             # From the read, as the handler's stats count it: 0 would say "not given".
             handled_us = int((_clock() - arrival) * 1_000_000) or 1
             self.transport.reply(
                 ident,
-                encode_header(_REP, rid, "", self.node_id, 0, 0, "", 0, handled_us),
+                encode_header(_REP, rid, "", self.node_id, 0, flags, "", 0, handled_us),
                 body,
                 self.running == 1,  # the only handler running: now, else batched
             )

@@ -29,6 +29,7 @@ from .security import AdminCheck, FirstKeySeen, Trust
 from .transport import Transport
 
 if TYPE_CHECKING:
+    from ._compression import Zstd
     from .tracing import Spans
 
 
@@ -217,12 +218,32 @@ class Parts:
         transport.on_broadcast = broadcast_dispatcher(reject, events.on_event, heartbeats.on_beat)
         transport.on_disconnect = requester.on_disconnect
         transport.on_unsent = requester.pending.fail_unsent
+        zstd = make_compression(opts, stats)
+        if zstd is not None:
+            me.zstd = True  # advertised in its heartbeats
+            server.compress(zstd)
+            requester.compress(zstd)
+            events.compress(zstd, lambda: all(peer.zstd for peer in peers.values()))
 
     def trace(self, spans: Spans) -> None:
         """From now on, sends, publishes, handlers and subscribers make spans."""
         self.requester.spans = spans
         self.events.spans = spans
         self.mediator.trace(spans)
+
+
+def make_compression(opts: NodeOptions, stats: dict[str, int]) -> Zstd | None:
+    """The payload compressor the ``compression`` setting names (None for "none")."""
+    if opts.compression == "none":
+        return None
+    from ._compression import Zstd
+
+    return Zstd(
+        threshold=opts.compression_threshold,
+        max_size=opts.max_message_size,
+        level=opts.compression_level,
+        stats=stats,
+    )
 
 
 def make_discovery(opts: NodeOptions) -> Discovery | None:

@@ -54,6 +54,7 @@ RoutingName = Literal[
 ]
 RoleName = Literal["member", "client"]
 PlaintextAdmin = Literal["loopback", "any", "none"]
+CompressionName = Literal["none", "zstd"]
 
 ENV_PREFIX = "CATGA_"
 #: Short flags for the settings typed most often, besides the one the rule gives.
@@ -185,6 +186,8 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     - Metrics: ``metrics_port`` (HTTP: ``/metrics``, ``/livez``, ``/readyz``; 0: off)
       and ``metrics_bind`` (127.0.0.1 unless set).
     - Tracing: ``tracing`` (OpenTelemetry spans, when a tracer provider is set).
+    - Compression: ``compression`` (zstd or none), ``compression_threshold`` and
+      ``compression_level``.
 
     Durations are in seconds, sizes in bytes. Every number has a range, stated next to
     its default; ``validated()`` checks each value against it, then the values together.
@@ -514,6 +517,26 @@ class NodeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "has set a tracer provider (the otel extra; see catga_zmq.tracing); false: none"
         ),
     ] = True
+    compression: Annotated[
+        CompressionName,
+        _doc(
+            "zstd: compress request, reply and event payloads over compression_threshold "
+            "for the peers that decode zstd, and decode it (needs pip install "
+            "'catga-zmq[zstd]'); none: neither"
+        ),
+    ] = "none"
+    compression_threshold: Annotated[
+        int,
+        _doc(
+            "payloads of more bytes than this are compressed (with compression = zstd)",
+            ge=64,
+            le=MAX_MESSAGE_SIZE,
+            unit="bytes",
+        ),
+    ] = 1024
+    compression_level: Annotated[
+        int, _doc("zstd level: 1 fastest, 19 smallest (with compression = zstd)", ge=1, le=19)
+    ] = 3
 
     def inbound_frames(self) -> int:
         """The ROUTER's receive high-water mark: what ``max_inbound_bytes`` allows.

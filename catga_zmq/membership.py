@@ -182,6 +182,8 @@ class Peer:
     detector: PhiAccrual | None = None
     max_message_size: int = 0  # the largest message it takes (0: not advertised)
     public_key: str = ""  # CURVE (Z85), from its heartbeats
+    #: Its heartbeats say it decodes zstd: payloads to it may be compressed.
+    zstd: bool = False
     #: How late this node reads its frames (from its heartbeats' send times).
     clock: ClockOffset = field(default_factory=ClockOffset)
 
@@ -369,6 +371,7 @@ class Membership:
         peer.weight, peer.metadata = hb.weight, hb.metadata
         peer.announced, peer.max_message_size = status, hb.max_message_size
         peer.public_key = hb.public_key
+        peer.zstd = "zstd" in hb.codecs
         peer.last_seen, peer.last_heartbeat = now, time.time()
         if peer.detector is not None:
             peer.detector.heartbeat(now)

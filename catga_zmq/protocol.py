@@ -47,6 +47,10 @@ _KINDS: Final = frozenset(int(k) for k in Kind)
 
 #: Header flags.
 FLAG_NONE: Final = 0
+#: The payload is a msgpack bin holding a zstd frame (see ``_compression``). Sent only to
+#: a node whose heartbeats list "zstd" in ``codecs``: a node that does not decode it, of
+#: this release or an older one, never sees the flag, so it needs no new protocol version.
+FLAG_ZSTD: Final = 1
 
 
 #: The longest string each header field takes; a longer one fails the header's decode, so
@@ -197,6 +201,11 @@ class HeartbeatBody(msgspec.Struct, array_like=True, gc=False):
     #: Its CURVE public key (Z85), when its cluster uses CURVE: the key its ROUTER and
     #: PUB serve with.
     public_key: PublicKey = ""
+    #: The payload codecs this node decodes ("zstd"); a sender compresses for it only
+    #: with one of these.
+    codecs: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=16)]], msgspec.Meta(max_length=8)
+    ] = []
 
 
 #: What decoding untrusted bytes may raise: msgspec reports bad UTF-8 in a str field

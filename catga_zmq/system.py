@@ -187,6 +187,8 @@ class NodeStats(msgspec.Struct):
       handler took there; ``remote_handler_us``: the sum of those times (µs, each
       measured on the handler's node), so ``remote_handler_us / remote_handled`` is
       the mean, and a round trip less it the time spent between the nodes.
+    - ``payloads_compressed``: requests, replies and events it sent compressed
+      (``compression``); ``compression_saved``: the bytes that saved on the wire.
     """
 
     node_id: NodeId
@@ -220,6 +222,8 @@ class NodeStats(msgspec.Struct):
     ] = {}
     remote_handled: int = 0
     remote_handler_us: int = 0  # µs
+    payloads_compressed: int = 0
+    compression_saved: int = 0  # bytes
 
 
 class Stats(Request[NodeStats]):

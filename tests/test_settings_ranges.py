@@ -55,6 +55,8 @@ RANGES = {
     "max_peers": "1 to 8000",
     "max_addresses": "1 to 1000000",
     "metrics_port": "0 to 65535",
+    "compression_threshold": "64 to 2147483647 bytes",
+    "compression_level": "1 to 19",
 }
 
 #: The bad settings found taken, or failing late, and at least one past each end of
@@ -125,6 +127,10 @@ BAD: list[tuple[str, Any]] = [
     ("redis_ttl", INF),
     ("metrics_port", -1),
     ("metrics_port", 65536),
+    ("compression_threshold", 63),
+    ("compression_threshold", 2**31),
+    ("compression_level", 0),
+    ("compression_level", 20),
 ]
 
 
@@ -228,6 +234,8 @@ LOW_ENDS: dict[str, Any] = {
     "max_peers": 1,
     "max_addresses": 1,
     "metrics_port": 0,
+    "compression_threshold": 64,
+    "compression_level": 1,
 }
 HIGH_ENDS: dict[str, Any] = {
     "port": 65535,
@@ -253,6 +261,8 @@ HIGH_ENDS: dict[str, Any] = {
     "max_peers": 8_000,
     "max_addresses": 1_000_000,
     "metrics_port": 65533,
+    "compression_threshold": 2**31 - 1,
+    "compression_level": 19,
 }
 
 
