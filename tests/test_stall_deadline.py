@@ -94,7 +94,10 @@ async def test_requests_read_after_their_deadline_are_not_started(
             proc.send_signal(signal.SIGCONT)
         await caller.wait_for_peers(1, timeout=30, handles=Write)
         stats = await caller.send(Stats(), node="frozen", timeout=10)
-        assert stats.requests_expired == 10, stats
+        # Each was answered TIMEOUT without running: refused as read past its deadline
+        # (requests_expired), or, read a little before it on a loaded machine, stopped
+        # by the deadline check in front of the handler (requests_failed).
+        assert stats.requests_expired + stats.requests_failed == 10, stats
         # Nothing but the control was started.
         assert await caller.send(Write(n=99), node="frozen", timeout=10) == Done(99)
         await proc.await_line("^started 99", timeout=10)
